@@ -1,0 +1,326 @@
+"""Input checks and normalisation shared by every entry point.
+
+Each ``prepare_*`` function checks what a caller passed, raises a ``TypeError`` or
+``ValueError`` that names the argument, what was given and what is accepted, and
+returns a :class:`Prepared` call: the kernel spec plus the keyword arguments of a
+generated module's ``launch``. Checks of *values* (lengths in range, cu_seqlens
+monotone) read the data back to the host; callers skip them under CUDA graph capture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import accumulate
+from dataclasses import dataclass, field
+
+import torch
+
+from .codegen import KernelSpec
+
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_INDEX_DTYPES = (torch.int32, torch.int64)
+PRECISIONS = ("tf32", "ieee")
+
+
+@dataclass
+class Prepared:
+    """A checked call: what the kernel is specialised on and what its launcher takes."""
+
+    spec: KernelSpec
+    q: torch.Tensor
+    d: torch.Tensor
+    launch_kwargs: dict = field(default_factory=dict)
+    squeeze: bool = False  # a 2-D query: the [1, B] result is returned as [B]
+
+    @property
+    def sizes(self) -> dict:
+        k = self.launch_kwargs
+        return {"nq": k["nq"], "lq": k["lq"], "nb": k["nb"], "ld": k["ld"]}
+
+
+def _tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _float_dtype(name: str, t: torch.Tensor) -> str:
+    if t.dtype not in DTYPE_NAMES:
+        raise TypeError(
+            f"{name} has dtype {t.dtype}; accepted: torch.float16, torch.bfloat16, torch.float32"
+        )
+    return DTYPE_NAMES[t.dtype]
+
+
+def _same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{name_b} is on {b.device} but {name_a} is on {a.device}; both must match")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_b} has dtype {b.dtype} but {name_a} has {a.dtype}; both must match")
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            f"{name_b} has {b.shape[-1]} features but {name_a} has {a.shape[-1]}; both must match"
+        )
+
+
+def _precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; accepted: 'tf32', 'ieee'")
+    return precision
+
+
+def _on(name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; both must match")
+
+
+def _lengths(
+    name: str, value: object, count: int, limit: int, ref: torch.Tensor, ref_name: str, check: bool
+) -> torch.Tensor:
+    t = _tensor(name, value)
+    if t.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; accepted: torch.int32, torch.int64")
+    if t.shape != (count,):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({count},)")
+    _on(name, t, ref, ref_name)
+    t = t.contiguous()  # the kernels index lengths with unit stride
+    if check and count:
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi > limit:
+            raise ValueError(
+                f"{name} holds values from {lo} to {hi}; accepted: 0 to {limit} "
+                f"(the padded length of {ref_name})"
+            )
+    return t
+
+
+def _mask(name: str, value: object, shape: tuple, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
+    t = _tensor(name, value)
+    if t.dtype != torch.bool:
+        raise TypeError(f"{name} has dtype {t.dtype}; accepted: torch.bool")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {shape}")
+    _on(name, t, ref, ref_name)
+    return t
+
+
+def _cu_seqlens(name: str, value: object, total: int, ref: torch.Tensor, ref_name: str, check: bool):
+    t = _tensor(name, value)
+    if t.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; accepted: torch.int32, torch.int64")
+    if t.dim() != 1 or t.numel() < 1:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected (count + 1,) with count >= 0")
+    _on(name, t, ref, ref_name)
+    t = t.contiguous()  # the kernels index offsets with unit stride
+    if check:
+        first, last = int(t[0]), int(t[-1])
+        if first != 0:
+            raise ValueError(f"{name} starts at {first}; it must start at 0")
+        if t.numel() > 1 and bool((t[1:] < t[:-1]).any()):
+            at = int(torch.nonzero(t[1:] < t[:-1])[0, 0])
+            raise ValueError(
+                f"{name} decreases at index {at + 1} ({int(t[at])} -> {int(t[at + 1])}); "
+                "it must be non-decreasing"
+            )
+        if last > total:
+            raise ValueError(f"{name} ends at {last} but {ref_name} has only {total} tokens")
+    return t
+
+
+def _rank(name: str, t: torch.Tensor, ranks: tuple[int, ...], what: str) -> None:
+    if t.dim() not in ranks:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {what}")
+    if t.shape[-1] < 1:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; its last (feature) dim must be >= 1")
+
+
+def _spec(layout: str, q: torch.Tensor, precision: str, q_kind: str, d_kind: str) -> KernelSpec:
+    return KernelSpec(
+        layout=layout,
+        dtype=DTYPE_NAMES[q.dtype],
+        dim=int(q.shape[-1]),
+        precision=precision,
+        q_mask=q_kind,
+        d_mask=d_kind,
+    )
+
+
+def _query_side(q, q_lengths, q_mask, check: bool):
+    """Shared queries: [Lq, dim] or [Nq, Lq, dim] with optional lengths or mask."""
+    q = _tensor("q", q)
+    _rank("q", q, (2, 3), "[Lq, dim] or [Nq, Lq, dim]")
+    _float_dtype("q", q)
+    squeeze = q.dim() == 2
+    if squeeze:
+        q = q.unsqueeze(0)
+        if isinstance(q_mask, torch.Tensor) and q_mask.dim() == 1:
+            q_mask = q_mask.unsqueeze(0)
+        if isinstance(q_lengths, torch.Tensor) and q_lengths.dim() == 0:
+            q_lengths = q_lengths.reshape(1)
+    nq, lq = int(q.shape[0]), int(q.shape[1])
+    if q_lengths is not None and q_mask is not None:
+        raise ValueError("pass q_lengths or q_mask, not both")
+    kind = "none"
+    if q_lengths is not None:
+        q_lengths = _lengths("q_lengths", q_lengths, nq, lq, q, "q", check)
+        kind = "lengths"
+    elif q_mask is not None:
+        q_mask = _mask("q_mask", q_mask, (nq, lq), q, "q")
+        kind = "mask"
+    return q, q_lengths, q_mask, kind, squeeze
+
+
+def prepare_padded(
+    q,
+    d,
+    *,
+    q_lengths=None,
+    q_mask=None,
+    d_lengths=None,
+    d_mask=None,
+    precision: str = "tf32",
+    check_values: bool = True,
+) -> Prepared:
+    """Padded docs ``d[B, Ld, dim]`` against one query ``[Lq, dim]`` or ``[Nq, Lq, dim]``."""
+    q, q_lengths, q_mask, q_kind, squeeze = _query_side(q, q_lengths, q_mask, check_values)
+    d = _tensor("d", d)
+    _rank("d", d, (3,), "[B, Ld, dim]")
+    _float_dtype("d", d)
+    _same("q", q, "d", d)
+    precision = _precision(precision)
+    nb, ld = int(d.shape[0]), int(d.shape[1])
+    if d_lengths is not None and d_mask is not None:
+        raise ValueError("pass d_lengths or d_mask, not both")
+    d_kind = "none"
+    if d_lengths is not None:
+        d_lengths = _lengths("d_lengths", d_lengths, nb, ld, d, "d", check_values)
+        d_kind = "lengths"
+    elif d_mask is not None:
+        d_mask = _mask("d_mask", d_mask, (nb, ld), d, "d")
+        d_kind = "mask"
+    layout = "padded" if q.shape[0] == 1 else "allpairs"
+    return Prepared(
+        spec=_spec(layout, q, precision, q_kind, d_kind),
+        q=q,
+        d=d,
+        launch_kwargs=dict(
+            nq=int(q.shape[0]), lq=int(q.shape[1]), nb=nb, ld=ld,
+            q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
+        ),
+        squeeze=squeeze,
+    )
+
+
+def prepare_packed(
+    q,
+    d_packed,
+    cu_seqlens,
+    *,
+    max_doc_len: int | None = None,
+    q_lengths=None,
+    q_mask=None,
+    precision: str = "tf32",
+    check_values: bool = True,
+) -> Prepared:
+    """Docs packed as ``[total_tokens, dim]`` with ``cu_seqlens[B + 1]``.
+
+    ``max_doc_len`` is accepted for callers that know it; the kernels read each doc's
+    extent from ``cu_seqlens`` on the device and need no host-side maximum.
+    """
+    q, q_lengths, q_mask, q_kind, squeeze = _query_side(q, q_lengths, q_mask, check_values)
+    d = _tensor("d_packed", d_packed)
+    _rank("d_packed", d, (2,), "[total_tokens, dim]")
+    _float_dtype("d_packed", d)
+    _same("q", q, "d_packed", d)
+    precision = _precision(precision)
+    cu = _cu_seqlens("cu_seqlens", cu_seqlens, int(d.shape[0]), d, "d_packed", check_values)
+    if max_doc_len is not None and (not isinstance(max_doc_len, int) or max_doc_len < 0):
+        raise ValueError(f"max_doc_len must be a non-negative int or None, got {max_doc_len!r}")
+    return Prepared(
+        spec=_spec("packed", q, precision, q_kind, "none"),
+        q=q,
+        d=d,
+        launch_kwargs=dict(
+            nq=int(q.shape[0]), lq=int(q.shape[1]), nb=int(cu.numel()) - 1,
+            ld=max_doc_len or 0, d_cu=cu, q_lengths=q_lengths, q_mask=q_mask,
+        ),
+        squeeze=squeeze,
+    )
+
+
+def prepare_pairs_packed(
+    q_packed,
+    q_cu,
+    d_packed,
+    d_cu,
+    *,
+    max_q_len: int,
+    max_d_len: int = 0,
+    precision: str = "tf32",
+    check_values: bool = True,
+) -> Prepared:
+    """Aligned pairs, both sides packed: query i is ``q_packed[q_cu[i]:q_cu[i+1]]``."""
+    q = _tensor("q_packed", q_packed)
+    _rank("q_packed", q, (2,), "[total_query_tokens, dim]")
+    d = _tensor("d_packed", d_packed)
+    _rank("d_packed", d, (2,), "[total_doc_tokens, dim]")
+    _float_dtype("q_packed", q)
+    _float_dtype("d_packed", d)
+    _same("q_packed", q, "d_packed", d)
+    precision = _precision(precision)
+    q_cu = _cu_seqlens("q_cu", q_cu, int(q.shape[0]), q, "q_packed", check_values)
+    d_cu = _cu_seqlens("d_cu", d_cu, int(d.shape[0]), d, "d_packed", check_values)
+    if q_cu.numel() != d_cu.numel():
+        raise ValueError(
+            f"q_cu describes {q_cu.numel() - 1} queries but d_cu {d_cu.numel() - 1} docs; "
+            "pairs need as many of each"
+        )
+    if not isinstance(max_q_len, int) or max_q_len < 0:
+        raise ValueError(f"max_q_len must be a non-negative int, got {max_q_len!r}")
+    return Prepared(
+        spec=_spec("pairs", q, precision, "none", "none"),
+        q=q,
+        d=d,
+        launch_kwargs=dict(
+            nq=1, lq=max_q_len, nb=int(q_cu.numel()) - 1, ld=max_d_len, q_cu=q_cu, d_cu=d_cu
+        ),
+    )
+
+
+def pack_pairs(
+    queries: Sequence[torch.Tensor],
+    docs: Sequence[torch.Tensor],
+    *,
+    precision: str = "tf32",
+) -> Prepared:
+    """Aligned pairs from two equal-length sequences of 2-D tensors, packed in one copy each."""
+    for name, seq in (("queries", queries), ("docs", docs)):
+        if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
+            raise TypeError(f"{name} must be a sequence of 2-D tensors, got {type(seq).__name__}")
+    if len(queries) != len(docs):
+        raise ValueError(
+            f"queries has {len(queries)} items but docs has {len(docs)}; pairs need equal counts"
+        )
+    if not queries:
+        raise ValueError("queries and docs are empty; at least one pair is needed to pack")
+    first = _tensor("queries[0]", queries[0])
+    q_lens, d_lens = [], []
+    for i, (qi, di) in enumerate(zip(queries, docs)):
+        qi = _tensor(f"queries[{i}]", qi)
+        di = _tensor(f"docs[{i}]", di)
+        _rank(f"queries[{i}]", qi, (2,), "[Lq, dim]")
+        _rank(f"docs[{i}]", di, (2,), "[Ld, dim]")
+        _float_dtype(f"queries[{i}]", qi)
+        _same(f"queries[{i}]", qi, f"docs[{i}]", di)
+        _same("queries[0]", first, f"queries[{i}]", qi)
+        q_lens.append(int(qi.shape[0]))
+        d_lens.append(int(di.shape[0]))
+    q_packed = torch.cat(list(queries)) if len(queries) > 1 else queries[0]
+    d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]
+    # Both offset rows in one host tensor: one small copy to the device.
+    cu = torch.tensor([[0, *accumulate(q_lens)], [0, *accumulate(d_lens)]], dtype=torch.int32)
+    cu = cu.to(first.device, non_blocking=True)
+    return prepare_pairs_packed(
+        q_packed, cu[0], d_packed, cu[1],
+        max_q_len=max(q_lens), max_d_len=max(d_lens), precision=precision, check_values=False,
+    )

@@ -1,0 +1,199 @@
+"""What a generated kernel is specialised on, and the checks that run before rendering.
+
+A *variant* is a :class:`KernelSpec` (what the call looks like: layout, dtype, dim,
+precision, which masks exist) plus a :class:`KernelConfig` (how the kernel is tiled
+and launched). The spec comes from the call; the config comes from the tuned
+database or the heuristic default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+LAYOUTS = ("padded", "allpairs", "packed", "pairs")
+DTYPES = ("fp16", "bf16", "fp32")
+PRECISIONS = ("tf32", "ieee")
+MASK_KINDS = ("none", "lengths", "mask")
+Q_MODES = ("loop", "grid", "fold")
+
+# Hopper's per-block opt-in limit; used when the caller gives no device limit.
+DEFAULT_SMEM_LIMIT = 232_448
+# A register budget per thread above which Triton spills heavily.
+MAX_REGS_PER_THREAD = 255
+ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+class ConfigError(ValueError):
+    """A spec or config that cannot be generated; the message names the knob."""
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The shape of a call that a generated kernel is specialised on.
+
+    ``q_mask`` / ``d_mask`` say how invalid tokens are given: ``none``, per-row
+    ``lengths`` or a boolean ``mask``. Packed and pairs layouts take the doc (and,
+    for pairs, the query) extents from ``cu_seqlens`` and so have ``d_mask="none"``.
+    ``precision`` only matters for fp32 inputs; half types store ``"native"``.
+    """
+
+    layout: str
+    dtype: str
+    dim: int
+    precision: str = "tf32"
+    q_mask: str = "none"
+    d_mask: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.dtype in ("fp16", "bf16") and self.precision != "native":
+            object.__setattr__(self, "precision", "native")
+
+    def validate(self) -> None:
+        _choice("layout", self.layout, LAYOUTS)
+        _choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ConfigError(f"dim must be a positive integer, got {self.dim!r}")
+        if self.dtype == "fp32":
+            _choice("precision", self.precision, PRECISIONS)
+        _choice("q_mask", self.q_mask, MASK_KINDS)
+        _choice("d_mask", self.d_mask, MASK_KINDS)
+        if self.layout in ("packed", "pairs") and self.d_mask != "none":
+            raise ConfigError(
+                f"d_mask={self.d_mask!r} contradicts layout {self.layout!r}: packed docs "
+                "take their extents from cu_seqlens, so d_mask must be 'none'"
+            )
+        if self.layout == "pairs" and self.q_mask != "none":
+            raise ConfigError(
+                f"q_mask={self.q_mask!r} contradicts layout 'pairs': pair queries take "
+                "their extents from cu_seqlens, so q_mask must be 'none'"
+            )
+
+    def key(self) -> str:
+        return (
+            f"{self.layout}-{self.dtype}-d{self.dim}-{self.precision}"
+            f"-q{self.q_mask}-d{self.d_mask}"
+        )
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """How a variant is tiled and launched.
+
+    - ``block_q``: query tokens per tile; ``block_d``: doc tokens per tile;
+      ``block_k``: embedding features per dot (below the dim, the dim is split).
+    - ``q_mode``: ``loop`` (one program walks all tiles of a query; plain store),
+      ``grid`` (query tiles over programs; atomic sum), ``fold`` (all queries folded
+      into one long row set, tiles over programs, per-query segmented atomic sum).
+    - ``split_d``: doc tokens split over this many programs; a second kernel takes
+      the max over the splits and the sum (for batches too small to fill the GPU).
+    """
+
+    block_q: int = 32
+    block_d: int = 64
+    block_k: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+    q_mode: str = "loop"
+    split_d: int = 1
+
+    @classmethod
+    def from_dict(cls, data: dict) -> KernelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config knob(s) {unknown}; accepted: {sorted(names)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        return (
+            f"q{self.block_q}-d{self.block_d}-k{self.block_k}-w{self.num_warps}"
+            f"-s{self.num_stages}-{self.q_mode}-x{self.split_d}"
+        )
+
+
+def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(f"{name}={value!r} is not supported; accepted: {', '.join(accepted)}")
+
+
+def smem_bytes(spec: KernelSpec, cfg: KernelConfig) -> int:
+    """Shared memory a variant needs: doc tiles per pipeline stage plus the query tile."""
+    esize = ELEMENT_BYTES[spec.dtype]
+    doc = cfg.block_d * cfg.block_k * esize * max(cfg.num_stages, 1)
+    query = cfg.block_q * cfg.block_k * esize
+    if num_k_chunks(spec, cfg) > 1:
+        query *= max(cfg.num_stages, 1)  # re-loaded per chunk, so pipelined too
+    return doc + query
+
+
+def registers_per_thread(spec: KernelSpec, cfg: KernelConfig) -> int:
+    """A rough per-thread register estimate: score tile, query tile, row state, overhead."""
+    threads = 32 * cfg.num_warps
+    esize = ELEMENT_BYTES[spec.dtype]
+    score = cfg.block_q * cfg.block_d  # fp32 accumulator
+    query = cfg.block_q * cfg.block_k * esize // 4
+    doc = cfg.block_d * cfg.block_k * esize // 4
+    return (score + query + doc) // threads + cfg.block_q // 8 + 40
+
+
+def num_k_chunks(spec: KernelSpec, cfg: KernelConfig) -> int:
+    return -(-spec.dim // cfg.block_k)
+
+
+def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = None) -> None:
+    """Reject a variant before rendering, naming the knob that is wrong."""
+    spec.validate()
+    for name in ("block_q", "block_d", "block_k"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or not _is_pow2(value) or value < 16:
+            raise ConfigError(
+                f"{name}={value!r} must be a power of two >= 16 (tl.dot's smallest tile)"
+            )
+    if cfg.block_q > 256 or cfg.block_d > 256 or cfg.block_k > 256:
+        raise ConfigError(
+            f"tiles above 256 are not generated (block_q={cfg.block_q}, "
+            f"block_d={cfg.block_d}, block_k={cfg.block_k})"
+        )
+    if cfg.block_k > max(16, _next_pow2(spec.dim)):
+        raise ConfigError(
+            f"block_k={cfg.block_k} exceeds dim {spec.dim} rounded up to a power of two "
+            f"({max(16, _next_pow2(spec.dim))}); it would only load padding"
+        )
+    if cfg.num_warps not in (1, 2, 4, 8, 16):
+        raise ConfigError(f"num_warps={cfg.num_warps!r}; accepted: 1, 2, 4, 8, 16")
+    if not isinstance(cfg.num_stages, int) or not 1 <= cfg.num_stages <= 6:
+        raise ConfigError(f"num_stages={cfg.num_stages!r}; accepted: 1 to 6")
+    _choice("q_mode", cfg.q_mode, Q_MODES)
+    if cfg.q_mode == "fold" and spec.layout in ("padded", "pairs"):
+        raise ConfigError(
+            f"q_mode='fold' contradicts layout {spec.layout!r}: folding needs several "
+            "shared queries (layouts allpairs, packed)"
+        )
+    if not isinstance(cfg.split_d, int) or not _is_pow2(cfg.split_d) or cfg.split_d > 64:
+        raise ConfigError(f"split_d={cfg.split_d!r} must be a power of two from 1 to 64")
+    limit = DEFAULT_SMEM_LIMIT if smem_limit is None else smem_limit
+    need = smem_bytes(spec, cfg)
+    if need > limit:
+        raise ConfigError(
+            f"block_d={cfg.block_d}, block_q={cfg.block_q}, block_k={cfg.block_k} with "
+            f"num_stages={cfg.num_stages} need about {need} bytes of shared memory; the "
+            f"device allows {limit}"
+        )
+    regs = registers_per_thread(spec, cfg)
+    if regs > MAX_REGS_PER_THREAD:
+        raise ConfigError(
+            f"block_q={cfg.block_q} x block_d={cfg.block_d} with num_warps={cfg.num_warps} "
+            f"needs about {regs} registers per thread; at most {MAX_REGS_PER_THREAD} fit"
+        )
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << (x - 1).bit_length() if x > 1 else 1

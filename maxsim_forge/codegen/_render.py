@@ -1,0 +1,104 @@
+"""Spec + config -> the values a template sees -> rendered kernel source."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+
+import jinja2
+
+from ..templates import MAXSIM_FWD, TEMPLATE_DIR
+from ._config import KernelConfig, KernelSpec, num_k_chunks, validate
+
+_TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+_SHAPES = {
+    "padded": "q [nq, lq, dim], d [nb, ld, dim]",
+    "allpairs": "q [nq, lq, dim], d [nb, ld, dim]",
+    "packed": "q [nq, lq, dim], d [total_doc_tokens, dim] with d_cu [nb + 1]",
+    "pairs": "q [total_query_tokens, dim] with q_cu [nb + 1], d [total_doc_tokens, dim] with d_cu [nb + 1]",
+}
+# Rows per step of the split-doc reduction kernel, and its warps: it reads a few KB.
+_REDUCE_BLOCK_R = 64
+_REDUCE_WARPS = 4
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """The one Jinja environment: strict about undefined names, no autoescape."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def template_values(spec: KernelSpec, cfg: KernelConfig) -> dict:
+    """Every value the template needs, derived here so the template does no arithmetic."""
+    dtype = spec.dtype
+    return {
+        "VARIANT": variant_name(spec, cfg),
+        "LAYOUT": spec.layout,
+        "DIM": spec.dim,
+        "BLOCK_Q": cfg.block_q,
+        "BLOCK_D": cfg.block_d,
+        "BLOCK_K": cfg.block_k,
+        "NUM_K": num_k_chunks(spec, cfg),
+        "SPLIT_K": num_k_chunks(spec, cfg) > 1,
+        "EVEN_K": spec.dim % cfg.block_k == 0,
+        "NUM_WARPS": cfg.num_warps,
+        "NUM_STAGES": cfg.num_stages,
+        "SPLIT_D": cfg.split_d,
+        "SPLIT": cfg.split_d > 1,
+        "BLOCK_R": _REDUCE_BLOCK_R,
+        "REDUCE_WARPS": _REDUCE_WARPS,
+        "Q_MODE": cfg.q_mode,
+        "Q_PER_PAIR": spec.layout == "pairs",
+        "D_PACKED": spec.layout in ("packed", "pairs"),
+        "Q_MASK": spec.q_mask,
+        "D_MASK": spec.d_mask,
+        "TORCH_DTYPE": _TORCH_DTYPES[dtype],
+        # fp32 inputs pick tf32 or exact ieee products; half types use the native dot.
+        "INPUT_PRECISION": spec.precision if dtype == "fp32" else "",
+        # Triton's interpreter multiplies bf16 tiles wrongly (triton 3.9): there, bf16
+        # operands go to fp32 first, which is exact (bf16 x bf16 fits fp32's mantissa).
+        "UPCAST_DOT": dtype == "bf16" and interpreting(),
+        # Atomic sums need a zeroed output; a split or a plain store writes every slot.
+        "ZERO_INIT": cfg.q_mode in ("grid", "fold") and cfg.split_d == 1,
+        "SHAPES_DOC": _SHAPES[spec.layout],
+    }
+
+
+def variant_name(spec: KernelSpec, cfg: KernelConfig) -> str:
+    return f"{spec.key()}.{cfg.key()}"
+
+
+def render(
+    spec: KernelSpec,
+    cfg: KernelConfig,
+    *,
+    smem_limit: int | None = None,
+    env: jinja2.Environment | None = None,
+) -> str:
+    """Validate, then render the variant's module source."""
+    validate(spec, cfg, smem_limit=smem_limit)
+    template = (env or environment()).get_template(MAXSIM_FWD)
+    return template.render(**template_values(spec, cfg))
+
+
+def template_hash(env: jinja2.Environment | None = None) -> str:
+    """Hash of the template text: stored with every tuned result, so an edit invalidates it."""
+    env = env or environment()
+    source, _, _ = env.loader.get_source(env, MAXSIM_FWD)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def source_key(source: str) -> str:
+    """Content hash of rendered source: the name of its cache file."""
+    return hashlib.sha256(source.encode()).hexdigest()[:20]

@@ -1,0 +1,111 @@
+"""The float64 torch reference: the semantics every kernel is checked against.
+
+- products and sums in float64;
+- a masked doc token never wins a max; a masked query token adds 0;
+- a doc with no valid token scores 0 (never -inf, never NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# Score elements materialised at once; bounds the reference's memory.
+_CHUNK_ELEMENTS = 1 << 25
+
+
+def _valid(count: int, length: int, lengths, mask, device) -> torch.Tensor:
+    if mask is not None:
+        return mask.to(device=device, dtype=torch.bool)
+    valid = torch.ones(count, length, dtype=torch.bool, device=device)
+    if lengths is not None:
+        pos = torch.arange(length, device=device)
+        valid = pos[None, :] < lengths.to(device).long()[:, None]
+    return valid
+
+
+def _scores(q, q_valid, d, d_valid) -> torch.Tensor:
+    """q [Nq, Lq, k], d [B, Ld, k] (float64) with validity masks -> [Nq, B]."""
+    nq, lq = q.shape[:2]
+    nb, ld = d.shape[:2]
+    out = torch.zeros(nq, nb, dtype=torch.float64, device=q.device)
+    if nq == 0 or nb == 0 or lq == 0:
+        return out
+    if ld == 0:
+        return out
+    step = max(1, _CHUNK_ELEMENTS // max(1, nq * lq * ld))
+    for b0 in range(0, nb, step):
+        s = torch.einsum("nqk,btk->nbqt", q, d[b0 : b0 + step])
+        s = s.masked_fill(~d_valid[None, b0 : b0 + step, None, :], float("-inf"))
+        m = s.amax(dim=-1)
+        m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+        m = m * q_valid[:, None, :]
+        out[:, b0 : b0 + step] = m.sum(dim=-1)
+    return out
+
+
+def maxsim_reference(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    *,
+    q_lengths: torch.Tensor | None = None,
+    q_mask: torch.Tensor | None = None,
+    d_lengths: torch.Tensor | None = None,
+    d_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Padded layouts: ``q[Lq, dim]`` or ``[Nq, Lq, dim]`` against ``d[B, Ld, dim]``.
+
+    Returns float64 ``[B]`` or ``[Nq, B]``.
+    """
+    squeeze = q.dim() == 2
+    if squeeze:
+        q = q[None]
+        q_mask = q_mask[None] if q_mask is not None and q_mask.dim() == 1 else q_mask
+        q_lengths = q_lengths.reshape(1) if q_lengths is not None else None
+    q64, d64 = q.double(), d.double()
+    q_valid = _valid(q.shape[0], q.shape[1], q_lengths, q_mask, q.device)
+    d_valid = _valid(d.shape[0], d.shape[1], d_lengths, d_mask, d.device)
+    out = _scores(q64, q_valid, d64, d_valid)
+    return out[0] if squeeze else out
+
+
+def unpack(packed: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[total, dim]`` + ``cu_seqlens`` -> padded ``[B, max_len, dim]`` and its lengths."""
+    cu = cu_seqlens.long().cpu()
+    lengths = cu[1:] - cu[:-1]
+    longest = int(lengths.max()) if lengths.numel() else 0
+    out = packed.new_zeros(lengths.numel(), longest, packed.shape[-1])
+    for i in range(lengths.numel()):
+        out[i, : lengths[i]] = packed[cu[i] : cu[i + 1]]
+    return out, lengths.to(packed.device)
+
+
+def maxsim_packed_reference(
+    q: torch.Tensor,
+    d_packed: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    q_lengths: torch.Tensor | None = None,
+    q_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Docs packed as ``[total_tokens, dim]`` with ``cu_seqlens[B + 1]``."""
+    d, d_lengths = unpack(d_packed, cu_seqlens)
+    return maxsim_reference(q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths)
+
+
+def maxsim_pairs_reference(
+    queries: Sequence[torch.Tensor], docs: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Query i against doc i, any lengths -> float64 ``[N]``."""
+    out = [maxsim_reference(qi, di[None])[0] for qi, di in zip(queries, docs)]
+    device = queries[0].device if len(queries) else "cpu"
+    return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64, device=device)
+
+
+__all__ = [
+    "maxsim_packed_reference",
+    "maxsim_pairs_reference",
+    "maxsim_reference",
+    "unpack",
+]
