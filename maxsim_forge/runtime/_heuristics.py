@@ -1,0 +1,63 @@
+"""The heuristic default config: the last lookup source, good enough to never be slow.
+
+It follows what the tuner finds on Hopper for each regime: a query that fits one
+tile walks the doc once (``loop``); long queries spread their tiles over programs
+(``grid``); several shared queries fold into one row set (``fold``); and batches
+too small to fill the GPU split the doc tokens (``split_d``).
+"""
+
+from __future__ import annotations
+
+from ..codegen import KernelConfig, KernelSpec
+
+# Programs per SM we aim for before splitting docs.
+_WAVES = 2
+
+
+def _pow2_at_least(x: int, lo: int, hi: int) -> int:
+    p = lo
+    while p < x and p < hi:
+        p *= 2
+    return p
+
+
+def default_config(
+    spec: KernelSpec, *, nq: int, lq: int, nb: int, ld: int, sm_count: int = 132
+) -> KernelConfig:
+    """A config that is valid for ``spec`` and reasonable for these sizes."""
+    block_k = _pow2_at_least(spec.dim, 16, 128 if spec.dtype != "fp32" else 64)
+    if spec.dim > 256:
+        block_k = 64 if spec.dtype == "fp32" else 128
+    folded = spec.layout in ("allpairs", "packed") and nq > 1
+    rows = nq * lq if folded else lq
+    if folded and rows >= 64:
+        q_mode, block_q = "fold", 64 if rows < 256 else 128
+    elif lq > 64:
+        q_mode, block_q = "grid", 64 if lq < 512 else 128
+    else:
+        q_mode, block_q = "loop", _pow2_at_least(lq, 16, 64)
+    block_d = 64 if block_q <= 64 else 32
+    if spec.dtype == "fp32":
+        block_d = min(block_d, 32)
+    num_warps = 8 if block_q >= 128 else 4
+    q_progs = 1
+    if q_mode == "fold":
+        q_progs = -(-rows // block_q)
+    elif q_mode == "grid":
+        q_progs = -(-lq // block_q) * (1 if spec.layout == "pairs" else nq)
+    elif spec.layout != "pairs":
+        q_progs = nq
+    programs = max(1, q_progs * nb)
+    split_d = 1
+    longest = max(ld, 1)
+    while programs * split_d < _WAVES * sm_count and split_d < 16 and longest // (split_d * 2) >= block_d:
+        split_d *= 2
+    return KernelConfig(
+        block_q=block_q,
+        block_d=block_d,
+        block_k=block_k,
+        num_warps=num_warps,
+        num_stages=3,
+        q_mode=q_mode,
+        split_d=split_d,
+    )

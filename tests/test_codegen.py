@@ -1,0 +1,151 @@
+"""Rendering, validation and the module cache."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+
+import jinja2
+import pytest
+
+from maxsim_forge.codegen import (
+    ConfigError,
+    KernelConfig,
+    KernelSpec,
+    cache_dir,
+    load_source,
+    render,
+    source_key,
+    template_hash,
+)
+from maxsim_forge.templates import MAXSIM_FWD, TEMPLATE_DIR
+
+# Each knob at its extremes (and q_mode at each value).
+CORNERS = {
+    "block_q": (16, 128),
+    "block_d": (16, 128),
+    "block_k": (16, 128),
+    "num_warps": (1, 8),
+    "num_stages": (1, 4),
+    "q_mode": ("loop", "grid", "fold"),
+    "split_d": (1, 16),
+}
+SPECS = [
+    KernelSpec(layout, dtype, dim, precision, q_mask, d_mask)
+    for layout in ("padded", "allpairs", "packed", "pairs")
+    for dtype, precision in (("fp16", "tf32"), ("bf16", "tf32"), ("fp32", "tf32"), ("fp32", "ieee"))
+    for dim in (48, 128, 320)
+    for q_mask in (("none",) if layout == "pairs" else ("none", "lengths", "mask"))
+    for d_mask in (("none",) if layout in ("packed", "pairs") else ("none", "lengths", "mask"))
+]
+
+
+def _valid(spec, cfg) -> bool:
+    try:
+        render(spec, cfg, smem_limit=10**9)
+    except ConfigError:
+        return False
+    return True
+
+
+def test_every_corner_renders_to_valid_python():
+    rendered = 0
+    for values in itertools.product(*CORNERS.values()):
+        cfg = KernelConfig(**dict(zip(CORNERS, values)))
+        for spec in SPECS[:: max(1, len(SPECS) // 40)] + [SPECS[-1]]:
+            if cfg.q_mode == "fold" and spec.layout in ("padded", "pairs"):
+                continue
+            if not _valid(spec, cfg):  # over the register or tile limits: rejected by design
+                continue
+            source = render(spec, cfg, smem_limit=10**9)
+            ast.parse(source)
+            assert f"BLOCK_Q = {cfg.block_q}\n" in source
+            assert f"SPLIT_D = {cfg.split_d}\n" in source
+            rendered += 1
+    assert rendered > 300
+
+
+def test_every_spec_renders():
+    cfg = KernelConfig(block_q=32, block_d=32, block_k=32, q_mode="grid", split_d=2)
+    for spec in SPECS:
+        ast.parse(render(spec, cfg))
+
+
+def test_fold_only_for_shared_queries():
+    with pytest.raises(ConfigError, match="q_mode='fold' contradicts layout 'pairs'"):
+        render(KernelSpec("pairs", "fp16", 128), KernelConfig(q_mode="fold"))
+
+
+@pytest.mark.parametrize(
+    "changes, knob",
+    [
+        ({"block_q": 24}, "block_q=24"),
+        ({"block_d": 8}, "block_d=8"),
+        ({"block_k": 512}, "block_k=512"),
+        ({"num_warps": 3}, "num_warps=3"),
+        ({"num_stages": 0}, "num_stages=0"),
+        ({"q_mode": "tiles"}, "q_mode='tiles'"),
+        ({"split_d": 3}, "split_d=3"),
+    ],
+)
+def test_invalid_knob_is_named(changes, knob):
+    with pytest.raises(ConfigError, match=knob.replace("(", r"\(")):
+        render(KernelSpec("allpairs", "fp16", 128), KernelConfig(**changes))
+
+
+def test_shared_memory_estimate_rejects_big_tiles():
+    spec = KernelSpec("padded", "fp32", 256)
+    cfg = KernelConfig(block_q=128, block_d=128, block_k=256, num_warps=8, num_stages=4)
+    with pytest.raises(ConfigError, match="shared memory"):
+        render(spec, cfg)
+    # The same tiles fit a device that claims more.
+    render(spec, KernelConfig(block_q=64, block_d=64, block_k=64, num_stages=1), smem_limit=48 * 1024)
+
+
+def test_register_estimate_rejects_huge_tile_on_one_warp():
+    with pytest.raises(ConfigError, match="registers per thread"):
+        render(KernelSpec("padded", "fp16", 128), KernelConfig(block_q=128, block_d=128, num_warps=1))
+
+
+def test_contradicting_masks_rejected():
+    with pytest.raises(ConfigError, match="d_mask='lengths' contradicts layout 'packed'"):
+        render(KernelSpec("packed", "fp16", 128, d_mask="lengths"), KernelConfig())
+    with pytest.raises(ConfigError, match="q_mask='mask' contradicts layout 'pairs'"):
+        render(KernelSpec("pairs", "fp16", 128, q_mask="mask"), KernelConfig())
+
+
+def test_unknown_config_knob():
+    with pytest.raises(ConfigError, match="unknown config knob"):
+        KernelConfig.from_dict({"block_m": 64})
+
+
+def test_template_edit_changes_cache_key(tmp_path):
+    spec, cfg = KernelSpec("padded", "fp16", 128), KernelConfig()
+    text = (TEMPLATE_DIR / MAXSIM_FWD).read_text()
+    edited = tmp_path / MAXSIM_FWD
+    edited.write_text(text.replace("# ---- launcher", "# ---- launcher (edited)"))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(tmp_path)), undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    original, changed = render(spec, cfg), render(spec, cfg, env=env)
+    assert source_key(original) != source_key(changed)
+    assert template_hash() != template_hash(env)
+    # And the same template renders to the same key (the cache is content-addressed).
+    assert source_key(render(spec, cfg)) == source_key(original)
+
+
+def test_strict_undefined_catches_missing_values(tmp_path):
+    (tmp_path / MAXSIM_FWD).write_text("x = {{ NOT_A_VALUE }}\n")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tmp_path)), undefined=jinja2.StrictUndefined)
+    with pytest.raises(jinja2.UndefinedError):
+        render(KernelSpec("padded", "fp16", 128), KernelConfig(), env=env)
+
+
+def test_cache_file_is_content_hashed_and_imported_once():
+    source = render(KernelSpec("padded", "fp16", 64), KernelConfig(block_k=64))
+    first = load_source(source)
+    path = cache_dir() / f"maxsim_fwd_{source_key(source)}.py"
+    assert path.read_text() == source
+    assert load_source(source) is first
+    assert first.BLOCK_K == 64 and callable(first.launch)

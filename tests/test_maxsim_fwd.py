@@ -1,0 +1,152 @@
+"""Every generated kernel against the float64 reference.
+
+Runs compiled on a CUDA GPU when one is present, else through Triton's interpreter
+on CPU tensors (marker ``gpu`` selects this suite on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from maxsim_forge.codegen import ConfigError, KernelConfig, validate
+from maxsim_forge.runtime import default_config, launch_prepared
+
+from cases import make_case
+from conftest import TOLERANCES, assert_scores, poisoned
+
+pytestmark = pytest.mark.gpu
+
+LAYOUTS = ("padded", "allpairs", "packed", "pairs")
+# Corners of the space: together they put every knob at each of its extremes.
+CORNERS = [
+    KernelConfig(block_q=16, block_d=16, block_k=16, num_warps=1, num_stages=1, q_mode="loop", split_d=1),
+    KernelConfig(block_q=128, block_d=16, block_k=128, num_warps=8, num_stages=4, q_mode="grid", split_d=1),
+    KernelConfig(block_q=16, block_d=128, block_k=128, num_warps=8, num_stages=2, q_mode="loop", split_d=16),
+    KernelConfig(block_q=128, block_d=128, block_k=16, num_warps=8, num_stages=1, q_mode="fold", split_d=1),
+    KernelConfig(block_q=16, block_d=16, block_k=128, num_warps=1, num_stages=4, q_mode="grid", split_d=16),
+    KernelConfig(block_q=128, block_d=16, block_k=16, num_warps=4, num_stages=1, q_mode="fold", split_d=16),
+    KernelConfig(block_q=32, block_d=64, block_k=64, num_warps=4, num_stages=2, q_mode="loop", split_d=2),
+]
+
+
+def _runs(layout: str, cfg: KernelConfig) -> bool:
+    return not (cfg.q_mode == "fold" and layout in ("padded", "pairs"))
+
+
+def _check(prep, ref, cfg, tol, what):
+    try:
+        validate(prep.spec, cfg)
+    except ConfigError:
+        pytest.skip(f"{cfg.key()} is over the device limits for {prep.spec.key()}")
+    shape = tuple(ref.shape) if not prep.squeeze else (1, *ref.shape)
+    out = launch_prepared(prep, cfg, out=poisoned(shape))
+    assert_scores(out, ref, tol, f"{what} {prep.spec.key()} {cfg.key()}")
+    return out
+
+
+@pytest.mark.parametrize("dtype, precision, tol", TOLERANCES)
+@pytest.mark.parametrize(
+    "layout, cfg",
+    [(layout, cfg) for layout, cfg in itertools.product(LAYOUTS, CORNERS) if _runs(layout, cfg)],
+    ids=lambda v: v if isinstance(v, str) else v.key(),
+)
+def test_corners(layout, cfg, dtype, precision, tol):
+    kinds = {"padded": ("lengths", "mask"), "allpairs": ("mask", "lengths")}.get(layout, ("lengths", "none"))
+    prep, ref = make_case(
+        layout, dtype, nq=3, lq=33, nb=4, ld=57, dim=96,
+        q_kind=kinds[0] if layout != "pairs" else "none",
+        d_kind=kinds[1] if layout in ("padded", "allpairs") else "none",
+        precision=precision,
+    )
+    _check(prep, ref, cfg, tol, "corner")
+
+
+SHAPES = list(itertools.product((1, 33), (1, 7, 257), (48, 96, 128, 320)))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("lq, ld, dim", SHAPES, ids=[f"lq{a}-ld{b}-dim{c}" for a, b, c in SHAPES])
+def test_odd_shapes(layout, lq, ld, dim):
+    # Rotate the dtype over the shapes so each dtype meets every size class.
+    dtype, precision, tol = TOLERANCES[(SHAPES.index((lq, ld, dim)) + LAYOUTS.index(layout)) % 4]
+    prep, ref = make_case(
+        layout, dtype, nq=2, lq=lq, nb=3, ld=ld, dim=dim,
+        d_kind="lengths" if layout in ("padded", "allpairs") else "none", precision=precision,
+    )
+    heuristic = default_config(prep.spec, **prep.sizes)
+    _check(prep, ref, heuristic, tol, "heuristic")
+    other = KernelConfig(block_q=16, block_d=32, block_k=min(64, heuristic.block_k),
+                         q_mode="grid", split_d=2)
+    _check(prep, ref, other, tol, "grid+split")
+
+
+@pytest.mark.parametrize("q_kind", ("none", "lengths", "mask"))
+@pytest.mark.parametrize("d_kind", ("none", "lengths", "mask"))
+@pytest.mark.parametrize("layout", ("padded", "allpairs"))
+def test_masks(layout, q_kind, d_kind):
+    prep, ref = make_case(layout, "fp16", nq=3, lq=20, nb=5, ld=40, dim=48, q_kind=q_kind, d_kind=d_kind)
+    for cfg in (
+        KernelConfig(block_q=16, block_d=16, block_k=64, q_mode="loop"),
+        KernelConfig(block_q=32, block_d=16, block_k=16, q_mode="fold" if layout == "allpairs" else "grid", split_d=4),
+    ):
+        _check(prep, ref, cfg, 1e-5, "masks")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_docs_without_valid_tokens_score_exactly_zero(layout, device):
+    cfg = KernelConfig(block_q=16, block_d=16, block_k=32, q_mode="loop", split_d=2)
+    dim = 32
+    q = torch.randn(2, 5, dim, device=device).half()
+    if layout == "pairs":
+        from maxsim_forge._inputs import pack_pairs
+
+        prep = pack_pairs([q[0], q[1]], [q.new_empty(0, dim), q.new_empty(0, dim)])
+        out = launch_prepared(prep, cfg, out=poisoned((2,)))
+    elif layout == "packed":
+        from maxsim_forge._inputs import prepare_packed
+
+        cu = torch.tensor([0, 0, 0, 0], device=device)
+        prep = prepare_packed(q, torch.randn(4, dim, device=device).half(), cu)
+        out = launch_prepared(prep, cfg, out=poisoned((2, 3)))
+    else:
+        from maxsim_forge._inputs import prepare_padded
+
+        d = torch.randn(3, 9, dim, device=device).half()
+        q_in = q[:1] if layout == "padded" else q
+        masks = {"d_mask": torch.zeros(3, 9, dtype=torch.bool, device=device)}
+        prep = prepare_padded(q_in, d, **masks)
+        out = launch_prepared(prep, cfg, out=poisoned((q_in.shape[0], 3)))
+    assert torch.equal(out.cpu(), torch.zeros_like(out).cpu()), f"expected exact zeros, got {out}"
+
+
+@pytest.mark.parametrize(
+    "nq, lq, nb, ld",
+    [(2, 5, 0, 9), (2, 5, 3, 0), (2, 0, 3, 9), (0, 5, 3, 9)],
+    ids=["no-docs", "ld0", "lq0", "nq0"],
+)
+def test_empty_extents(nq, lq, nb, ld, device):
+    from maxsim_forge._inputs import prepare_padded
+    from maxsim_forge.reference import maxsim_reference
+
+    q = torch.randn(nq, lq, 32, device=device).half()
+    d = torch.randn(nb, ld, 32, device=device).half()
+    prep = prepare_padded(q, d)
+    for cfg in (KernelConfig(block_q=16, block_d=16, block_k=32), KernelConfig(block_q=16, block_d=16, block_k=32, q_mode="fold", split_d=2)):
+        if cfg.q_mode == "fold" and prep.spec.layout == "padded":
+            continue
+        out = launch_prepared(prep, cfg, out=poisoned((nq, nb)))
+        assert_scores(out, maxsim_reference(q, d), 1e-5, "empty")
+
+
+@pytest.mark.parametrize("q_mode", ("loop", "grid", "fold"))
+def test_many_queries(q_mode):
+    prep, ref = make_case("allpairs", "bf16", nq=16, lq=8, nb=3, ld=20, dim=64)
+    _check(prep, ref, KernelConfig(block_q=32, block_d=16, block_k=64, q_mode=q_mode), 1e-5, "nq16")
+
+
+def test_fp32_precisions_differ_only_within_tf32_tolerance(device):
+    prep, ref = make_case("padded", "fp32", nq=1, lq=16, nb=4, ld=33, dim=128, precision="tf32")
+    _check(prep, ref, KernelConfig(block_q=16, block_d=32, block_k=64), 3e-3, "tf32")
