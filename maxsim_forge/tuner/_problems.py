@@ -1,0 +1,99 @@
+"""Random problems of a given spec and size, with their float64 reference.
+
+The tuner checks every candidate on a fresh one of these before timing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded
+from ..codegen import KernelSpec
+from ..reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
+
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Exact sizes of one problem: queries, query length, docs, doc length (padded or max)."""
+
+    nq: int
+    lq: int
+    nb: int
+    ld: int
+
+    def scaled(self, nb: int) -> Sizes:
+        return Sizes(self.nq, self.lq, min(self.nb, nb), self.ld)
+
+
+@dataclass
+class Problem:
+    prep: Prepared
+    reference: object  # () -> float64 tensor in the launcher's output shape
+
+    def expected(self) -> torch.Tensor:
+        ref = self.reference()
+        return ref[None] if self.prep.squeeze else ref
+
+
+def _lengths(count: int, limit: int, gen: torch.Generator, skew: bool) -> torch.Tensor:
+    if skew:  # many short docs, a few long ones
+        u = torch.rand(count, generator=gen)
+        return (1 + (limit - 1) * u.pow(3)).long()
+    return torch.randint(max(1, limit // 2), limit + 1, (count,), generator=gen)
+
+
+def synth(
+    spec: KernelSpec,
+    sizes: Sizes,
+    *,
+    device: str,
+    seed: int,
+    skew: bool = False,
+) -> Problem:
+    """A problem of ``spec`` with ``sizes``: fresh random embeddings, ragged lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    dt = TORCH_DTYPES[spec.dtype]
+    nq, lq, nb, ld, dim = sizes.nq, sizes.lq, sizes.nb, sizes.ld, spec.dim
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dt)
+
+    if spec.layout == "pairs":
+        q_lens = _lengths(nb, lq, gen, skew).tolist()
+        d_lens = _lengths(nb, ld, gen, skew).tolist()
+        queries = [rand(n, dim) for n in q_lens]
+        docs = [rand(n, dim) for n in d_lens]
+        prep = pack_pairs(queries, docs, precision=_precision(spec))
+        return Problem(prep, lambda: maxsim_pairs_reference(queries, docs))
+    q = rand(nq, lq, dim) if spec.layout != "padded" else rand(lq, dim)
+    q_side: dict = {}
+    if spec.q_mask == "lengths":
+        qlen = _lengths(nq, lq, gen, False).to(device)
+        q_side["q_lengths"] = qlen if q.dim() == 3 else qlen.reshape(())
+    elif spec.q_mask == "mask":
+        qm = (torch.rand(nq, lq, generator=gen) > 0.2).to(device)
+        q_side["q_mask"] = qm if q.dim() == 3 else qm[0]
+    if spec.layout == "packed":
+        lens = _lengths(nb, ld, gen, skew)
+        cu = torch.zeros(nb + 1, dtype=torch.int32)
+        cu[1:] = lens.cumsum(0)
+        d = rand(int(cu[-1]), dim)
+        cu = cu.to(device)
+        prep = prepare_packed(q, d, cu, max_doc_len=ld, precision=_precision(spec), **q_side)
+        return Problem(prep, lambda: maxsim_packed_reference(q, d, cu, **q_side))
+    d = rand(nb, ld, dim)
+    d_side: dict = {}
+    if spec.d_mask == "lengths":
+        d_side["d_lengths"] = _lengths(nb, ld, gen, skew).to(device)
+    elif spec.d_mask == "mask":
+        d_side["d_mask"] = (torch.rand(nb, ld, generator=gen) > 0.2).to(device)
+    prep = prepare_padded(q, d, precision=_precision(spec), **q_side, **d_side)
+    return Problem(prep, lambda: maxsim_reference(q, d, **q_side, **d_side))
+
+
+def _precision(spec: KernelSpec) -> str:
+    return spec.precision if spec.dtype == "fp32" else "tf32"

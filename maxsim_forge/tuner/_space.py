@@ -1,0 +1,138 @@
+"""The search space, as data: value lists and named restrictions, each with its reason.
+
+A restriction sees the spec, the config and the bucket's representative sizes; a
+config that breaks one is pruned before anything compiles. Shared-memory and
+register limits come from :func:`maxsim_forge.codegen.validate`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..codegen import ConfigError, KernelConfig, KernelSpec, validate
+from ._problems import Sizes
+
+SPACE: dict[str, tuple] = {
+    "block_q": (16, 32, 64, 128),
+    "block_d": (16, 32, 64, 128),
+    "block_k": (32, 64, 128, 256),
+    "num_warps": (2, 4, 8),
+    "num_stages": (1, 2, 3, 4),
+    "q_mode": ("loop", "grid", "fold"),
+    "split_d": (1, 2, 4, 8, 16),
+}
+
+
+def _pow2_ceil(x: int) -> int:
+    return 1 << max(0, x - 1).bit_length()
+
+
+def _rows(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
+    return s.nq * s.lq if cfg.q_mode == "fold" else s.lq
+
+
+def _programs(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
+    tiles = -(-_rows(spec, cfg, s) // cfg.block_q)
+    if cfg.q_mode == "loop":
+        tiles = 1 if spec.layout == "pairs" else s.nq
+    elif cfg.q_mode == "grid" and spec.layout != "pairs":
+        tiles *= s.nq
+    return tiles * s.nb
+
+
+@dataclass(frozen=True)
+class Restriction:
+    name: str
+    reason: str
+    allows: Callable[[KernelSpec, KernelConfig, Sizes, int], bool]
+
+
+RESTRICTIONS: tuple[Restriction, ...] = (
+    Restriction(
+        "block_k_fits_dim",
+        "a feature tile wider than the dim (rounded up to a power of two) only loads padding",
+        lambda spec, cfg, s, sms: cfg.block_k <= max(16, _pow2_ceil(spec.dim)),
+    ),
+    Restriction(
+        "block_k_splits_dim_evenly",
+        "a split dim with a partial last chunk spends a whole dot on padding",
+        lambda spec, cfg, s, sms: cfg.block_k >= spec.dim or spec.dim % cfg.block_k == 0,
+    ),
+    Restriction(
+        "block_q_fits_rows",
+        "a query tile much taller than the rows it covers computes padding",
+        lambda spec, cfg, s, sms: cfg.block_q <= max(16, _pow2_ceil(_rows(spec, cfg, s))),
+    ),
+    Restriction(
+        "block_d_fits_doc",
+        "a doc tile longer than the longest doc computes padding",
+        lambda spec, cfg, s, sms: s.ld == 0 or cfg.block_d <= max(16, _pow2_ceil(s.ld)),
+    ),
+    Restriction(
+        "fold_needs_several_queries",
+        "folding only pays with several shared queries",
+        lambda spec, cfg, s, sms: cfg.q_mode != "fold" or (s.nq > 1 and spec.layout in ("allpairs", "packed")),
+    ),
+    Restriction(
+        "loop_for_short_rows",
+        "a loop over many query tiles re-reads the doc serially; long queries use the grid",
+        lambda spec, cfg, s, sms: cfg.q_mode != "loop" or s.lq <= 4 * cfg.block_q,
+    ),
+    Restriction(
+        "split_needs_doc_tiles",
+        "each doc split must get at least one doc tile",
+        lambda spec, cfg, s, sms: cfg.split_d == 1 or (s.ld > 0 and cfg.split_d * cfg.block_d <= s.ld),
+    ),
+    Restriction(
+        "split_only_for_small_grids",
+        "a grid that already fills the GPU twice over gains nothing from splitting docs",
+        lambda spec, cfg, s, sms: cfg.split_d == 1 or _programs(spec, cfg, s) < 2 * sms,
+    ),
+    Restriction(
+        "big_tiles_need_warps",
+        "a 128x128 score tile on two warps spills registers",
+        lambda spec, cfg, s, sms: cfg.block_q * cfg.block_d < 128 * 128 or cfg.num_warps >= 4,
+    ),
+)
+
+
+def check_static(
+    spec: KernelSpec, cfg: KernelConfig, sizes: Sizes, *, sm_count: int, smem_limit: int | None
+) -> str | None:
+    """The reason ``cfg`` is pruned before compiling, or None if it may run."""
+    for r in RESTRICTIONS:
+        if not r.allows(spec, cfg, sizes, sm_count):
+            return f"{r.name}: {r.reason}"
+    try:
+        validate(spec, cfg, smem_limit=smem_limit)
+    except ConfigError as exc:
+        return f"limits: {exc}"
+    return None
+
+
+def all_configs() -> Iterator[KernelConfig]:
+    for values in itertools.product(*SPACE.values()):
+        yield KernelConfig(**dict(zip(SPACE, values)))
+
+
+def valid_configs(
+    spec: KernelSpec, sizes: Sizes, *, sm_count: int, smem_limit: int | None = None
+) -> list[KernelConfig]:
+    """Every config of the space that passes the static checks for this bucket."""
+    return [
+        cfg
+        for cfg in all_configs()
+        if check_static(spec, cfg, sizes, sm_count=sm_count, smem_limit=smem_limit) is None
+    ]
+
+
+def sample_configs(
+    spec: KernelSpec, sizes: Sizes, count: int, *, sm_count: int, seed: int = 0,
+    smem_limit: int | None = None,
+) -> list[KernelConfig]:
+    configs = valid_configs(spec, sizes, sm_count=sm_count, smem_limit=smem_limit)
+    random.Random(seed).shuffle(configs)
+    return configs[:count]
