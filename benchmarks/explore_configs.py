@@ -19,7 +19,7 @@ import torch
 from maxsim_forge.codegen import KernelSpec
 from maxsim_forge.runtime import default_config, launch_prepared
 from maxsim_forge.tuner._compile import CompileJob, compile_many
-from maxsim_forge.tuner._problems import Sizes, synth
+from maxsim_forge._problems import Sizes, synth
 from maxsim_forge.tuner._space import sample_configs
 from maxsim_forge.tuner._timing import time_cuda
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .codegen import KernelConfig, KernelSpec
-from .reference import maxsim_reference
+from .runtime import explain, maxsim, maxsim_packed, maxsim_pairs, warmup
 
 __version__ = "0.1.0"
 
-__all__ = ["KernelConfig", "KernelSpec", "maxsim_reference"]
+__all__ = ["explain", "maxsim", "maxsim_packed", "maxsim_pairs", "warmup"]

@@ -103,8 +103,28 @@ def maxsim_pairs_reference(
     return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64, device=device)
 
 
+
+
+def reference_for(prep) -> torch.Tensor:
+    """The float64 reference of a checked call (``maxsim_forge._inputs.Prepared``),
+    in the shape its launcher returns: ``[nq, nb]``, or ``[nb]`` for pairs."""
+    k = prep.launch_kwargs
+    layout = prep.spec.layout
+    q_side = {"q_lengths": k.get("q_lengths"), "q_mask": k.get("q_mask")}
+    if layout == "pairs":
+        q_cu, d_cu = k["q_cu"].long().cpu(), k["d_cu"].long().cpu()
+        queries = [prep.q[q_cu[i] : q_cu[i + 1]] for i in range(k["nb"])]
+        docs = [prep.d[d_cu[i] : d_cu[i + 1]] for i in range(k["nb"])]
+        out = maxsim_pairs_reference(queries, docs)
+        return out if out.numel() else torch.zeros(0, dtype=torch.float64, device=prep.q.device)
+    if layout == "packed":
+        return maxsim_packed_reference(prep.q, prep.d, k["d_cu"], **q_side)
+    return maxsim_reference(prep.q, prep.d, d_lengths=k.get("d_lengths"), d_mask=k.get("d_mask"), **q_side)
+
+
 __all__ = [
     "maxsim_packed_reference",
+    "reference_for",
     "maxsim_pairs_reference",
     "maxsim_reference",
     "unpack",

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from ._api import Decision, explain, maxsim, maxsim_packed, maxsim_pairs, maxsim_pairs_packed, reset
 from ._heuristics import default_config
+from ._lookup import SOURCES, Lookup
 from ._variant import launch_prepared
+from ._warmup import warmup
 
-__all__ = ["default_config", "launch_prepared"]
+__all__ = [
+    "SOURCES",
+    "Decision",
+    "Lookup",
+    "default_config",
+    "explain",
+    "launch_prepared",
+    "maxsim",
+    "maxsim_packed",
+    "maxsim_pairs",
+    "maxsim_pairs_packed",
+    "reset",
+    "warmup",
+]

@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..codegen import ConfigError, KernelConfig, KernelSpec, validate
-from ._problems import Sizes, synth
+from .._problems import Sizes, synth
 
 # Statuses stored with every trial.
 OK = "ok"

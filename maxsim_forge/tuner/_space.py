@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..codegen import ConfigError, KernelConfig, KernelSpec, validate
-from ._problems import Sizes
+from .._problems import Sizes
 
 SPACE: dict[str, tuple] = {
     "block_q": (16, 32, 64, 128),

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded
-from ..codegen import KernelSpec
-from ..reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
+from ._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded
+from .codegen import KernelSpec
+from .reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -1,0 +1,249 @@
+"""The public scoring API and its dispatcher.
+
+A call is checked, bucketed and routed: the first call of a (spec, bucket) decides
+its config through the lookup order and loads the generated module; every later call
+is a dictionary lookup plus the launch. Nothing here tunes, syncs with the device
+(unless values are checked outside graph capture) or imports the tuner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded, prepare_pairs_packed
+from ..codegen import KernelConfig, interpreting, load_variant, variant_name
+from ..reference import reference_for
+from ..tuned_db import BucketKey
+from ._keys import bucket_key, gpu_info
+from ._lookup import HEURISTIC, TORCH, Lookup
+
+log = logging.getLogger("maxsim_forge")
+
+
+@dataclass
+class Decision:
+    """What a call would run, and why: returned by :func:`explain`."""
+
+    layout: str
+    bucket: str
+    variant: str
+    config: dict | None
+    source: str
+    gpu: str
+
+    def __str__(self) -> str:
+        return (f"{self.layout} bucket {self.bucket} on {self.gpu}: {self.variant} "
+                f"(from {self.source})")
+
+
+@dataclass
+class _Route:
+    key: BucketKey
+    config: KernelConfig | None
+    source: str
+    variant: str
+    launch: object = None  # the generated module's launch; None for the torch fallback
+    warm: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def decision(self) -> Decision:
+        return Decision(self.key.layout, self.key.label(), self.variant,
+                        self.config.to_dict() if self.config else None, self.source, self.key.gpu)
+
+
+_lookup = Lookup()
+_routes: dict[tuple, _Route] = {}
+_routes_lock = threading.Lock()
+_logged_misses: set[tuple] = set()
+
+
+def reset(lookup: Lookup | None = None) -> None:
+    """Forget loaded databases and routes (tests, or after writing a new database)."""
+    global _lookup
+    with _routes_lock:
+        _lookup = lookup or Lookup()
+        _routes.clear()
+        _logged_misses.clear()
+
+
+def _disabled() -> bool:
+    return os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0")
+
+
+def _uses_kernels(device: torch.device) -> bool:
+    if _disabled():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and interpreting())
+
+
+def _route(prep: Prepared, key: BucketKey | None = None) -> _Route:
+    """The memoised route of a call; ``key`` overrides the call's own bucket (warmup)."""
+    device = prep.q.device
+    gpu = gpu_info(device)
+    key = key or bucket_key(prep, gpu)
+    kernels = _uses_kernels(device)
+    memo = (prep.spec, key, kernels)
+    route = _routes.get(memo)
+    if route is not None:
+        return route
+    with _routes_lock:
+        route = _routes.get(memo)
+        if route is None:
+            route = _new_route(prep, key, gpu, kernels)
+            _routes[memo] = route
+    return route
+
+
+def _new_route(prep: Prepared, key: BucketKey, gpu, kernels: bool) -> _Route:
+    if not kernels:
+        why = "MAXSIM_FORGE_DISABLE is set" if _disabled() else "CPU tensors without TRITON_INTERPRET=1"
+        log.info("maxsim-forge: torch reference for %s (%s)", key.label(), why)
+        return _Route(key, None, TORCH, f"torch reference ({why})")
+    cfg, source = _lookup.decide(prep.spec, key, gpu, prep.sizes)
+    if source == HEURISTIC and (gpu.name, key) not in _logged_misses:
+        _logged_misses.add((gpu.name, key))
+        log.info("maxsim-forge: no tuned config for %s on %s; using the heuristic default", key.label(), gpu.name)
+    module = load_variant(prep.spec, cfg, smem_limit=gpu.smem_limit)
+    return _Route(key, cfg, source, variant_name(prep.spec, cfg), module.launch)
+
+
+# Triton's interpreter patches triton.language globally while a kernel runs, so
+# interpreted launches from several threads must take turns; compiled ones need not.
+_interpreter_lock = threading.Lock()
+
+
+def _run(prep: Prepared, key: BucketKey | None = None) -> torch.Tensor:
+    route = _route(prep, key)
+    if route.launch is None:
+        out = reference_for(prep).to(torch.float32)
+    elif prep.q.device.type == "cpu":
+        with _interpreter_lock:
+            out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
+    elif route.warm:
+        out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
+    else:
+        with route.lock:  # the first launch compiles; one thread does it
+            out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
+            route.warm = True
+    return out[0] if prep.squeeze else out
+
+
+def _check_values(validate: bool, *tensors) -> bool:
+    """Value checks read data back; skip them when asked or while a CUDA graph is captured."""
+    if not validate:
+        return False
+    if any(t is not None and t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing():
+        return False
+    return True
+
+
+def maxsim(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    *,
+    q_lengths: torch.Tensor | None = None,
+    q_mask: torch.Tensor | None = None,
+    d_lengths: torch.Tensor | None = None,
+    d_mask: torch.Tensor | None = None,
+    precision: str = "tf32",
+    validate: bool = True,
+) -> torch.Tensor:
+    """MaxSim of ``q`` (``[Lq, dim]`` or ``[Nq, Lq, dim]``) against padded ``d[B, Ld, dim]``.
+
+    Lengths (int ``[Nq]`` / ``[B]``) or boolean masks (``[Nq, Lq]`` / ``[B, Ld]``) mark
+    valid tokens on either side. Returns float32 ``[B]`` or ``[Nq, B]``. ``validate``
+    checks length values too, which reads them back to the host; it is skipped under
+    CUDA graph capture.
+    """
+    prep = prepare_padded(
+        q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
+        precision=precision, check_values=_check_values(validate, q_lengths, d_lengths),
+    )
+    return _run(prep)
+
+
+def maxsim_packed(
+    q: torch.Tensor,
+    d_packed: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    max_doc_len: int | None = None,
+    q_lengths: torch.Tensor | None = None,
+    q_mask: torch.Tensor | None = None,
+    precision: str = "tf32",
+    validate: bool = True,
+) -> torch.Tensor:
+    """MaxSim against docs packed as ``[total_tokens, dim]`` with ``cu_seqlens[B + 1]``.
+
+    ``max_doc_len`` only refines the shape bucket; kernels read each doc's extent on
+    the device. Returns float32 ``[B]`` or ``[Nq, B]``.
+    """
+    prep = prepare_packed(
+        q, d_packed, cu_seqlens, max_doc_len=max_doc_len, q_lengths=q_lengths, q_mask=q_mask,
+        precision=precision, check_values=_check_values(validate, cu_seqlens, q_lengths),
+    )
+    return _run(prep)
+
+
+def maxsim_pairs(
+    queries: Sequence[torch.Tensor],
+    docs: Sequence[torch.Tensor],
+    *,
+    precision: str = "tf32",
+) -> torch.Tensor:
+    """Query i against doc i, both ragged ``[L, dim]`` tensors; returns float32 ``[N]``.
+
+    Both sides are packed with one copy each and scored in one launch.
+    """
+    if isinstance(queries, Sequence) and not isinstance(queries, torch.Tensor) and len(queries) == 0:
+        if isinstance(docs, Sequence) and not isinstance(docs, torch.Tensor) and len(docs) == 0:
+            return torch.zeros(0, dtype=torch.float32)
+    return _run(pack_pairs(queries, docs, precision=precision))
+
+
+def maxsim_pairs_packed(
+    q_packed: torch.Tensor,
+    q_cu: torch.Tensor,
+    d_packed: torch.Tensor,
+    d_cu: torch.Tensor,
+    *,
+    max_q_len: int,
+    max_d_len: int = 0,
+    precision: str = "tf32",
+    validate: bool = True,
+) -> torch.Tensor:
+    """Aligned pairs already packed: query i is ``q_packed[q_cu[i]:q_cu[i+1]]``."""
+    prep = prepare_pairs_packed(
+        q_packed, q_cu, d_packed, d_cu, max_q_len=max_q_len, max_d_len=max_d_len,
+        precision=precision, check_values=_check_values(validate, q_cu, d_cu),
+    )
+    return _run(prep)
+
+
+def _prepare_any(args: tuple, kwargs: dict) -> Prepared:
+    """Recognise which entry point a set of arguments belongs to."""
+    kwargs = dict(kwargs)
+    validate = kwargs.pop("validate", True)
+    if args and isinstance(args[0], Sequence) and not isinstance(args[0], torch.Tensor):
+        return pack_pairs(*args, **kwargs)
+    if len(args) >= 3 or "cu_seqlens" in kwargs:
+        return prepare_packed(*args, check_values=validate, **kwargs)
+    return prepare_padded(*args, check_values=validate, **kwargs)
+
+
+def explain(*args, **kwargs) -> Decision:
+    """What the call with these arguments would run: layout, bucket, variant, config, source.
+
+    Takes the arguments of :func:`maxsim`, :func:`maxsim_packed` (three positional
+    tensors) or :func:`maxsim_pairs` (two sequences). Launches nothing.
+    """
+    return _route(_prepare_any(args, kwargs)).decision()
+
+
+__all__ = ["Decision", "explain", "maxsim", "maxsim_packed", "maxsim_pairs", "maxsim_pairs_packed", "reset"]

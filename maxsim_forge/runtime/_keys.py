@@ -1,0 +1,64 @@
+"""GPU keys and shape buckets: cheap to compute on every call."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from .._inputs import Prepared
+from ..tuned_db import BucketKey
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The device's name as vLLM normalises it, and the limits fallbacks compare."""
+
+    name: str
+    cc: str
+    sm_count: int
+    smem_limit: int
+
+
+# Stand-in for the interpreter: tuned like a small GPU, never matched to a real one.
+INTERPRETER = GpuInfo("TRITON_INTERPRETER", "0.0", 4, 232_448)
+
+
+def normalize_name(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+@functools.lru_cache(maxsize=16)
+def gpu_info(device: torch.device | str) -> GpuInfo:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return INTERPRETER
+    props = torch.cuda.get_device_properties(device)
+    smem = getattr(props, "shared_memory_per_block_optin", 0) or 232_448
+    return GpuInfo(
+        name=normalize_name(props.name),
+        cc=f"{props.major}.{props.minor}",
+        sm_count=props.multi_processor_count,
+        smem_limit=int(smem),
+    )
+
+
+def bucket(x: int) -> int:
+    """Powers of two: 0, 1, 2, 4, 8, ... (the smallest power of two >= x)."""
+    return 0 if x <= 0 else 1 << (x - 1).bit_length()
+
+
+def bucket_sizes(prep: Prepared) -> tuple[int, int, int, int]:
+    """(nq, lq, ld, nb) buckets of a call. Packed docs without a max use the mean length."""
+    k = prep.launch_kwargs
+    ld = k["ld"]
+    if not ld and prep.spec.layout in ("packed", "pairs"):
+        ld = -(-prep.d.shape[0] // max(k["nb"], 1))
+    return bucket(k["nq"]), bucket(k["lq"]), bucket(ld), bucket(k["nb"])
+
+
+def bucket_key(prep: Prepared, gpu: GpuInfo) -> BucketKey:
+    nq, lq, ld, nb = bucket_sizes(prep)
+    spec = prep.spec
+    return BucketKey(gpu.name, gpu.cc, spec.layout, spec.dtype, spec.precision, spec.dim, nq, lq, ld, nb)

@@ -1,0 +1,137 @@
+"""Where a call's config comes from: user DB, shipped DB, nearest bucket, same arch, heuristic.
+
+The databases are read once, into dictionaries; a bucket's decision is then memoised
+by the dispatcher, so a call costs a dictionary lookup. A database that is missing,
+corrupt, from a newer schema or tuned with another template is reported once and
+skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sqlite3
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..codegen import ConfigError, KernelConfig, KernelSpec, template_hash, validate
+from ..tuned_db import BucketKey, SchemaError, open_db, read_winners, shipped_db_paths, user_db_path
+from ._heuristics import default_config
+from ._keys import GpuInfo
+
+log = logging.getLogger("maxsim_forge")
+
+USER_DB, SHIPPED_DB, NEAREST, SAME_ARCH, HEURISTIC, TORCH = (
+    "user-db", "shipped-db", "nearest-bucket", "same-arch", "heuristic", "torch-fallback",
+)
+SOURCES = (USER_DB, SHIPPED_DB, NEAREST, SAME_ARCH, HEURISTIC, TORCH)
+_BUCKETS = ("nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket")
+
+
+@dataclass(frozen=True)
+class Entry:
+    buckets: tuple[int, int, int, int]
+    config: KernelConfig
+    source: str
+    gpu: str
+
+
+def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """L1 distance in log2 space; doc and query lengths weigh more than counts."""
+    weights = (1.0, 2.0, 2.0, 1.0)
+    return sum(w * abs(math.log2(max(x, 1)) - math.log2(max(y, 1))) for w, x, y in zip(weights, a, b))
+
+
+class Lookup:
+    """The loaded databases, indexed for the lookup order of DESIGN.md."""
+
+    def __init__(self, user_path: Path | None = None, shipped_paths: list[Path] | None = None):
+        self._user_path = user_path
+        self._shipped_paths = shipped_paths
+        self._lock = threading.Lock()
+        self._loaded = False
+        self.exact: dict[tuple, Entry] = {}
+        self.family: dict[tuple, list[Entry]] = defaultdict(list)
+        self.arch: dict[tuple, list[Entry]] = defaultdict(list)
+        self.reports: list[str] = []
+
+    # ---- loading (once)
+    def load(self) -> Lookup:
+        if self._loaded:
+            return self
+        with self._lock:
+            if self._loaded:
+                return self
+            current = template_hash()
+            user = self._user_path if self._user_path is not None else user_db_path()
+            explicit = self._user_path is not None or bool(os.environ.get("MAXSIM_FORGE_DB"))
+            self._load_one(user, USER_DB, current, report_missing=explicit)
+            shipped = self._shipped_paths if self._shipped_paths is not None else shipped_db_paths()
+            for path in shipped:
+                self._load_one(path, SHIPPED_DB, current, report_missing=True)
+            self._loaded = True
+        return self
+
+    def _report(self, message: str) -> None:
+        self.reports.append(message)
+        log.warning("maxsim-forge: %s", message)
+
+    def _load_one(self, path: Path, source: str, current_hash: str, *, report_missing: bool) -> None:
+        path = Path(path)
+        if not path.exists():
+            if report_missing:
+                self._report(f"{source} {path} is missing; using the next source")
+            return
+        try:
+            # Shipped files may sit in a read-only folder: take no locks, unless a WAL is beside them.
+            immutable = source == SHIPPED_DB and not Path(f"{path}-wal").exists()
+            db = open_db(str(path), read_only=True, immutable=immutable)
+            rows = read_winners(db)
+            db.conn.close()
+        except (sqlite3.DatabaseError, SchemaError) as exc:
+            self._report(f"{source} {path} cannot be read ({exc}); using the next source")
+            return
+        stale = 0
+        for row in rows:
+            if row.get("template_hash") not in (None, current_hash):
+                stale += 1
+                continue
+            try:
+                cfg = KernelConfig.from_dict(row["config"])
+            except (ConfigError, TypeError):
+                continue
+            entry = Entry(tuple(row[b] for b in _BUCKETS), cfg, source, row["gpu"])
+            family = (row["layout"], row["dtype"], row["precision"], row["dim"])
+            self.exact.setdefault((row["gpu"], *family, *entry.buckets), entry)
+            self.family[(row["gpu"], *family)].append(entry)
+            self.arch[(row["cc"], *family)].append(entry)
+        if stale:
+            self._report(f"{source} {path}: {stale} rows were tuned with another template version; ignored")
+
+    # ---- deciding
+    def decide(self, spec: KernelSpec, key: BucketKey, gpu: GpuInfo, sizes: dict) -> tuple[KernelConfig, str]:
+        """The config for this call's bucket and where it came from."""
+        self.load()
+        family = (key.layout, key.dtype, key.precision, key.dim)
+        buckets = (key.nq_bucket, key.lq_bucket, key.ld_bucket, key.nb_bucket)
+        entry = self.exact.get((gpu.name, *family, *buckets))
+        if entry is not None and _fits(spec, entry.config, gpu):
+            return entry.config, entry.source
+        for pool, source in ((self.family.get((gpu.name, *family), ()), NEAREST),
+                             (self.arch.get((gpu.cc, *family), ()), SAME_ARCH)):
+            ranked = sorted(pool, key=lambda e: (_distance(e.buckets, buckets), e.source != USER_DB))
+            for candidate in ranked:
+                if _fits(spec, candidate.config, gpu):
+                    return candidate.config, source
+        return default_config(spec, **sizes, sm_count=gpu.sm_count), HEURISTIC
+
+
+def _fits(spec: KernelSpec, cfg: KernelConfig, gpu: GpuInfo) -> bool:
+    try:
+        validate(spec, cfg, smem_limit=gpu.smem_limit)
+    except ConfigError:
+        return False
+    return True

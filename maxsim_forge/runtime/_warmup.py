@@ -1,0 +1,56 @@
+"""Compile ahead of time the variants the databases pick on this GPU."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from .._problems import Sizes, synth
+from ..codegen import KernelSpec
+from . import _api
+from ._keys import bucket, bucket_key, gpu_info
+
+# Docs in the small problem each variant is compiled on (strides match the real bucket).
+_WARM_DOCS = 4
+
+
+def _targets(buckets: list[dict] | None, gpu_name: str) -> list[tuple[KernelSpec, Sizes]]:
+    if buckets is not None:
+        return [
+            (
+                KernelSpec(b["layout"], b["dtype"], int(b["dim"]), b.get("precision", "tf32"),
+                           b.get("q_mask", "none"), b.get("d_mask", "none")),
+                Sizes(int(b.get("nq", 1)), int(b["lq"]), int(b["nb"]), int(b["ld"])),
+            )
+            for b in buckets
+        ]
+    out = []
+    for key in _api._lookup.load().exact:
+        name, layout, dtype, precision, dim, nq, lq, ld, nb = key
+        if name != gpu_name:
+            continue
+        masks = ("none", "lengths") if layout in ("padded", "allpairs") else ("none",)
+        out += [(KernelSpec(layout, dtype, dim, precision, "none", m), Sizes(nq, lq, nb, ld)) for m in masks]
+    return out
+
+
+def warmup(buckets: list[dict] | None = None, *, device: str | torch.device = "cuda") -> list[_api.Decision]:
+    """Compile the variants this GPU would run, for ``buckets`` or every tuned one.
+
+    A bucket is a dict of ``layout``, ``dtype``, ``dim``, ``lq``, ``ld``, ``nb`` and
+    optionally ``nq``, ``precision``, ``q_mask``, ``d_mask``. Each variant is launched
+    once on a few docs of the bucket's shape; returns the decisions.
+    """
+    device = torch.device(device)
+    gpu = gpu_info(device)
+    decisions = []
+    for spec, sizes in _targets(buckets, gpu.name):
+        small = synth(spec, sizes.scaled(_WARM_DOCS), device=str(device), seed=0).prep
+        key = replace(bucket_key(small, gpu), nq_bucket=bucket(sizes.nq), lq_bucket=bucket(sizes.lq),
+                      ld_bucket=bucket(sizes.ld), nb_bucket=bucket(sizes.nb))
+        _api._run(small, key)
+        decisions.append(_api._route(small, key).decision())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return decisions

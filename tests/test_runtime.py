@@ -1,0 +1,228 @@
+"""The public API: every entry point against float64, the lookup order, fallbacks, threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import torch
+
+import maxsim_forge as mf
+from maxsim_forge.codegen import KernelConfig, template_hash
+from maxsim_forge.reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
+from maxsim_forge.runtime import Lookup, reset
+from maxsim_forge.runtime._keys import gpu_info
+from maxsim_forge.tuned_db import BucketKey, TunedDB
+
+from conftest import DEVICE, assert_scores, randn
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Each test starts with no user DB and no shipped DBs unless it makes them."""
+    monkeypatch.setenv("MAXSIM_FORGE_DB", str(tmp_path / "absent-user.db"))
+    monkeypatch.delenv("MAXSIM_FORGE_DISABLE", raising=False)
+    reset(Lookup(user_path=tmp_path / "absent-user.db", shipped_paths=[]))
+    yield
+    reset()
+
+
+@pytest.mark.parametrize("dim", (48, 96, 128))
+@pytest.mark.parametrize("nq", (1, 16))
+@pytest.mark.parametrize("sides", ("plain", "lengths", "masks"))
+def test_maxsim_padded_and_allpairs(dim, nq, sides):
+    q = randn(nq, 7 if nq > 1 else 33, dim) if nq > 1 else randn(33, dim)
+    d = randn(5, 57, dim, dtype=torch.bfloat16 if dim == 96 else torch.float16)
+    q = q.to(d.dtype)
+    kw = {}
+    if sides == "lengths":
+        kw["d_lengths"] = torch.tensor([57, 0, 1, 30, 7], device=DEVICE)
+        if nq > 1:
+            kw["q_lengths"] = torch.randint(0, q.shape[1] + 1, (nq,), device=DEVICE)
+    elif sides == "masks":
+        kw["d_mask"] = torch.rand(5, 57, device=DEVICE) > 0.5
+        kw["q_mask"] = (torch.rand(*q.shape[:-1], device=DEVICE) > 0.3)
+    out = mf.maxsim(q, d, **kw)
+    assert out.shape == ((5,) if nq == 1 else (nq, 5)) and out.dtype == torch.float32
+    assert_scores(out, maxsim_reference(q, d, **kw), 1e-5, f"maxsim {sides}")
+    assert "torch" not in mf.explain(q, d, **kw).variant
+
+
+@pytest.mark.parametrize("nq", (1, 16))
+def test_maxsim_packed(nq):
+    lens = torch.tensor([0, 1, 7, 33, 257, 5])
+    cu = torch.zeros(7, dtype=torch.int32)
+    cu[1:] = lens.cumsum(0)
+    d = randn(int(cu[-1]), 96)
+    q = randn(nq, 9, 96) if nq > 1 else randn(9, 96)
+    cu = cu.to(DEVICE)
+    out = mf.maxsim_packed(q, d, cu)
+    assert_scores(out, maxsim_packed_reference(q, d, cu), 1e-5, "packed")
+
+
+def test_maxsim_pairs_ragged_and_empty():
+    q_lens, d_lens = [1, 33, 7, 0, 12], [7, 0, 257, 4, 1]
+    queries = [randn(n, 48) for n in q_lens]
+    docs = [randn(n, 48) for n in d_lens]
+    out = mf.maxsim_pairs(queries, docs)
+    assert out.shape == (5,) and out[1].item() == 0 and out[3].item() == 0
+    assert_scores(out, maxsim_pairs_reference(queries, docs), 1e-5, "pairs")
+    assert mf.maxsim_pairs([], []).shape == (0,)
+
+
+def test_explain_names_generated_variant_and_heuristic_source():
+    q, d = randn(32, 128), randn(3, 40, 128)
+    decision = mf.explain(q, d)
+    assert decision.source == "heuristic"
+    assert decision.variant.startswith("padded-fp16-d128") and decision.config["block_q"] >= 16
+    assert decision.layout == "padded"
+
+
+def _gpu():
+    return gpu_info(torch.device(DEVICE))
+
+
+def _winner(db: TunedDB, cfg: KernelConfig, *, gpu=None, cc=None, lq=32, ld=64, nb=4, nq=1, layout="padded"):
+    g = _gpu()
+    key = BucketKey(gpu or g.name, cc or g.cc, layout, "fp16", "native", 128, nq, lq, ld, nb)
+    db.put_winner(key, {"config": cfg.to_dict(), "time_ms": 1.0, "baseline_ms": 2.0, "speedup": 2.0,
+                        "near_best": [], "trials": 3, "seed": 0, "template_hash": template_hash()})
+    return key
+
+
+def _call():
+    q, d = randn(32, 128), randn(3, 40, 128)  # buckets: lq 32, ld 64, nb 4
+    return q, d
+
+
+CFG_A = KernelConfig(block_q=32, block_d=16, block_k=64, num_warps=2, num_stages=2)
+CFG_B = KernelConfig(block_q=16, block_d=32, block_k=128, num_warps=4, num_stages=1)
+
+
+def test_lookup_order_user_then_shipped_then_nearest_then_same_arch(tmp_path):
+    q, d = _call()
+    user, shipped = TunedDB(tmp_path / "user.db"), TunedDB(tmp_path / "shipped.db")
+    _winner(user, CFG_A)
+    _winner(shipped, CFG_B)
+    reset(Lookup(user_path=user.path, shipped_paths=[shipped.path]))
+    dec = mf.explain(q, d)
+    assert (dec.source, dec.config) == ("user-db", CFG_A.to_dict())
+    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "user-db")
+
+    reset(Lookup(user_path=tmp_path / "none.db", shipped_paths=[shipped.path]))
+    assert mf.explain(q, d).source == "shipped-db"
+    assert mf.explain(q, d).config == CFG_B.to_dict()
+
+    near = TunedDB(tmp_path / "near.db")
+    _winner(near, CFG_A, nb=1024)  # same GPU, another batch bucket
+    _winner(near, CFG_B, nb=1 << 20, ld=4096)  # farther away
+    reset(Lookup(user_path=near.path, shipped_paths=[]))
+    dec = mf.explain(q, d)
+    assert (dec.source, dec.config) == ("nearest-bucket", CFG_A.to_dict())
+    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "nearest")
+
+    arch = TunedDB(tmp_path / "arch.db")
+    _winner(arch, CFG_B, gpu="SOME_OTHER_GPU")
+    reset(Lookup(user_path=arch.path, shipped_paths=[]))
+    dec = mf.explain(q, d)
+    assert (dec.source, dec.config) == ("same-arch", CFG_B.to_dict())
+    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "same-arch")
+
+
+def test_stale_template_rows_are_ignored(tmp_path, caplog):
+    q, d = _call()
+    db = TunedDB(tmp_path / "user.db")
+    key = _winner(db, CFG_A)
+    db.put_winner(key, {**db.winner(key), "template_hash": "0" * 16})
+    reset(Lookup(user_path=db.path, shipped_paths=[]))
+    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
+        assert mf.explain(q, d).source == "heuristic"
+    assert "another template version" in caplog.text
+
+
+@pytest.mark.parametrize("problem", ("missing", "corrupt", "newer"))
+def test_bad_database_is_reported_once_and_call_answers(tmp_path, caplog, problem):
+    q, d = _call()
+    path = tmp_path / "user.db"
+    if problem == "corrupt":
+        path.write_bytes(b"this is not a database" * 100)
+    elif problem == "newer":
+        db = TunedDB(path)
+        _winner(db, CFG_A)
+        db.db.execute("PRAGMA user_version = 99")
+        db.db.conn.commit()
+    shipped = TunedDB(tmp_path / "shipped.db")
+    _winner(shipped, CFG_B)
+    reset(Lookup(user_path=path, shipped_paths=[shipped.path]))
+    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
+        for _ in range(3):
+            out = mf.maxsim(q, d)
+        dec = mf.explain(q, d)
+    assert dec.source == "shipped-db"
+    assert_scores(out, maxsim_reference(q, d), 1e-5, problem)
+    reports = [r for r in caplog.records if "user-db" in r.getMessage()]
+    assert len(reports) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_disable_forces_torch_reference(monkeypatch):
+    q, d = _call()
+    monkeypatch.setenv("MAXSIM_FORGE_DISABLE", "1")
+    reset(Lookup(user_path=None, shipped_paths=[]))
+    dec = mf.explain(q, d)
+    assert dec.source == "torch-fallback" and dec.config is None
+    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "disabled")
+
+
+def test_miss_is_logged_once_per_bucket(caplog):
+    q, d = _call()
+    with caplog.at_level(logging.INFO, logger="maxsim_forge"):
+        for _ in range(4):
+            mf.maxsim(q, d)
+    assert sum("no tuned config" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_threads_get_correct_results():
+    cases = []
+    for i in range(6):
+        q, d = randn(8 + i, 64), randn(3, 20 + 3 * i, 64)
+        cases.append((q, d, maxsim_reference(q, d)))
+    errors = []
+
+    def work(k):
+        try:
+            for j in range(3):
+                q, d, ref = cases[(k + j) % len(cases)]
+                assert_scores(mf.maxsim(q, d), ref, 1e-5, f"thread {k}")
+        except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_warmup_compiles_tuned_buckets(tmp_path):
+    db = TunedDB(tmp_path / "user.db")
+    _winner(db, CFG_A)
+    reset(Lookup(user_path=db.path, shipped_paths=[]))
+    decisions = mf.warmup(device=DEVICE)
+    assert {d.source for d in decisions} == {"user-db"}
+    assert all(d.config == CFG_A.to_dict() for d in decisions)
+    given = mf.warmup([{"layout": "allpairs", "dtype": "bf16", "dim": 96, "nq": 4, "lq": 16, "ld": 40, "nb": 100}],
+                      device=DEVICE)
+    assert given[0].source == "heuristic" and given[0].layout == "allpairs"
+
+
+def test_bad_input_raises_before_launch():
+    with pytest.raises(ValueError, match="d has 64 features but q has 128"):
+        mf.maxsim(randn(4, 128), randn(2, 5, 64))
+    with pytest.raises(ValueError, match="queries has 1 items but docs has 2"):
+        mf.maxsim_pairs([randn(3, 8)], [randn(2, 8), randn(2, 8)])
+    with pytest.raises(ValueError, match="cu_seqlens starts at 2"):
+        mf.maxsim_packed(randn(4, 8), randn(9, 8), torch.tensor([2, 9], device=DEVICE))
