@@ -90,3 +90,161 @@ def check(batch, dtype, seed) -> None:
     click.echo(report.text())
     if not report.ok:
         raise click.ClickException("the generated kernel does not match the float64 reference")
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple]) -> str:
+    rows = [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["quick", "default"]), default=None,
+              help="Named set of shape buckets (default: quick).")
+@click.option("--shapes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON or YAML file with a list of buckets instead of a preset.")
+@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp16", "bf16", "fp32"]),
+              help="Only these dtypes (repeatable).")
+@click.option("--trials", type=int, default=24, show_default=True, help="Optuna trials per bucket.")
+@click.option("--time-budget", type=float, default=None, help="Seconds for the whole run; later buckets are skipped.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+              help="Database to write (default: MAXSIM_FORGE_DB or the user cache).")
+@click.option("--resume", is_flag=True, help="Skip buckets that already have a winner for this template.")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs to tune on, one worker process each.")
+@click.option("--workers", type=int, default=None, help="Compile processes per GPU (default: cores - 1).")
+@click.option("--storage", default=None,
+              help="Optuna storage URL shared by several processes or machines: journal:PATH, sqlite:///F, postgresql://...")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sampler and the random inputs.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def tune(preset, shapes, dtypes, trials, time_budget, db_path, resume, gpus, workers, storage, seed, quiet) -> None:
+    """Tune kernel variants for this GPU and store the winners.
+
+    Example: maxsim-forge tune --preset quick --db tuned.db
+    """
+    interpreted = _use_interpreter_without_cuda()
+    from .tuner import resolve, summary_rows
+    from .tuner import tune as run_tune
+
+    try:
+        buckets = resolve(preset, shapes, tuple(dtypes))
+    except (ValueError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if interpreted:
+        click.echo("No CUDA device: tuning through Triton's interpreter on shrunk buckets "
+                   "(the pipeline runs end to end; its timings mean nothing).")
+    try:
+        report = run_tune(buckets, db_path=db_path, trials=trials, seed=seed, time_budget_s=time_budget,
+                          resume=resume, storage_url=storage, gpus=gpus, workers=workers, progress=not quiet)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"\n{report.device}: {len(report.results)} buckets in {report.wall_s:.1f} s")
+    click.echo(_table(("bucket", "best config", "ms", "torch ms", "speedup", "trials"), summary_rows(report)))
+
+
+@main.group()
+def db() -> None:
+    """Inspect and move tuned databases."""
+
+
+def _open(path):
+    from .tuned_db import TunedDB, user_db_path
+
+    return TunedDB(path or user_db_path())
+
+
+_DB_OPTION = click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                          help="Database (default: MAXSIM_FORGE_DB or the user cache).")
+
+
+@db.command("show")
+@_DB_OPTION
+@click.option("--gpu", default=None, help="Only this GPU (normalised name, e.g. NVIDIA_H100_80GB_HBM3).")
+@click.option("--layout", default=None, help="Only this layout.")
+@click.option("--dtype", default=None, help="Only this dtype.")
+def db_show(db_path, gpu, layout, dtype) -> None:
+    """List the winners as a table.
+
+    Example: maxsim-forge db show --layout padded --dtype fp16
+    """
+    rows = []
+    for w in _open(db_path).winners(gpu=gpu, layout=layout, dtype=dtype):
+        cfg = KernelConfig.from_dict(w["config"])
+        speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
+        rows.append((w["gpu"], w["layout"], w["dtype"], w["dim"], w["nq_bucket"], w["lq_bucket"], w["ld_bucket"],
+                     w["nb_bucket"], cfg.key(), f"{w['time_ms']:.4f}", speed, w["trials"]))
+    click.echo(_table(("gpu", "layout", "dtype", "dim", "nq", "lq", "ld", "nb", "config", "ms", "vs torch", "trials"), rows))
+
+
+@db.command("export")
+@_DB_OPTION
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file to write.")
+@click.option("--trials", "with_trials", is_flag=True, help="Include every trial, not only winners.")
+def db_export(db_path, out, with_trials) -> None:
+    """Export winners (and optionally trials) as JSON.
+
+    Example: maxsim-forge db export --out h100.json
+    """
+    from .tuned_db import export_json
+
+    doc = export_json(_open(db_path), trials=with_trials)
+    with open(out, "w") as fh:
+        json.dump(doc, fh, indent=1, sort_keys=True)
+    click.echo(f"wrote {len(doc['winners'])} winners to {out}")
+
+
+@db.command("import")
+@_DB_OPTION
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+def db_import(db_path, source) -> None:
+    """Import a JSON export, keeping the faster winner per key.
+
+    Example: maxsim-forge db import h100.json --db tuned.db
+    """
+    from .tuned_db import import_json
+
+    try:
+        with open(source) as fh:
+            taken = import_json(_open(db_path), json.load(fh))
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(f"{source}: {exc}") from exc
+    click.echo(f"took {taken} winners from {source}")
+
+
+@db.command("merge")
+@_DB_OPTION
+@click.argument("other", type=click.Path(exists=True, dir_okay=False))
+def db_merge(db_path, other) -> None:
+    """Merge another database in, keeping the faster winner per key.
+
+    Example: maxsim-forge db merge gpu1.db --db tuned.db
+    """
+    from .tuned_db import merge_db
+
+    try:
+        taken = merge_db(_open(db_path), other)
+    except Exception as exc:  # sqlite errors, schema errors
+        raise click.ClickException(f"{other}: {exc}") from exc
+    click.echo(f"took {taken} winners from {other}")
+
+
+@main.command()
+@click.option("--bucket", "buckets", multiple=True,
+              help='Bucket as JSON, e.g. \'{"layout": "padded", "dtype": "fp16", "dim": 128, "lq": 32, "ld": 300, "nb": 1000}\'.')
+def warmup(buckets) -> None:
+    """Compile ahead of time the variants this GPU would run (every tuned bucket by default).
+
+    Example: maxsim-forge warmup
+    """
+    interpreted = _use_interpreter_without_cuda()
+    from .runtime import warmup as run_warmup
+
+    try:
+        parsed = [json.loads(b) for b in buckets] or None
+        decisions = run_warmup(parsed, device="cpu" if interpreted else "cuda")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for d in decisions:
+        click.echo(str(d))
+    click.echo(f"warmed {len(decisions)} variants")

@@ -39,6 +39,8 @@ def default_config(
     block_d = 64 if block_q <= 64 else 32
     if spec.dtype == "fp32":
         block_d = min(block_d, 32)
+    if ld > 0:  # no tile longer than the docs
+        block_d = min(block_d, _pow2_at_least(ld, 16, 256))
     num_warps = 8 if block_q >= 128 else 4
     q_progs = 1
     if q_mode == "fold":

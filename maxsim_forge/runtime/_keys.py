@@ -50,10 +50,14 @@ def bucket(x: int) -> int:
 
 
 def bucket_sizes(prep: Prepared) -> tuple[int, int, int, int]:
-    """(nq, lq, ld, nb) buckets of a call. Packed docs without a max use the mean length."""
+    """(nq, lq, ld, nb) buckets of a call.
+
+    Packed docs bucket by their mean length, which the host knows without reading
+    ``cu_seqlens``; pairs by the longest doc, known when they are packed.
+    """
     k = prep.launch_kwargs
     ld = k["ld"]
-    if not ld and prep.spec.layout in ("packed", "pairs"):
+    if prep.spec.layout == "packed" or (prep.spec.layout == "pairs" and not ld):
         ld = -(-prep.d.shape[0] // max(k["nb"], 1))
     return bucket(k["nq"]), bucket(k["lq"]), bucket(ld), bucket(k["nb"])
 

@@ -95,6 +95,7 @@ def open_db(path, *, read_only: bool = False, immutable: bool = False) -> sqlite
             raise SchemaError(f"{path}: not a maxsim-forge database")
         return db
     db = sqlite_utils.Database(path)
+    db.execute("PRAGMA busy_timeout = 60000")  # several tuning processes may write at once
     db.enable_wal()
     migrate(db)
     return db

@@ -1,0 +1,26 @@
+"""Offline tuning: the search space, Optuna studies per bucket, timing and the correctness gate.
+
+Imported by ``maxsim-forge tune`` only; the runtime never imports it.
+"""
+
+from __future__ import annotations
+
+from ._presets import PRESETS, Bucket, load_buckets, resolve
+from ._run import TuneReport, make_storage, summary_rows, tune, tune_on_device
+from ._space import RESTRICTIONS, SPACE, check_static, valid_configs
+
+__all__ = [
+    "PRESETS",
+    "RESTRICTIONS",
+    "SPACE",
+    "Bucket",
+    "TuneReport",
+    "check_static",
+    "load_buckets",
+    "make_storage",
+    "resolve",
+    "summary_rows",
+    "tune",
+    "tune_on_device",
+    "valid_configs",
+]

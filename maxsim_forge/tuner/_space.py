@@ -129,6 +129,12 @@ def valid_configs(
     ]
 
 
+def bucket_space(valid: list[KernelConfig]) -> dict[str, list]:
+    """Per knob, the values some valid config of this bucket uses: the distributions the
+    sampler draws from, so few proposals are pruned statically."""
+    return {name: [v for v in values if any(getattr(c, name) == v for c in valid)] for name, values in SPACE.items()}
+
+
 def sample_configs(
     spec: KernelSpec, sizes: Sizes, count: int, *, sm_count: int, seed: int = 0,
     smem_limit: int | None = None,

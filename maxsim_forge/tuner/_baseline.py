@@ -1,0 +1,66 @@
+"""The torch baseline every winner is compared with: eager fp16/bf16 einsum, max, sum.
+
+Packed and pair layouts are padded once before timing, so the baseline is timed on
+its compute alone (which flatters it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .._inputs import Prepared
+from ..reference import unpack
+
+# Score elements one einsum may materialise.
+_CHUNK = 1 << 28
+
+
+def _padded_scores(q, q_valid, d, d_valid) -> torch.Tensor:
+    nq, lq = q.shape[:2]
+    nb, ld = d.shape[:2]
+    out = torch.empty(nq, nb, dtype=torch.float32, device=q.device)
+    step = max(1, _CHUNK // max(1, nq * lq * ld))
+    for b0 in range(0, nb, step):
+        s = torch.einsum("nqk,btk->nbqt", q, d[b0 : b0 + step])
+        s = s.masked_fill(~d_valid[None, b0 : b0 + step, None, :], float("-inf"))
+        m = s.amax(-1).float()
+        m = torch.where(torch.isneginf(m), 0.0, m) * q_valid[:, None, :]
+        out[:, b0 : b0 + step] = m.sum(-1)
+    return out
+
+
+def _valid(count, length, lengths, mask, device):
+    if mask is not None:
+        return mask
+    pos = torch.arange(length, device=device)
+    if lengths is None:
+        return torch.ones(count, length, dtype=torch.bool, device=device)
+    return pos[None, :] < lengths[:, None]
+
+
+def torch_baseline(prep: Prepared) -> Callable[[], torch.Tensor]:
+    """A closure computing the call with plain torch ops in the input dtype."""
+    k = prep.launch_kwargs
+    q, d = prep.q, prep.d
+    layout = prep.spec.layout
+    if layout == "pairs":
+        qs, q_len = unpack(q, k["q_cu"])
+        ds, d_len = unpack(d, k["d_cu"])
+        q_valid = _valid(qs.shape[0], qs.shape[1], q_len, None, q.device)
+        d_valid = _valid(ds.shape[0], ds.shape[1], d_len, None, d.device)
+
+        def pairs() -> torch.Tensor:
+            s = torch.bmm(qs, ds.transpose(1, 2)).masked_fill(~d_valid[:, None, :], float("-inf"))
+            m = s.amax(-1).float()
+            return (torch.where(torch.isneginf(m), 0.0, m) * q_valid).sum(-1)
+
+        return pairs
+    q_valid = _valid(q.shape[0], q.shape[1], k.get("q_lengths"), k.get("q_mask"), q.device)
+    if layout == "packed":
+        d, d_len = unpack(d, k["d_cu"])
+        d_valid = _valid(d.shape[0], d.shape[1], d_len, None, d.device)
+    else:
+        d_valid = _valid(d.shape[0], d.shape[1], k.get("d_lengths"), k.get("d_mask"), d.device)
+    return lambda: _padded_scores(q, q_valid, d, d_valid)

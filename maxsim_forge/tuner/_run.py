@@ -1,0 +1,157 @@
+"""``maxsim-forge tune``: buckets -> studies -> the tuned database, on one or several GPUs."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from ..codegen import interpreting
+from ..runtime._keys import INTERPRETER, gpu_info
+from ..tuned_db import TunedDB, user_db_path
+from ._presets import Bucket
+from ._study import BucketResult, BucketTuner, TuneOptions, study_name
+
+
+def make_storage(url: str | None):
+    """An Optuna storage from a URL: ``journal:PATH`` (or a ``.log``/``.journal`` file) for
+    a journal file several processes can share, any SQLAlchemy URL (``sqlite:///``,
+    ``postgresql://``) for a database several machines can share, None for memory."""
+    if not url:
+        return None
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        path = url.removeprefix("journal:").removeprefix("//")
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(path))
+    return url
+
+
+@dataclass
+class TuneReport:
+    results: list[BucketResult]
+    device: str
+    interpreted: bool
+    wall_s: float
+
+
+def _is_done(db: TunedDB, tuner: BucketTuner, trials: int) -> bool:
+    row = db.winner(tuner.key)
+    return bool(row) and row.get("template_hash") == tuner.hash and (row.get("trials") or 0) >= min(trials, 1)
+
+
+def tune_on_device(
+    buckets: list[Bucket],
+    *,
+    db_path: str | Path,
+    trials: int,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+    resume: bool = False,
+    storage_url: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> list[BucketResult]:
+    """Tune ``buckets`` one after another on one device into ``db_path``."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = device or ("cuda" if torch.cuda.is_available() and not interpreting() else "cpu")
+    on_gpu = device.startswith("cuda")
+    gpu = gpu_info(torch.device(device)) if on_gpu else INTERPRETER
+    if workers is None:
+        workers = max(1, min(16, (os.cpu_count() or 2) - 1)) if on_gpu else 1
+    deadline = time.monotonic() + time_budget_s if time_budget_s else None
+    opts = TuneOptions(trials=trials, seed=seed, workers=workers, storage=make_storage(storage_url),
+                       deadline=deadline, device=device, progress=progress)
+    db = TunedDB(db_path)
+    results = []
+    for bucket in buckets:
+        bucket = bucket if on_gpu else bucket.tiny()
+        tuner = BucketTuner(bucket, db, gpu, opts)
+        if resume and _is_done(db, tuner, trials):
+            row = db.winner(tuner.key)
+            results.append(BucketResult(bucket, tuner.key, None, row["time_ms"], row.get("baseline_ms"),
+                                        row.get("trials") or 0, skipped=True))
+            continue
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=trials, desc=bucket.label(), leave=True, dynamic_ncols=True)
+        try:
+            results.append(tuner.run(bar))
+        finally:
+            if bar is not None:
+                bar.close()
+        if deadline is not None and time.monotonic() > deadline:
+            results += [BucketResult(b, None, skipped=True) for b in buckets[len(results):]]
+            break
+    return results
+
+
+def _gpu_worker(args: tuple) -> list[tuple]:
+    index, kwargs = args
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    results = tune_on_device(**kwargs)
+    return [(r.bucket, r.key, r.config, r.time_ms, r.baseline_ms, r.trials, r.skipped) for r in results]
+
+
+def tune(
+    buckets: list[Bucket],
+    *,
+    db_path: str | Path | None = None,
+    trials: int = 24,
+    seed: int = 0,
+    time_budget_s: float | None = None,
+    resume: bool = False,
+    storage_url: str | None = None,
+    gpus: int = 1,
+    workers: int | None = None,
+    progress: bool = True,
+) -> TuneReport:
+    """Tune every bucket; with ``gpus > 1``, one worker process per GPU, buckets dealt round-robin.
+
+    Without CUDA the same pipeline runs through Triton's interpreter on shrunk buckets.
+    """
+    t0 = time.monotonic()
+    db_path = Path(db_path) if db_path else user_db_path()
+    on_gpu = torch.cuda.is_available() and not interpreting()
+    kwargs = dict(db_path=db_path, trials=trials, seed=seed, time_budget_s=time_budget_s, resume=resume,
+                  storage_url=storage_url, workers=workers, progress=progress)
+    TunedDB(db_path)  # create and migrate once, before workers race to
+    if gpus <= 1:
+        results = tune_on_device(buckets, **kwargs)
+    else:
+        available = torch.cuda.device_count() if on_gpu else gpus
+        if gpus > available:
+            raise ValueError(f"--gpus {gpus} but only {available} CUDA devices are visible")
+        per_gpu_workers = max(1, ((os.cpu_count() or 2) - 1) // gpus) if on_gpu else 1
+        jobs = [(i, {**kwargs, "buckets": buckets[i::gpus], "workers": workers or per_gpu_workers,
+                     "progress": False}) for i in range(gpus)]
+        with mp.get_context("spawn").Pool(gpus) as pool:
+            parts = pool.map(_gpu_worker, jobs)
+        results = [BucketResult(b, k, c, t, base, n, skipped=s) for part in parts for (b, k, c, t, base, n, s) in part]
+    name = torch.cuda.get_device_name() if on_gpu else "Triton interpreter (CPU)"
+    return TuneReport(results, name, not on_gpu, time.monotonic() - t0)
+
+
+def summary_rows(report: TuneReport) -> list[tuple[str, ...]]:
+    rows = []
+    for r in report.results:
+        rows.append((
+            r.bucket.label(),
+            r.config.key() if r.config else ("(kept)" if r.skipped else "(none passed)"),
+            f"{r.time_ms:.4f}" if r.time_ms else "-",
+            f"{r.baseline_ms:.4f}" if r.baseline_ms else "-",
+            f"{r.baseline_ms / r.time_ms:.2f}x" if r.time_ms and r.baseline_ms else "-",
+            str(r.trials),
+        ))
+    return rows
+
+
+__all__ = ["TuneReport", "make_storage", "study_name", "summary_rows", "tune", "tune_on_device"]

@@ -1,0 +1,264 @@
+"""One Optuna study per bucket: ask a batch, prune statically, compile in parallel,
+check against the reference, time one at a time, tell; then re-time the best few
+and store the winner."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from .. import __version__
+from .._problems import Problem, Sizes, synth, tolerance
+from ..codegen import KernelConfig, load_variant, template_hash
+from ..runtime import default_config
+from ..runtime._keys import GpuInfo, bucket_key
+from ..tuned_db import BucketKey, TunedDB
+from . import _compile
+from ._baseline import torch_baseline
+from ._compile import MISMATCH, OK, PRUNED_STATIC, RUNTIME_FAILED, CompileJob
+from ._presets import Bucket
+from ._space import bucket_space, check_static, valid_configs
+from ._timing import time_fn
+
+log = logging.getLogger("maxsim_forge.tuner")
+
+# Docs in the fresh problem every candidate is checked on before it is timed.
+CHECK_DOCS = 48
+# Candidates re-timed before a winner is committed, and the band kept beside it.
+RETIME_TOP = 3
+NEAR_BEST = 1.03
+
+
+@dataclass
+class TuneOptions:
+    trials: int = 24
+    seed: int = 0
+    workers: int = 1
+    storage: object = None  # an optuna storage or URL; None keeps studies in memory
+    deadline: float | None = None  # time.monotonic() after which no new batch starts
+    device: str = "cuda"
+    progress: bool = True
+
+
+@dataclass
+class BucketResult:
+    bucket: Bucket
+    key: BucketKey
+    config: KernelConfig | None = None
+    time_ms: float | None = None
+    baseline_ms: float | None = None
+    trials: int = 0
+    skipped: bool = False
+    statuses: Counter = field(default_factory=Counter)
+
+    @property
+    def speedup(self) -> float | None:
+        if self.time_ms and self.baseline_ms:
+            return self.baseline_ms / self.time_ms
+        return None
+
+
+def config_from_trial(trial: optuna.trial.BaseTrial, space: dict[str, list]) -> KernelConfig:
+    return KernelConfig(**{name: trial.suggest_categorical(name, values) for name, values in space.items()})
+
+
+def study_name(gpu: GpuInfo, key: BucketKey) -> str:
+    return f"maxsim-forge|{gpu.name}|{key.label()}|{template_hash()}"
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+class BucketTuner:
+    """Tunes one bucket on one device into one database."""
+
+    def __init__(self, bucket: Bucket, db: TunedDB, gpu: GpuInfo, opts: TuneOptions):
+        self.bucket, self.db, self.gpu, self.opts = bucket, db, gpu, opts
+        self.problem: Problem = synth(bucket.spec, bucket.sizes, device=opts.device, seed=opts.seed,
+                                      skew=bucket.layout == "packed")
+        self.spec = self.problem.prep.spec
+        self.key = bucket_key(self.problem.prep, gpu)
+        self.hash = template_hash()
+        self.seen: dict[str, tuple[str, float | None]] = {}
+        self.told: set[int] = set()
+
+    # ---- one candidate
+    def _check(self, cfg: KernelConfig, seed: int) -> tuple[str, str]:
+        """Run ``cfg`` on fresh random data and compare with the float64 reference."""
+        fresh = synth(self.spec, self.bucket.sizes.scaled(CHECK_DOCS), device=self.opts.device, seed=seed,
+                      skew=self.bucket.layout == "packed")
+        module = load_variant(self.spec, cfg, smem_limit=self.gpu.smem_limit)
+        out = torch.full(_out_shape(fresh), float("nan"), dtype=torch.float32, device=self.opts.device)
+        try:
+            module.launch(fresh.prep.q, fresh.prep.d, out=out, **fresh.prep.launch_kwargs)
+        except Exception as exc:  # noqa: BLE001 - a failing candidate is data
+            return _compile.classify(exc), str(exc)[-2000:]
+        ref = fresh.expected()
+        scale = float(ref.abs().max()) if ref.numel() else 1.0
+        err = float((out.double() - ref).abs().max()) / max(scale, 1e-30) if ref.numel() else 0.0
+        if not err <= tolerance(self.spec):  # NaN fails too
+            return MISMATCH, f"max relative error {err:.3e} > {tolerance(self.spec):.0e}"
+        return OK, ""
+
+    def _time(self, cfg: KernelConfig) -> float:
+        module = load_variant(self.spec, cfg, smem_limit=self.gpu.smem_limit)
+        prep = self.problem.prep
+        return time_fn(lambda: module.launch(prep.q, prep.d, **prep.launch_kwargs), device=self.opts.device).median_ms
+
+    def _record(self, study_id: str, number: int, cfg: KernelConfig, status: str, t: float | None, msg: str) -> None:
+        self.db.add_trial(self.key, study=study_id, number=number, config=cfg.to_dict(), config_key=cfg.key(),
+                          status=status, time_ms=t, message=msg, template_hash=self.hash)
+
+    # ---- the study
+    def run(self, bar=None) -> BucketResult:
+        opts = self.opts
+        name = study_name(self.gpu, self.key)
+        space = valid_configs(self.spec, self.bucket.sizes, sm_count=self.gpu.sm_count, smem_limit=self.gpu.smem_limit)
+        # A space no larger than the trial budget is searched as a grid: every valid
+        # config is enqueued. Otherwise multivariate TPE, seeded with the known good ones.
+        exhaustive = len(space) <= opts.trials
+        self.knobs = bucket_space(space)
+        sampler = optuna.samplers.TPESampler(multivariate=True, seed=opts.seed,
+                                             n_startup_trials=max(4, opts.trials // 3))
+        study = optuna.create_study(study_name=name, storage=opts.storage, sampler=sampler,
+                                    direction="minimize", load_if_exists=True)
+        if not study.get_trials(deepcopy=False):
+            seeds = []
+            current = self.db.winner(self.key)
+            if current is not None and current.get("template_hash") == self.hash:
+                seeds.append(KernelConfig.from_dict(current["config"]))
+            seeds.append(default_config(self.spec, **self.problem.prep.sizes, sm_count=self.gpu.sm_count))
+            if exhaustive:
+                seeds += space
+            for cfg in dict.fromkeys(seeds):
+                study.enqueue_trial(cfg.to_dict(), skip_if_exists=True)
+        for t in study.get_trials(deepcopy=False):
+            if "config_key" in t.user_attrs:
+                self.seen[t.user_attrs["config_key"]] = (t.user_attrs.get("status", OK), t.value)
+        target = min(opts.trials, len(space)) if exhaustive else opts.trials
+        batch = max(1, opts.workers)
+        while len(_finished(study)) < target:
+            if opts.deadline is not None and time.monotonic() > opts.deadline:
+                break
+            want = min(batch, target - len(_finished(study)))
+            asked = [study.ask() for _ in range(want)]
+            try:
+                self._evaluate(study, asked)
+            finally:  # every asked trial is told: none is left running
+                for trial in asked:
+                    if trial.number not in self.told:
+                        self._tell(study, trial, state=TrialState.FAIL)
+            if bar is not None:
+                done = len(_finished(study))
+                bar.n = min(done, target)
+                best = _best(study)
+                bar.set_postfix_str(f"best {best:.4f} ms" if best is not None else "no winner yet")
+                bar.refresh()
+        return self._commit(study, name)
+
+    def _evaluate(self, study: optuna.Study, asked: list[optuna.Trial]) -> None:
+        opts = self.opts
+        pending: list[tuple[optuna.Trial, KernelConfig]] = []
+        for trial in asked:
+            cfg = config_from_trial(trial, self.knobs)
+            trial.set_user_attr("config_key", cfg.key())
+            trial.set_user_attr("config", cfg.to_dict())
+            if cfg.key() in self.seen:  # a proposal already measured: reuse its outcome
+                status, value = self.seen[cfg.key()]
+                trial.set_user_attr("status", status)
+                if status == OK and value is not None:
+                    self._tell(study, trial, value)
+                else:
+                    self._tell(study, trial, state=TrialState.PRUNED)
+                continue
+            reason = check_static(self.spec, cfg, self.bucket.sizes, sm_count=self.gpu.sm_count,
+                                  smem_limit=self.gpu.smem_limit)
+            if reason is not None:
+                self._fail(study, trial, cfg, PRUNED_STATIC, reason)
+                continue
+            pending.append((trial, cfg))
+        jobs = [CompileJob(self.spec, cfg, self.bucket.sizes, opts.device, self.gpu.smem_limit) for _, cfg in pending]
+        compiled = _compile.compile_many(jobs, workers=opts.workers if opts.device.startswith("cuda") else 1)
+        for (trial, cfg), (status, msg) in zip(pending, compiled):
+            if status != OK:
+                self._fail(study, trial, cfg, status, msg)
+                continue
+            status, msg = self._check(cfg, seed=opts.seed * 1_000_003 + trial.number + 1)
+            if status != OK:
+                self._fail(study, trial, cfg, status, msg)
+                continue
+            try:
+                t = self._time(cfg)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(study, trial, cfg, RUNTIME_FAILED, str(exc)[-2000:])
+                continue
+            trial.set_user_attr("status", OK)
+            self._tell(study, trial, t)
+            self.seen[cfg.key()] = (OK, t)
+            self._record(study.study_name, trial.number, cfg, OK, t, "")
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, value: float | None = None, *, state=None) -> None:
+        study.tell(trial, value, state=state)
+        self.told.add(trial.number)
+
+    def _fail(self, study, trial, cfg: KernelConfig, status: str, msg: str) -> None:
+        """Invalid or failing candidates are pruned in Optuna and stored with their status."""
+        trial.set_user_attr("status", status)
+        self._tell(study, trial, state=TrialState.PRUNED)
+        self.seen[cfg.key()] = (status, None)
+        self._record(study.study_name, trial.number, cfg, status, None, msg)
+
+    def _commit(self, study: optuna.Study, name: str) -> BucketResult:
+        result = BucketResult(self.bucket, self.key)
+        finished = _finished(study)
+        result.trials = len(finished)
+        result.statuses = Counter(t.user_attrs.get("status", "?") for t in finished)
+        ok = {}
+        for t in finished:
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("status") == OK:
+                ok.setdefault(t.user_attrs["config_key"], (t.value, KernelConfig.from_dict(t.user_attrs["config"])))
+        if not ok:
+            return result
+        top = sorted(ok.values(), key=lambda v: v[0])[:RETIME_TOP]
+        retimed = sorted(((self._time(cfg), cfg) for _, cfg in top), key=lambda v: v[0])
+        best_t, best = retimed[0]
+        near = [cfg.to_dict() for t, cfg in retimed[1:] if t <= best_t * NEAR_BEST]
+        near += [cfg.to_dict() for v, cfg in sorted(ok.values(), key=lambda v: v[0])[RETIME_TOP:]
+                 if v <= best_t * NEAR_BEST]
+        baseline = time_fn(torch_baseline(self.problem.prep), device=self.opts.device).median_ms
+        result.config, result.time_ms, result.baseline_ms = best, best_t, baseline
+        self.db.put_winner(self.key, {
+            "config": best.to_dict(), "time_ms": best_t, "baseline_ms": baseline,
+            "speedup": baseline / best_t if best_t else None, "near_best": near, "trials": result.trials,
+            "seed": self.opts.seed, "template_hash": self.hash, "sm_count": self.gpu.sm_count,
+            "smem_limit": self.gpu.smem_limit, "triton_version": _triton_version(),
+            "torch_version": torch.__version__, "package_version": __version__,
+        })
+        log.info("winner for %s: %s %.4f ms (study %s)", self.key.label(), best.key(), best_t, name)
+        return result
+
+
+def _best(study: optuna.Study) -> float | None:
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return min(values) if values else None
+
+
+def _out_shape(problem: Problem) -> tuple[int, ...]:
+    k = problem.prep.launch_kwargs
+    return (k["nb"],) if problem.prep.spec.layout == "pairs" else (k["nq"], k["nb"])
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+__all__ = ["BucketResult", "BucketTuner", "Sizes", "TuneOptions", "config_from_trial", "study_name"]

@@ -1,0 +1,189 @@
+"""The tuner end to end through the interpreter (or compiled on a GPU, on shrunk buckets)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maxsim_forge.cli import main
+from maxsim_forge.codegen import KernelConfig
+from maxsim_forge.runtime import default_config
+from maxsim_forge.tuned_db import TunedDB, open_db
+from maxsim_forge.tuned_db._schema import SCHEMA_VERSION, migrate, version
+from maxsim_forge.tuner import PRESETS, RESTRICTIONS, Bucket, check_static, make_storage, tune, tune_on_device
+from maxsim_forge.tuner import _compile, _study
+
+TINY = [Bucket("padded", "fp16", 32, 8, 20, 3, d_mask="lengths", name="tiny"),
+        Bucket("allpairs", "bf16", 32, 4, 16, 3, nq=3, name="tiny-multi")]
+
+
+def test_every_restriction_has_a_reason():
+    assert len({r.name for r in RESTRICTIONS}) == len(RESTRICTIONS)
+    assert all(r.reason and len(r.reason) > 20 for r in RESTRICTIONS)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_heuristic_default_passes_static_checks_for_every_preset_bucket(preset):
+    from maxsim_forge._problems import Sizes
+
+    for b in PRESETS[preset]:
+        layout = "allpairs" if b.layout == "allpairs" and b.nq > 1 else b.layout
+        spec = b.spec if layout == b.layout else b.spec.__class__(layout, b.dtype, b.dim)
+        cfg = default_config(spec, nq=b.nq, lq=b.lq, nb=b.nb, ld=b.ld, sm_count=132)
+        assert check_static(spec, cfg, Sizes(b.nq, b.lq, b.nb, b.ld), sm_count=132, smem_limit=232_448) is None, (b, cfg)
+
+
+def test_tune_end_to_end_then_show_then_resume(tmp_path):
+    db_path = tmp_path / "tuned.db"
+    report = tune(TINY, db_path=db_path, trials=5, seed=1, progress=False)
+    assert [r.trials for r in report.results] == [5, 5]
+    winners = TunedDB(db_path).winners()
+    assert len(winners) == 2 and all(w["time_ms"] > 0 and w["baseline_ms"] > 0 for w in winners)
+    assert {w["layout"] for w in winners} == {"padded", "allpairs"}
+    assert all(w["template_hash"] and w["triton_version"] and w["trials"] == 5 for w in winners)
+
+    result = CliRunner().invoke(main, ["db", "show", "--db", str(db_path)])
+    assert result.exit_code == 0, result.output
+    assert "padded" in result.output and "allpairs" in result.output
+
+    n_trials = len(TunedDB(db_path).trials())
+    again = tune(TINY, db_path=db_path, trials=5, seed=1, resume=True, progress=False)
+    assert all(r.skipped for r in again.results)
+    assert len(TunedDB(db_path).trials()) == n_trials
+
+
+def test_forced_failures_are_stored_and_never_win(tmp_path, monkeypatch):
+    real_compile = _compile.compile_one
+    real_load = _study.load_variant
+
+    def compile_one(job):
+        if job.config.num_warps == 2:
+            return _compile.COMPILE_FAILED, "forced compile failure"
+        return real_compile(job)
+
+    class Wrong:
+        def __init__(self, module):
+            self.module = module
+
+        def launch(self, *args, **kwargs):
+            return self.module.launch(*args, **kwargs).add_(1.0)
+
+    def load_variant(spec, cfg, **kw):
+        module = real_load(spec, cfg, **kw)
+        return Wrong(module) if cfg.num_stages == 2 else module
+
+    monkeypatch.setattr(_compile, "compile_one", compile_one)
+    monkeypatch.setattr(_study, "load_variant", load_variant)
+    db_path = tmp_path / "tuned.db"
+    tune_on_device(TINY[:1], db_path=db_path, trials=16, seed=3, progress=False)
+    db = TunedDB(db_path)
+    statuses = {t["status"] for t in db.trials()}
+    assert {"compile_failed", "mismatch", "ok"} <= statuses, statuses
+    for t in db.trials(status="compile_failed"):
+        assert json.loads(t["config"])["num_warps"] == 2 and t["message"] == "forced compile failure"
+    for t in db.trials(status="mismatch"):
+        assert json.loads(t["config"])["num_stages"] == 2 and "relative error" in t["message"]
+    (winner,) = db.winners()
+    assert winner["config"]["num_warps"] != 2 and winner["config"]["num_stages"] != 2
+    assert all(c["num_warps"] != 2 and c["num_stages"] != 2 for c in winner["near_best"])
+
+
+def _journal_worker(args):
+    db_path, journal, seed = args
+    tune_on_device(TINY[:1], db_path=db_path, trials=10, seed=seed, storage_url=f"journal:{journal}",
+                   progress=False)
+
+
+def test_two_processes_share_one_journal_study(tmp_path):
+    db_path, journal = tmp_path / "tuned.db", tmp_path / "study.journal"
+    TunedDB(db_path)
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_journal_worker, [(db_path, journal, 0), (db_path, journal, 1)])
+    storage = make_storage(f"journal:{journal}")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    numbers = sorted(t.number for t in trials)
+    assert numbers == list(range(len(trials))), "trial numbers lost or duplicated"
+    assert 10 <= len(trials) <= 11
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    assert len(TunedDB(db_path).winners()) == 1
+
+
+def test_two_gpu_workers_split_the_buckets(tmp_path):
+    if torch.cuda.is_available() and torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs, or the interpreter")
+    report = tune(TINY, db_path=tmp_path / "tuned.db", trials=3, gpus=2, progress=False)
+    assert sorted(r.bucket.name for r in report.results) == ["tiny", "tiny-multi"]
+    assert len(TunedDB(tmp_path / "tuned.db").winners()) == 2
+
+
+def test_previous_schema_version_migrates(tmp_path):
+    import sqlite_utils
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    migrate(old, target=1)
+    assert version(old) == 1 and "sm_count" not in old["winners"].columns_dict
+    old["winners"].insert({"gpu": "G", "cc": "9.0", "layout": "padded", "dtype": "fp16", "precision": "native",
+                           "dim": 128, "nq_bucket": 1, "lq_bucket": 32, "ld_bucket": 512, "nb_bucket": 1024,
+                           "config": json.dumps(KernelConfig().to_dict()), "time_ms": 0.1, "trials": 4})
+    old.conn.close()
+    db = TunedDB(path)
+    assert version(db.db) == SCHEMA_VERSION
+    assert "sm_count" in db.db["winners"].columns_dict
+    (row,) = db.winners()
+    assert row["config"] == KernelConfig().to_dict() and row["time_ms"] == 0.1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    db = TunedDB(path)
+    db.db.execute("PRAGMA user_version = 42")
+    db.db.conn.commit()
+    from maxsim_forge.tuned_db import SchemaError
+
+    with pytest.raises(SchemaError, match="newer"):
+        open_db(str(path))
+
+
+def test_export_import_merge_keep_faster(tmp_path):
+    runner = CliRunner()
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    tune(TINY[:1], db_path=a, trials=3, progress=False)
+    out = tmp_path / "a.json"
+    assert runner.invoke(main, ["db", "export", "--db", str(a), "--out", str(out)]).exit_code == 0
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "maxsim-forge-db" and len(doc["winners"]) == 1
+    result = runner.invoke(main, ["db", "import", "--db", str(b), str(out)])
+    assert result.exit_code == 0 and "took 1" in result.output
+    assert TunedDB(b).winners()[0]["config"] == TunedDB(a).winners()[0]["config"]
+    # A slower copy does not replace; a faster one does.
+    slow = dict(doc["winners"][0], time_ms=doc["winners"][0]["time_ms"] * 2, config={**doc["winners"][0]["config"], "num_stages": 1})
+    fast = dict(slow, time_ms=doc["winners"][0]["time_ms"] / 2)
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({**doc, "winners": [slow]}))
+    assert "took 0" in runner.invoke(main, ["db", "import", "--db", str(b), str(c)]).output
+    other = TunedDB(tmp_path / "other.db")
+    from maxsim_forge.tuned_db import import_json
+
+    import_json(other, {**doc, "winners": [fast]})
+    result = runner.invoke(main, ["db", "merge", "--db", str(b), str(other.path)])
+    assert result.exit_code == 0 and "took 1" in result.output
+    assert TunedDB(b).winners()[0]["config"]["num_stages"] == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "other"}))
+    result = runner.invoke(main, ["db", "import", "--db", str(b), str(bad)])
+    assert result.exit_code == 1 and "not a maxsim-forge export" in result.output
+
+
+def test_tune_cli_quick_preset_in_interpreter_says_so(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter message is for machines without CUDA")
+    result = CliRunner().invoke(main, ["tune", "--preset", "quick", "--trials", "2", "--db", str(tmp_path / "t.db"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "interpreter" in result.output and "colbert" in result.output and "speedup" in result.output
