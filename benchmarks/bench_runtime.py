@@ -1,0 +1,109 @@
+"""Dispatcher host cost per call against a bare launch, and first-call times.
+
+    python benchmarks/bench_runtime.py --out $OUT/runtime.json
+
+Host cost: a tiny problem (the GPU finishes each launch before the host issues the
+next), many calls in a row, wall time per call. First call: fresh processes with empty
+Triton and kernel caches, without and with ``warmup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+_FIRST_CALL = r"""
+import json, os, sys, time
+import torch
+import maxsim_forge as mf
+q = torch.randn(32, 128, device="cuda", dtype=torch.float16)
+d = torch.randn(1000, 300, 128, device="cuda", dtype=torch.float16)
+torch.cuda.synchronize()
+bucket = {"layout": "padded", "dtype": "fp16", "dim": 128, "lq": 32, "ld": 300, "nb": 1000}
+t_warm = None
+if sys.argv[1] == "warmup":
+    t0 = time.perf_counter(); mf.warmup([bucket]); t_warm = time.perf_counter() - t0
+t0 = time.perf_counter(); mf.maxsim(q, d); torch.cuda.synchronize(); first = time.perf_counter() - t0
+t0 = time.perf_counter(); mf.maxsim(q, d); torch.cuda.synchronize(); second = time.perf_counter() - t0
+print(json.dumps({"mode": sys.argv[1], "warmup_s": t_warm, "first_call_s": first, "second_call_s": second,
+                  "source": mf.explain(q, d).source}))
+"""
+
+
+def host_cost(calls: int = 3000) -> dict:
+    import maxsim_forge as mf
+    from maxsim_forge._inputs import prepare_padded
+    from maxsim_forge.codegen import load_variant
+    from maxsim_forge.runtime._api import _route
+
+    q = torch.randn(32, 128, device="cuda", dtype=torch.float16)
+    d = torch.randn(4, 64, 128, device="cuda", dtype=torch.float16)
+    mf.maxsim(q, d)
+    prep = prepare_padded(q, d)
+    route = _route(prep)
+    module = load_variant(prep.spec, route.config)
+    kwargs = prep.launch_kwargs
+    out = torch.empty(1, 4, device="cuda")
+
+    def per_call(fn) -> float:
+        for _ in range(200):
+            fn()
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+        return best
+
+    bare = per_call(lambda: module.launch(prep.q, d, out=out, **kwargs))
+    bare_alloc = per_call(lambda: module.launch(prep.q, d, **kwargs))
+    api = per_call(lambda: mf.maxsim(q, d))
+    lengths = torch.full((4,), 60, device="cuda")
+    api_len_novalidate = per_call(lambda: mf.maxsim(q, d, d_lengths=lengths, validate=False))
+    api_len = per_call(lambda: mf.maxsim(q, d, d_lengths=lengths))
+    return {"bare_launch_us": bare, "bare_launch_with_alloc_us": bare_alloc, "maxsim_us": api,
+            "maxsim_lengths_validate_false_us": api_len_novalidate, "maxsim_lengths_validated_us": api_len,
+            "overhead_us": api - bare_alloc, "variant": route.variant}
+
+
+def first_calls(db: str | None) -> list[dict]:
+    rows = []
+    for mode in ("cold", "warmup"):
+        with tempfile.TemporaryDirectory() as tc, tempfile.TemporaryDirectory() as kc:
+            env = dict(os.environ, TRITON_CACHE_DIR=tc, MAXSIM_FORGE_CACHE=kc)
+            if db:
+                env["MAXSIM_FORGE_DB"] = db
+            res = subprocess.run([sys.executable, "-c", _FIRST_CALL, mode], env=env, capture_output=True, text=True)
+            if res.returncode != 0:
+                rows.append({"mode": mode, "error": res.stderr[-2000:]})
+            else:
+                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", default=None, help="tuned DB the first-call processes use")
+    ap.add_argument("--out", default="runtime.json")
+    args = ap.parse_args()
+    import triton
+
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "date": time.strftime("%Y-%m-%d"), "host": host_cost(), "first_call": first_calls(args.db)}
+    print(json.dumps(result, indent=1))
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
