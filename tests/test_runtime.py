@@ -226,3 +226,20 @@ def test_bad_input_raises_before_launch():
         mf.maxsim_pairs([randn(3, 8)], [randn(2, 8), randn(2, 8)])
     with pytest.raises(ValueError, match="cu_seqlens starts at 2"):
         mf.maxsim_packed(randn(4, 8), randn(9, 8), torch.tensor([2, 9], device=DEVICE))
+
+
+def test_repeated_calls_stay_correct_on_every_path():
+    # The second and later calls of a signature take the fast path on a GPU.
+    d = randn(6, 40, 64)
+    for _ in range(3):
+        q = randn(9, 64)
+        q_mask = torch.rand(9, device=DEVICE) > 0.3
+        d_len = torch.randint(0, 41, (6,), device=DEVICE)
+        for kw in ({}, {"q_mask": q_mask}, {"q_lengths": torch.tensor(5, device=DEVICE)},
+                   {"d_lengths": d_len}, {"d_lengths": d_len[::1].clone(), "q_mask": q_mask}):
+            for validate in (True, False):
+                out = mf.maxsim(q, d, validate=validate, **kw)
+                assert_scores(out, maxsim_reference(q, d, **kw), 1e-5, f"repeat {sorted(kw)} {validate}")
+        strided = torch.randint(0, 41, (12,), device=DEVICE)[::2]
+        assert_scores(mf.maxsim(q, d, d_lengths=strided, validate=False),
+                      maxsim_reference(q, d, d_lengths=strided), 1e-5, "strided lengths")

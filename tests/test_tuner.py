@@ -80,7 +80,8 @@ def test_forced_failures_are_stored_and_never_win(tmp_path, monkeypatch):
     monkeypatch.setattr(_compile, "compile_one", compile_one)
     monkeypatch.setattr(_study, "load_variant", load_variant)
     db_path = tmp_path / "tuned.db"
-    tune_on_device(TINY[:1], db_path=db_path, trials=16, seed=3, progress=False)
+    # workers=1: compile in this process, where the patches apply.
+    tune_on_device(TINY[:1], db_path=db_path, trials=16, seed=3, progress=False, workers=1)
     db = TunedDB(db_path)
     statuses = {t["status"] for t in db.trials()}
     assert {"compile_failed", "mismatch", "ok"} <= statuses, statuses
@@ -96,7 +97,7 @@ def test_forced_failures_are_stored_and_never_win(tmp_path, monkeypatch):
 def _journal_worker(args):
     db_path, journal, seed = args
     tune_on_device(TINY[:1], db_path=db_path, trials=10, seed=seed, storage_url=f"journal:{journal}",
-                   progress=False)
+                   progress=False, workers=1)
 
 
 def test_two_processes_share_one_journal_study(tmp_path):

@@ -74,24 +74,30 @@ def _worker_init(cuda_device: str | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_device
 
 
-def compile_many(
-    jobs: list[CompileJob],
-    *,
-    workers: int,
-    timeout_s: float = 300.0,
-    cuda_device: str | None = None,
-) -> list[tuple[str, str]]:
-    """Compile ``jobs`` in ``workers`` processes (in this process when workers <= 1)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [compile_one(job) for job in jobs]
-    results: list[tuple[str, str]] = [(TIMEOUT, "not finished")] * len(jobs)
-    ctx = mp.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=ctx,
-        initializer=_worker_init, initargs=(cuda_device,),
-    )
-    try:
+class CompilePool:
+    """Worker processes kept across batches and buckets: each pays its start-up (torch,
+    CUDA context) once. A pool broken by a crashing candidate is replaced."""
+
+    def __init__(self, workers: int, cuda_device: str | None = None):
+        self.workers = workers
+        self.cuda_device = cuda_device
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _executor(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                initializer=_worker_init, initargs=(self.cuda_device,),
+            )
+        return self._pool
+
+    def run(self, jobs: list[CompileJob], timeout_s: float = 300.0) -> list[tuple[str, str]]:
+        if self.workers <= 1 or len(jobs) <= 1:
+            return [compile_one(job) for job in jobs]
+        results: list[tuple[str, str]] = [(TIMEOUT, "not finished")] * len(jobs)
+        pool = self._executor()
         futures = {pool.submit(compile_one, job): i for i, job in enumerate(jobs)}
+        broken = False
         try:
             for fut in cf.as_completed(futures, timeout=timeout_s):
                 i = futures[fut]
@@ -99,10 +105,35 @@ def compile_many(
                     results[i] = fut.result()
                 except Exception as exc:  # a worker died: that candidate failed
                     results[i] = (COMPILE_FAILED, f"worker died: {exc!r}"[:2000])
+                    broken = True
         except cf.TimeoutError:
             for fut, i in futures.items():
                 if not fut.done():
                     results[i] = (TIMEOUT, f"not compiled within {timeout_s:.0f} s")
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    return results
+            broken = True
+        if broken:  # start afresh next time: a hung or dead worker must not cost later batches
+            self.close()
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> CompilePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def compile_many(
+    jobs: list[CompileJob],
+    *,
+    workers: int,
+    timeout_s: float = 300.0,
+    cuda_device: str | None = None,
+) -> list[tuple[str, str]]:
+    """Compile ``jobs`` in ``workers`` fresh processes (in this process when workers <= 1)."""
+    with CompilePool(workers, cuda_device) as pool:
+        return pool.run(jobs, timeout_s)

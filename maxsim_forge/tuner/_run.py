@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import time
@@ -15,6 +16,7 @@ from ..codegen import interpreting
 from ..runtime._keys import INTERPRETER, gpu_info
 from ..tuned_db import TunedDB, user_db_path
 from ._presets import Bucket
+from ._compile import CompilePool
 from ._study import BucketResult, BucketTuner, TuneOptions, study_name
 
 
@@ -69,6 +71,13 @@ def tune_on_device(
     opts = TuneOptions(trials=trials, seed=seed, workers=workers, storage=make_storage(storage_url),
                        deadline=deadline, device=device, progress=progress)
     db = TunedDB(db_path)
+    with CompilePool(workers) as pool:
+        opts.pool = pool
+        return _tune_buckets(buckets, db, gpu, opts, trials=trials, resume=resume, on_gpu=on_gpu,
+                             deadline=deadline, progress=progress)
+
+
+def _tune_buckets(buckets, db, gpu, opts, *, trials, resume, on_gpu, deadline, progress) -> list[BucketResult]:
     results = []
     for bucket in buckets:
         bucket = bucket if on_gpu else bucket.tiny()
@@ -133,8 +142,9 @@ def tune(
         per_gpu_workers = max(1, ((os.cpu_count() or 2) - 1) // gpus) if on_gpu else 1
         jobs = [(i, {**kwargs, "buckets": buckets[i::gpus], "workers": workers or per_gpu_workers,
                      "progress": False}) for i in range(gpus)]
-        with mp.get_context("spawn").Pool(gpus) as pool:
-            parts = pool.map(_gpu_worker, jobs)
+        # Not a multiprocessing.Pool: its daemonic workers could not start compile workers.
+        with cf.ProcessPoolExecutor(max_workers=gpus, mp_context=mp.get_context("spawn")) as pool:
+            parts = list(pool.map(_gpu_worker, jobs))
         results = [BucketResult(b, k, c, t, base, n, skipped=s) for part in parts for (b, k, c, t, base, n, s) in part]
     name = torch.cuda.get_device_name() if on_gpu else "Triton interpreter (CPU)"
     return TuneReport(results, name, not on_gpu, time.monotonic() - t0)

@@ -44,6 +44,7 @@ class TuneOptions:
     deadline: float | None = None  # time.monotonic() after which no new batch starts
     device: str = "cuda"
     progress: bool = True
+    pool: object = None  # a _compile.CompilePool shared by the buckets of a run
 
 
 @dataclass
@@ -185,7 +186,10 @@ class BucketTuner:
                 continue
             pending.append((trial, cfg))
         jobs = [CompileJob(self.spec, cfg, self.bucket.sizes, opts.device, self.gpu.smem_limit) for _, cfg in pending]
-        compiled = _compile.compile_many(jobs, workers=opts.workers if opts.device.startswith("cuda") else 1)
+        if opts.pool is not None and opts.device.startswith("cuda"):
+            compiled = opts.pool.run(jobs)
+        else:
+            compiled = [_compile.compile_one(job) for job in jobs]
         for (trial, cfg), (status, msg) in zip(pending, compiled):
             if status != OK:
                 self._fail(study, trial, cfg, status, msg)
