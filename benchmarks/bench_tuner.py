@@ -31,7 +31,10 @@ def exhaustive(out_path: str, workers: int) -> None:
     from maxsim_forge.tuner._timing import time_cuda
 
     gpu = gpu_info(torch.device("cuda"))
-    doc = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "buckets": []}
+    import triton
+
+    doc = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "triton": triton.__version__,
+           "torch": torch.__version__, "buckets": []}
     for name, layout, dtype, dim, nq, lq, ld, nb, d_mask in BUCKETS:
         spec = KernelSpec(layout, dtype, dim, "tf32", "none", d_mask)
         sizes = Sizes(nq, lq, nb, ld)
@@ -56,40 +59,97 @@ def exhaustive(out_path: str, workers: int) -> None:
             json.dump(doc, fh)
 
 
-def replay(path: str, trials: int, seeds: int) -> None:
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def replay(path: str, trials: int, seeds: int, *, seeded: bool) -> None:
+    """Run the tuner's sampler (multivariate TPE over the bucket's space; ``seeded``: with
+    the heuristic default enqueued first, as ``tune`` does) against the measured table
+    instead of the GPU."""
     import optuna
 
-    from maxsim_forge.codegen import KernelConfig
-    from maxsim_forge.tuner._space import bucket_space
+    from maxsim_forge.codegen import KernelConfig, KernelSpec
+    from maxsim_forge.runtime import default_config
+    from maxsim_forge._problems import Sizes
+    from maxsim_forge.tuner._space import bucket_space, check_static
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     doc = json.load(open(path))
-    print(f"GPU {doc['gpu']} ({doc['date']}): trials until within 3% of the exhaustive best "
-          f"(TPE, multivariate, {seeds} seeds, budget {trials})")
+    how = "seeded with today's heuristic default" if seeded else "alone (no enqueued config)"
+    print(f"GPU {doc['gpu']} ({doc['date']}); multivariate TPE {how}, {seeds} sampler seeds, {trials} trials each")
+    print(f"{'bucket':14s} {'configs':>7s} {'best ms':>8s} {'heuristic':>9s} {'to 3%: median':>13s} "
+          f"{'worst':>6s} {'hit':>5s} {'after 24':>8s} {'after 48':>8s}")
+    specs = {name: (KernelSpec(layout, dtype, dim, "tf32", "none", dm), nq, lq, ld, nb)
+             for name, layout, dtype, dim, nq, lq, ld, nb, dm in BUCKETS}
     for b in doc["buckets"]:
-        table = {KernelConfig(**r["config"]): r["time_ms"] for r in b["configs"]}
-        best = min(t for t in table.values() if t)
+        spec, nq, lq, ld, nb = specs[b["name"]]
+        measured = {KernelConfig(**r["config"]): r["time_ms"] for r in b["configs"]}
+        best = min(t for t in measured.values() if t)  # over everything measured
+        # The sampler draws from today's space, which may be narrower than what was measured.
+        sizes = Sizes(nq, lq, nb, ld)
+        table = {c: t for c, t in measured.items()
+                 if check_static(spec, c, sizes, sm_count=132, smem_limit=232_448) is None}
+        heuristic = default_config(spec, nq=nq, lq=lq, nb=nb, ld=ld, sm_count=132)
         space = bucket_space(list(table))
-        needed = []
+        needed, after24, after48 = [], [], []
         for seed in range(seeds):
             sampler = optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=max(4, trials // 3))
             study = optuna.create_study(sampler=sampler)
-            hit = None
+            if seeded:
+                study.enqueue_trial(heuristic.to_dict())
+            hit, running = None, float("inf")
             for n in range(1, trials + 1):
                 trial = study.ask()
                 cfg = KernelConfig(**{k: trial.suggest_categorical(k, v) for k, v in space.items()})
                 t = table.get(cfg)
                 if t is None:
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    continue
-                study.tell(trial, t)
-                if hit is None and t <= best * 1.03:
+                else:
+                    study.tell(trial, t)
+                    running = min(running, t)
+                if hit is None and running <= best * 1.03:
                     hit = n
+                if n == 24:
+                    after24.append(running / best)
+                if n == 48:
+                    after48.append(running / best)
             needed.append(hit if hit is not None else float("inf"))
         found = [n for n in needed if n != float("inf")]
-        print(f"  {b['name']:14s} {len(table)} configs, best {best:.4f} ms: reached in "
-              f"{len(found)}/{seeds} seeds; median {statistics.median(needed) if found else 'n/a'} trials, "
-              f"worst {max(needed)}")
+        h = table.get(heuristic)
+        print(f"{b['name']:14s} {len(table):7d} {best:8.4f} {h / best if h else float('nan'):8.2f}x "
+              f"{statistics.median(needed):13} {max(needed):>6} {len(found):>2}/{seeds:<2} "
+              f"{_median(after24):7.3f}x {_median(after48):7.3f}x")
+
+
+def to_db(path: str, db_path: str) -> None:
+    """Store each bucket's exhaustive best as a winner (merged: the faster row per key stays)."""
+    from maxsim_forge import __version__
+    from maxsim_forge._problems import Sizes, synth
+    from maxsim_forge.codegen import KernelConfig, KernelSpec, template_hash
+    from maxsim_forge.runtime._keys import GpuInfo, bucket_key, normalize_name
+    from maxsim_forge.tuned_db import TunedDB
+    from maxsim_forge.tuned_db._store import merge_rows
+
+    doc = json.load(open(path))
+    gpu = GpuInfo(normalize_name(doc["gpu"]), "9.0", 132, 232_448)
+    specs = {name: (KernelSpec(layout, dtype, dim, "tf32", "none", dm), Sizes(nq, lq, nb, ld))
+             for name, layout, dtype, dim, nq, lq, ld, nb, dm in BUCKETS}
+    rows = []
+    for b in doc["buckets"]:
+        spec, sizes = specs[b["name"]]
+        key = bucket_key(synth(spec, sizes.scaled(4), device="cpu", seed=0).prep, gpu)
+        key = key.__class__(**{**key.as_row(), "nb_bucket": 1 << (sizes.nb - 1).bit_length()})
+        timed = sorted((r for r in b["configs"] if r["time_ms"]), key=lambda r: r["time_ms"])
+        best = timed[0]
+        near = [r["config"] for r in timed[1:] if r["time_ms"] <= best["time_ms"] * 1.03]
+        rows.append({**key.as_row(), "config": KernelConfig(**best["config"]).to_dict(), "time_ms": best["time_ms"],
+                     "baseline_ms": None, "speedup": None, "near_best": near, "trials": len(b["configs"]),
+                     "seed": 0, "template_hash": template_hash(), "sm_count": gpu.sm_count,
+                     "smem_limit": gpu.smem_limit, "triton_version": doc.get("triton", "unknown"),
+                     "torch_version": doc.get("torch", "unknown"),
+                     "package_version": __version__, "created_at": doc["date"]})
+    print(f"took {merge_rows(TunedDB(db_path), rows)} exhaustive winners into {db_path}")
 
 
 def main() -> None:
@@ -100,11 +160,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=15)
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--to-db", default=None, help="with --replay: store each bucket's exhaustive best here")
     args = ap.parse_args()
     if args.exhaustive:
         exhaustive(args.out, args.workers)
     if args.replay:
-        replay(args.replay, args.trials, args.seeds)
+        replay(args.replay, args.trials, args.seeds, seeded=False)
+        replay(args.replay, args.trials, args.seeds, seeded=True)
+        if args.to_db:
+            to_db(args.replay, args.to_db)
 
 
 if __name__ == "__main__":

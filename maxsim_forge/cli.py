@@ -229,6 +229,40 @@ def db_merge(db_path, other) -> None:
     click.echo(f"took {taken} winners from {other}")
 
 
+@db.command("ship")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Database file to write (replaced).")
+def db_ship(sources, out) -> None:
+    """Pack the winners of SOURCES into one read-only-friendly file for the package's data/.
+
+    Example: maxsim-forge db ship h100-run1.db h100-run2.db --out maxsim_forge/tuned_db/data/NVIDIA_H100_80GB_HBM3.db
+    """
+    from .tuned_db import ship
+
+    try:
+        taken = ship(sources, out)
+    except Exception as exc:  # sqlite errors, schema errors
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {taken} winners to {out}")
+
+
+@db.command("verify")
+@_DB_OPTION
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh random inputs.")
+def db_verify(db_path, seed) -> None:
+    """Check every winner tuned on this GPU against the float64 reference on fresh data.
+
+    Example: maxsim-forge db verify --db maxsim_forge/tuned_db/data/NVIDIA_H100_80GB_HBM3.db
+    """
+    interpreted = _use_interpreter_without_cuda()
+    from .tuner import verify_winners
+
+    rows = verify_winners(_open(db_path), seed=seed, device="cpu" if interpreted else "cuda")
+    click.echo(_table(("bucket", "config", "status", "detail"), rows))
+    if any(r[2] != "ok" for r in rows):
+        raise click.ClickException("some winners do not match the reference")
+
+
 @main.command()
 @click.option("--bucket", "buckets", multiple=True,
               help='Bucket as JSON, e.g. \'{"layout": "padded", "dtype": "fp16", "dim": 128, "lq": 32, "ld": 300, "nb": 1000}\'.')

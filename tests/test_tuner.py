@@ -188,3 +188,49 @@ def test_tune_cli_quick_preset_in_interpreter_says_so(tmp_path):
     result = CliRunner().invoke(main, ["tune", "--preset", "quick", "--trials", "2", "--db", str(tmp_path / "t.db"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "interpreter" in result.output and "colbert" in result.output and "speedup" in result.output
+
+
+def test_ship_then_verify_then_read_only_lookup(tmp_path):
+    import os
+    import stat
+
+    from maxsim_forge.runtime import Lookup
+    from maxsim_forge.runtime._keys import INTERPRETER, gpu_info
+    from maxsim_forge.tuner import verify_winners
+
+    src = tmp_path / "run.db"
+    tune(TINY, db_path=src, trials=3, progress=False)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shipped = folder / "GPU.db"
+    result = CliRunner().invoke(main, ["db", "ship", str(src), "--out", str(shipped)])
+    assert result.exit_code == 0 and "wrote 2 winners" in result.output, result.output
+    assert not (folder / "GPU.db-wal").exists()
+    assert TunedDB(src).trials() and not open_db(str(shipped), read_only=True)["trials"].count
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = verify_winners(TunedDB(src), device=device)
+    assert [r[2] for r in rows] == ["ok", "ok"], rows
+    # A read-only folder, as site-packages may be: the lookup still reads it.
+    os.chmod(folder, stat.S_IRUSR | stat.S_IXUSR)
+    os.chmod(shipped, stat.S_IRUSR)
+    try:
+        lookup = Lookup(user_path=tmp_path / "none.db", shipped_paths=[shipped]).load()
+        gpu = gpu_info(torch.device(device)) if device == "cuda" else INTERPRETER
+        assert len(lookup.exact) == 2 or gpu.name != INTERPRETER.name
+        assert not [r for r in lookup.reports if "shipped" in r]
+    finally:
+        os.chmod(folder, stat.S_IRWXU)
+
+
+def test_verify_reports_a_wrong_winner(tmp_path):
+    src = tmp_path / "run.db"
+    tune(TINY[:1], db_path=src, trials=2, progress=False)
+    db = TunedDB(src)
+    (w,) = db.winners()
+    from maxsim_forge.tuned_db import BucketKey
+
+    key = BucketKey(**{k: w[k] for k in BucketKey.__dataclass_fields__})
+    db.put_winner(key, {**{k: v for k, v in w.items() if k not in BucketKey.__dataclass_fields__},
+                        "config": {**w["config"], "block_q": 24}})
+    result = CliRunner().invoke(main, ["db", "verify", "--db", str(src)])
+    assert result.exit_code == 1 and "pruned_static" in result.output

@@ -24,24 +24,29 @@ def _pow2_at_least(x: int, lo: int, hi: int) -> int:
 def default_config(
     spec: KernelSpec, *, nq: int, lq: int, nb: int, ld: int, sm_count: int = 132
 ) -> KernelConfig:
-    """A config that is valid for ``spec`` and reasonable for these sizes."""
-    block_k = _pow2_at_least(spec.dim, 16, 128 if spec.dtype != "fp32" else 64)
-    if spec.dim > 256:
+    """A config that is valid for ``spec`` and reasonable for these sizes.
+
+    The regimes follow the exhaustive sweeps on an H100 (benchmarks/bench_tuner.py):
+    the whole dim in one tile; short queries walk the doc with small doc tiles on two
+    warps; folded queries and long queries use 128-row tiles against 64-token doc tiles.
+    """
+    if spec.dim <= 256:
+        block_k = _pow2_at_least(spec.dim, 16, 256)
+    else:
         block_k = 64 if spec.dtype == "fp32" else 128
     folded = spec.layout in ("allpairs", "packed") and nq > 1
     rows = nq * lq if folded else lq
     if folded and rows >= 64:
-        q_mode, block_q = "fold", 64 if rows < 256 else 128
+        q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1
     elif lq > 64:
-        q_mode, block_q = "grid", 64 if lq < 512 else 128
+        q_mode, block_q, block_d, num_warps, num_stages = "grid", 128 if lq >= 256 else 64, 64, 4, 3
     else:
-        q_mode, block_q = "loop", _pow2_at_least(lq, 16, 64)
-    block_d = 64 if block_q <= 64 else 32
-    if spec.dtype == "fp32":
+        block_q = _pow2_at_least(lq, 16, 64)
+        q_mode, block_d, num_warps, num_stages = "loop", 32, 2 if block_q <= 32 else 4, 3
+    if spec.dtype == "fp32" or block_k > 128:
         block_d = min(block_d, 32)
     if ld > 0:  # no tile longer than the docs
         block_d = min(block_d, _pow2_at_least(ld, 16, 256))
-    num_warps = 8 if block_q >= 128 else 4
     q_progs = 1
     if q_mode == "fold":
         q_progs = -(-rows // block_q)
@@ -59,7 +64,7 @@ def default_config(
         block_d=block_d,
         block_k=block_k,
         num_warps=num_warps,
-        num_stages=3,
+        num_stages=num_stages,
         q_mode=q_mode,
         split_d=split_d,
     )

@@ -10,6 +10,7 @@ from ._store import (
     import_json,
     merge_db,
     read_winners,
+    ship,
     shipped_db_paths,
     user_db_path,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "migrate",
     "open_db",
     "read_winners",
+    "ship",
     "shipped_db_paths",
     "user_db_path",
 ]

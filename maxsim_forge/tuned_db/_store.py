@@ -141,7 +141,12 @@ def merge_rows(db: TunedDB, rows: Iterable[dict]) -> int:
         key = BucketKey(**{k: row[k] for k in BucketKey.__dataclass_fields__})
         mine = db.winner(key)
         if mine is None or (row.get("time_ms") is not None and (mine.get("time_ms") is None or row["time_ms"] < mine["time_ms"])):
-            db.put_winner(key, {k: v for k, v in row.items() if k not in BucketKey.__dataclass_fields__})
+            data = {k: v for k, v in row.items() if k not in BucketKey.__dataclass_fields__}
+            if mine is not None and data.get("baseline_ms") is None and mine.get("baseline_ms"):
+                # The torch baseline of the same bucket on the same GPU still holds.
+                data["baseline_ms"] = mine["baseline_ms"]
+                data["speedup"] = mine["baseline_ms"] / data["time_ms"]
+            db.put_winner(key, data)
             taken += 1
     return taken
 
@@ -150,3 +155,21 @@ def merge_db(db: TunedDB, other_path: str | Path) -> int:
     """Merge another database's winners into ``db``, keeping the faster winner per key."""
     other = open_db(str(other_path), read_only=True)
     return merge_rows(db, read_winners(other))
+
+
+def ship(sources: Iterable[str | Path], out: str | Path) -> int:
+    """Write a database fit to ship in the package: the faster winner per key of
+    ``sources``, no trials, one file (no WAL) that opens read-only anywhere."""
+    out = Path(out)
+    if out.exists():
+        out.unlink()
+    db = TunedDB(out)
+    taken = 0
+    for src in sources:
+        taken += merge_db(db, src)
+    with db.db.conn:
+        db.db.execute("DELETE FROM trials")
+    db.db.execute("PRAGMA journal_mode = DELETE")
+    db.db.execute("VACUUM")
+    db.db.conn.close()
+    return taken

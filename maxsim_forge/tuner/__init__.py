@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._presets import PRESETS, Bucket, load_buckets, resolve
 from ._run import TuneReport, make_storage, summary_rows, tune, tune_on_device
 from ._space import RESTRICTIONS, SPACE, check_static, valid_configs
+from ._verify import verify_winners
 
 __all__ = [
     "PRESETS",
@@ -23,4 +24,5 @@ __all__ = [
     "tune",
     "tune_on_device",
     "valid_configs",
+    "verify_winners",
 ]

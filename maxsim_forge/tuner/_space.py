@@ -57,6 +57,12 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         lambda spec, cfg, s, sms: cfg.block_k <= max(16, _pow2_ceil(spec.dim)),
     ),
     Restriction(
+        "block_k_whole_dim_when_it_fits",
+        "a dim that fits one tile (<= 256) is not split: each extra chunk re-loads the query "
+        "tile (on H100 the whole-dim tile led every exhaustively timed bucket)",
+        lambda spec, cfg, s, sms: spec.dim > 256 or cfg.block_k == max(16, _pow2_ceil(spec.dim)),
+    ),
+    Restriction(
         "block_k_splits_dim_evenly",
         "a split dim with a partial last chunk spends a whole dot on padding",
         lambda spec, cfg, s, sms: cfg.block_k >= spec.dim or spec.dim % cfg.block_k == 0,
@@ -80,6 +86,12 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "loop_for_short_rows",
         "a loop over many query tiles re-reads the doc serially; long queries use the grid",
         lambda spec, cfg, s, sms: cfg.q_mode != "loop" or s.lq <= 4 * cfg.block_q,
+    ),
+    Restriction(
+        "grid_needs_several_query_tiles",
+        "a query that fits one tile gains nothing from spreading tiles over programs, "
+        "and pays for an atomic sum",
+        lambda spec, cfg, s, sms: cfg.q_mode != "grid" or s.lq > cfg.block_q,
     ),
     Restriction(
         "split_needs_doc_tiles",
