@@ -287,6 +287,40 @@ def prepare_pairs_packed(
     )
 
 
+def _check_pair(i: int, qi, di, first) -> None:
+    qi = _tensor(f"queries[{i}]", qi)
+    di = _tensor(f"docs[{i}]", di)
+    _rank(f"queries[{i}]", qi, (2,), "[Lq, dim]")
+    _rank(f"docs[{i}]", di, (2,), "[Ld, dim]")
+    _float_dtype(f"queries[{i}]", qi)
+    _same(f"queries[{i}]", qi, f"docs[{i}]", di)
+    _same("queries[0]", first, f"queries[{i}]", qi)
+
+
+def _pair_shapes(queries, docs) -> tuple[list, list]:
+    """Shapes of every pair, checked in bulk; on any doubt, pair by pair for a precise error."""
+    try:
+        q_shapes = [t.shape for t in queries]
+        d_shapes = [t.shape for t in docs]
+        first = queries[0]
+        dim, dtype, device = first.shape[-1], first.dtype, first.device
+        ok = (
+            dtype in DTYPE_NAMES
+            and all(len(s) == 2 and s[1] == dim for s in q_shapes)
+            and all(len(s) == 2 and s[1] == dim for s in d_shapes)
+            and all(t.dtype == dtype for t in queries) and all(t.dtype == dtype for t in docs)
+            and all(t.device == device for t in queries) and all(t.device == device for t in docs)
+            and dim >= 1
+        )
+    except AttributeError:
+        ok = False
+    if not ok:
+        first = _tensor("queries[0]", queries[0])
+        for i, (qi, di) in enumerate(zip(queries, docs)):
+            _check_pair(i, qi, di, first)
+    return q_shapes, d_shapes
+
+
 def pack_pairs(
     queries: Sequence[torch.Tensor],
     docs: Sequence[torch.Tensor],
@@ -303,18 +337,10 @@ def pack_pairs(
         )
     if not queries:
         raise ValueError("queries and docs are empty; at least one pair is needed to pack")
-    first = _tensor("queries[0]", queries[0])
-    q_lens, d_lens = [], []
-    for i, (qi, di) in enumerate(zip(queries, docs)):
-        qi = _tensor(f"queries[{i}]", qi)
-        di = _tensor(f"docs[{i}]", di)
-        _rank(f"queries[{i}]", qi, (2,), "[Lq, dim]")
-        _rank(f"docs[{i}]", di, (2,), "[Ld, dim]")
-        _float_dtype(f"queries[{i}]", qi)
-        _same(f"queries[{i}]", qi, f"docs[{i}]", di)
-        _same("queries[0]", first, f"queries[{i}]", qi)
-        q_lens.append(int(qi.shape[0]))
-        d_lens.append(int(di.shape[0]))
+    q_shapes, d_shapes = _pair_shapes(queries, docs)
+    q_lens = [s[0] for s in q_shapes]
+    d_lens = [s[0] for s in d_shapes]
+    first = queries[0]
     q_packed = torch.cat(list(queries)) if len(queries) > 1 else queries[0]
     d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]
     # Both offset rows in one host tensor: one small copy to the device.

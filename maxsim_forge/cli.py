@@ -140,7 +140,7 @@ def tune(preset, shapes, dtypes, trials, time_budget, db_path, resume, gpus, wor
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"\n{report.device}: {len(report.results)} buckets in {report.wall_s:.1f} s")
-    click.echo(_table(("bucket", "best config", "ms", "torch ms", "speedup", "trials"), summary_rows(report)))
+    click.echo(_table(("bucket", "best config", "ms", "torch ms", "speedup", "trials", "device"), summary_rows(report)))
 
 
 @main.group()
@@ -261,6 +261,57 @@ def db_verify(db_path, seed) -> None:
     click.echo(_table(("bucket", "config", "status", "detail"), rows))
     if any(r[2] != "ok" for r in rows):
         raise click.ClickException("some winners do not match the reference")
+
+
+@main.command("export")
+@_DB_OPTION
+@click.option("--format", "fmt", type=click.Choice(["vllm", "json"]), required=True,
+              help="vllm: one JSON file per (op, dim, device, dtype) named as vLLM names tuned configs; json: one file.")
+@click.option("--out", type=click.Path(), required=True, help="Folder (vllm) or file (json) to write.")
+def export_cmd(db_path, fmt, out) -> None:
+    """Export the tuned winners for another program.
+
+    Example: maxsim-forge export --format vllm --out vllm_configs/
+    """
+    if fmt == "json":
+        from .tuned_db import export_json
+
+        doc = export_json(_open(db_path))
+        with open(out, "w") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+        click.echo(f"wrote {len(doc['winners'])} winners to {out}")
+        return
+    from .integrations.vllm import export_vllm
+
+    files = export_vllm(_open(db_path), out)
+    for f in files:
+        click.echo(str(f))
+    click.echo(f"wrote {len(files)} files to {out}")
+
+
+@main.command("import")
+@_DB_OPTION
+@click.option("--format", "fmt", type=click.Choice(["vllm", "json"]), required=True,
+              help="vllm: a folder of vLLM-format files; json: a file from export --format json.")
+@click.argument("source", type=click.Path(exists=True))
+def import_cmd(db_path, fmt, source) -> None:
+    """Import tuned winners, keeping the faster winner per key.
+
+    Example: maxsim-forge import --format vllm vllm_configs/ --db tuned.db
+    """
+    try:
+        if fmt == "json":
+            from .tuned_db import import_json
+
+            with open(source) as fh:
+                taken = import_json(_open(db_path), json.load(fh))
+        else:
+            from .integrations.vllm import import_vllm
+
+            taken = import_vllm(_open(db_path), source)
+    except (ValueError, KeyError, OSError) as exc:
+        raise click.ClickException(f"{source}: {exc}") from exc
+    click.echo(f"took {taken} winners from {source}")
 
 
 @main.command()

@@ -120,6 +120,7 @@ def test_two_gpu_workers_split_the_buckets(tmp_path):
         pytest.skip("needs two GPUs, or the interpreter")
     report = tune(TINY, db_path=tmp_path / "tuned.db", trials=3, gpus=2, progress=False)
     assert sorted(r.bucket.name for r in report.results) == ["tiny", "tiny-multi"]
+    assert len({r.device for r in report.results}) == 2, [r.device for r in report.results]
     assert len(TunedDB(tmp_path / "tuned.db").winners()) == 2
 
 

@@ -73,8 +73,12 @@ def tune_on_device(
     db = TunedDB(db_path)
     with CompilePool(workers) as pool:
         opts.pool = pool
-        return _tune_buckets(buckets, db, gpu, opts, trials=trials, resume=resume, on_gpu=on_gpu,
-                             deadline=deadline, progress=progress)
+        results = _tune_buckets(buckets, db, gpu, opts, trials=trials, resume=resume, on_gpu=on_gpu,
+                                deadline=deadline, progress=progress)
+    where = f"cuda:{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}" if on_gpu else "interpreter"
+    for r in results:
+        r.device = where
+    return results
 
 
 def _tune_buckets(buckets, db, gpu, opts, *, trials, resume, on_gpu, deadline, progress) -> list[BucketResult]:
@@ -106,8 +110,7 @@ def _tune_buckets(buckets, db, gpu, opts, *, trials, resume, on_gpu, deadline, p
 def _gpu_worker(args: tuple) -> list[tuple]:
     index, kwargs = args
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-    results = tune_on_device(**kwargs)
-    return [(r.bucket, r.key, r.config, r.time_ms, r.baseline_ms, r.trials, r.skipped) for r in results]
+    return tune_on_device(**kwargs)
 
 
 def tune(
@@ -145,7 +148,10 @@ def tune(
         # Not a multiprocessing.Pool: its daemonic workers could not start compile workers.
         with cf.ProcessPoolExecutor(max_workers=gpus, mp_context=mp.get_context("spawn")) as pool:
             parts = list(pool.map(_gpu_worker, jobs))
-        results = [BucketResult(b, k, c, t, base, n, skipped=s) for part in parts for (b, k, c, t, base, n, s) in part]
+        for index, part in enumerate(parts):
+            for r in part:  # in the interpreter every worker says "interpreter"; name the worker
+                r.device = r.device if on_gpu else f"worker {index}"
+        results = [r for part in parts for r in part]
     name = torch.cuda.get_device_name() if on_gpu else "Triton interpreter (CPU)"
     return TuneReport(results, name, not on_gpu, time.monotonic() - t0)
 
@@ -160,6 +166,7 @@ def summary_rows(report: TuneReport) -> list[tuple[str, ...]]:
             f"{r.baseline_ms:.4f}" if r.baseline_ms else "-",
             f"{r.baseline_ms / r.time_ms:.2f}x" if r.time_ms and r.baseline_ms else "-",
             str(r.trials),
+            r.device,
         ))
     return rows
 

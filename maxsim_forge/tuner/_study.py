@@ -57,6 +57,7 @@ class BucketResult:
     trials: int = 0
     skipped: bool = False
     statuses: Counter = field(default_factory=Counter)
+    device: str = ""  # where it was tuned: "cuda:0", or the physical GPU a worker was given
 
     @property
     def speedup(self) -> float | None:

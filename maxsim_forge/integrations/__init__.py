@@ -1,0 +1,1 @@
+"""Integrations with serving frameworks (imported explicitly, e.g. ``maxsim_forge.integrations.vllm``)."""

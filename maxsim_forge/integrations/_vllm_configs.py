@@ -1,0 +1,139 @@
+"""Tuned configs in vLLM's format: one JSON file per (op, dim, device, dtype).
+
+File names follow vLLM's tuned kernel configs, e.g.
+``op=maxsim_pairs,dim=128,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp16.json``. A file
+holds ``{"triton_version": ..., "<bucket>": {config}}``; a bucket is written
+``nq=1,lq=32,ld=512,nb=64``. Each config carries the knobs and, under ``"_winner"``,
+the rest of its database row, so a folder imports back without loss.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from pathlib import Path
+
+from ..codegen import KernelConfig
+from ..tuned_db import BucketKey, TunedDB
+from ..tuned_db._store import merge_rows
+
+OPS = {"padded": "maxsim", "allpairs": "maxsim_allpairs", "packed": "maxsim_packed", "pairs": "maxsim_pairs"}
+LAYOUTS = {op: layout for layout, op in OPS.items()}
+_BUCKET_FIELDS = ("nq", "lq", "ld", "nb")
+_KEY_FIELDS = set(BucketKey.__dataclass_fields__)
+
+
+def _dtype_tag(dtype: str, precision: str) -> str:
+    return f"{dtype}_{precision}" if dtype == "fp32" else dtype
+
+
+def _untag(tag: str) -> tuple[str, str]:
+    if tag.startswith("fp32_"):
+        return "fp32", tag.split("_", 1)[1]
+    return tag, "native"
+
+
+def file_name(op: str, dim: int, device_name: str, dtype_tag: str) -> str:
+    return f"op={op},dim={dim},device_name={device_name},dtype={dtype_tag}.json"
+
+
+def bucket_label(nq: int, lq: int, ld: int, nb: int) -> str:
+    return f"nq={nq},lq={lq},ld={ld},nb={nb}"
+
+
+def _parse_fields(text: str) -> dict[str, str]:
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"{text!r}: expected comma-separated name=value fields")
+        out[name] = value
+    return out
+
+
+def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
+    """Write every winner of ``db`` into ``out_dir``, one file per (op, dim, device, dtype)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict] = {}
+    for w in db.winners():
+        name = file_name(OPS[w["layout"]], w["dim"], w["gpu"], _dtype_tag(w["dtype"], w["precision"]))
+        doc = files.setdefault(name, {"triton_version": w.get("triton_version")})
+        label = bucket_label(w["nq_bucket"], w["lq_bucket"], w["ld_bucket"], w["nb_bucket"])
+        extra = {k: v for k, v in w.items() if k not in _KEY_FIELDS and k != "config"}
+        doc[label] = {**w["config"], "_winner": {**extra, "cc": w["cc"]}}
+    written = []
+    for name, doc in sorted(files.items()):
+        path = out_dir / name
+        path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+def _rows_of(path: Path) -> list[dict]:
+    head = _parse_fields(path.name.removesuffix(".json"))
+    try:
+        op, dim, device, tag = head["op"], int(head["dim"]), head["device_name"], head["dtype"]
+    except KeyError as exc:
+        raise ValueError(f"{path.name}: file name lacks {exc}; expected op=,dim=,device_name=,dtype=") from exc
+    if op not in LAYOUTS:
+        raise ValueError(f"{path.name}: op {op!r} is not one of {', '.join(LAYOUTS)}")
+    dtype, precision = _untag(tag)
+    doc = json.loads(path.read_text())
+    rows = []
+    for label, value in doc.items():
+        if label == "triton_version":
+            continue
+        fields = {k: int(v) for k, v in _parse_fields(label).items()}
+        winner = dict(value.get("_winner", {}))
+        config = KernelConfig.from_dict({k: v for k, v in value.items() if k != "_winner"}).to_dict()
+        winner.setdefault("triton_version", doc.get("triton_version"))
+        rows.append({
+            "gpu": device, "cc": winner.pop("cc", ""), "layout": LAYOUTS[op], "dtype": dtype,
+            "precision": precision, "dim": dim, **{f"{k}_bucket": fields[k] for k in _BUCKET_FIELDS},
+            "config": config, **winner,
+        })
+    return rows
+
+
+def import_vllm(db: TunedDB, folder: str | Path) -> int:
+    """Read a folder written by :func:`export_vllm` (or by hand) into ``db``; returns winners taken."""
+    folder = Path(folder)
+    rows = [row for path in sorted(folder.glob("op=*.json")) for row in _rows_of(path)]
+    return merge_rows(db, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _load(path: str, mtime: float) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def read_vllm_config(
+    op: str, dim: int, dtype: str, device_name: str, *, nq: int = 1, lq: int, ld: int, nb: int,
+    precision: str = "tf32", folder: str | Path | None = None,
+) -> KernelConfig | None:
+    """The config of the nearest bucket in the tuned-config folder, or None.
+
+    ``folder`` defaults to ``VLLM_TUNED_CONFIG_FOLDER``, as vLLM's own lookups do.
+    """
+    folder = folder or os.environ.get("VLLM_TUNED_CONFIG_FOLDER")
+    if not folder:
+        return None
+    tag = _dtype_tag(dtype, precision if dtype == "fp32" else "native")
+    path = Path(folder) / file_name(op, dim, device_name, tag)
+    if not path.exists():
+        return None
+    doc = _load(str(path), path.stat().st_mtime)
+    want = (nq, lq, ld, nb)
+
+    def distance(label: str) -> float:
+        have = _parse_fields(label)
+        return sum(abs(math.log2(max(int(have[k]), 1)) - math.log2(max(w, 1))) for k, w in zip(_BUCKET_FIELDS, want))
+
+    labels = [k for k in doc if k != "triton_version"]
+    if not labels:
+        return None
+    best = min(labels, key=distance)
+    return KernelConfig.from_dict({k: v for k, v in doc[best].items() if k != "_winner"})
