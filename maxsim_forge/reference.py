@@ -3,6 +3,11 @@
 - products and sums in float64;
 - a masked doc token never wins a max; a masked query token adds 0;
 - a doc with no valid token scores 0 (never -inf, never NaN).
+
+Every function takes ``absolute=True`` to return instead the sum of the *absolute*
+row maxima, sum_i |max_j <q_i, d_j>|: the magnitude of the terms a kernel adds up.
+Kernel errors are judged relative to it, so a score that cancels to near zero is not
+held to a tighter bound than the terms it is made of.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ def _valid(count: int, length: int, lengths, mask, device) -> torch.Tensor:
     return valid
 
 
-def _scores(q, q_valid, d, d_valid) -> torch.Tensor:
+def _scores(q, q_valid, d, d_valid, absolute: bool = False) -> torch.Tensor:
     """q [Nq, Lq, k], d [B, Ld, k] (float64) with validity masks -> [Nq, B]."""
     nq, lq = q.shape[:2]
     nb, ld = d.shape[:2]
@@ -41,7 +46,7 @@ def _scores(q, q_valid, d, d_valid) -> torch.Tensor:
         m = s.amax(dim=-1)
         m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
         m = m * q_valid[:, None, :]
-        out[:, b0 : b0 + step] = m.sum(dim=-1)
+        out[:, b0 : b0 + step] = (m.abs() if absolute else m).sum(dim=-1)
     return out
 
 
@@ -53,6 +58,7 @@ def maxsim_reference(
     q_mask: torch.Tensor | None = None,
     d_lengths: torch.Tensor | None = None,
     d_mask: torch.Tensor | None = None,
+    absolute: bool = False,
 ) -> torch.Tensor:
     """Padded layouts: ``q[Lq, dim]`` or ``[Nq, Lq, dim]`` against ``d[B, Ld, dim]``.
 
@@ -66,7 +72,7 @@ def maxsim_reference(
     q64, d64 = q.double(), d.double()
     q_valid = _valid(q.shape[0], q.shape[1], q_lengths, q_mask, q.device)
     d_valid = _valid(d.shape[0], d.shape[1], d_lengths, d_mask, d.device)
-    out = _scores(q64, q_valid, d64, d_valid)
+    out = _scores(q64, q_valid, d64, d_valid, absolute)
     return out[0] if squeeze else out
 
 
@@ -88,24 +94,25 @@ def maxsim_packed_reference(
     *,
     q_lengths: torch.Tensor | None = None,
     q_mask: torch.Tensor | None = None,
+    absolute: bool = False,
 ) -> torch.Tensor:
     """Docs packed as ``[total_tokens, dim]`` with ``cu_seqlens[B + 1]``."""
     d, d_lengths = unpack(d_packed, cu_seqlens)
-    return maxsim_reference(q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths)
+    return maxsim_reference(q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, absolute=absolute)
 
 
 def maxsim_pairs_reference(
-    queries: Sequence[torch.Tensor], docs: Sequence[torch.Tensor]
+    queries: Sequence[torch.Tensor], docs: Sequence[torch.Tensor], *, absolute: bool = False
 ) -> torch.Tensor:
     """Query i against doc i, any lengths -> float64 ``[N]``."""
-    out = [maxsim_reference(qi, di[None])[0] for qi, di in zip(queries, docs)]
+    out = [maxsim_reference(qi, di[None], absolute=absolute)[0] for qi, di in zip(queries, docs)]
     device = queries[0].device if len(queries) else "cpu"
     return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64, device=device)
 
 
 
 
-def reference_for(prep) -> torch.Tensor:
+def reference_for(prep, *, absolute: bool = False) -> torch.Tensor:
     """The float64 reference of a checked call (``maxsim_forge._inputs.Prepared``),
     in the shape its launcher returns: ``[nq, nb]``, or ``[nb]`` for pairs."""
     k = prep.launch_kwargs
@@ -115,11 +122,13 @@ def reference_for(prep) -> torch.Tensor:
         q_cu, d_cu = k["q_cu"].long().cpu(), k["d_cu"].long().cpu()
         queries = [prep.q[q_cu[i] : q_cu[i + 1]] for i in range(k["nb"])]
         docs = [prep.d[d_cu[i] : d_cu[i + 1]] for i in range(k["nb"])]
-        out = maxsim_pairs_reference(queries, docs)
+        out = maxsim_pairs_reference(queries, docs, absolute=absolute)
         return out if out.numel() else torch.zeros(0, dtype=torch.float64, device=prep.q.device)
     if layout == "packed":
-        return maxsim_packed_reference(prep.q, prep.d, k["d_cu"], **q_side)
-    return maxsim_reference(prep.q, prep.d, d_lengths=k.get("d_lengths"), d_mask=k.get("d_mask"), **q_side)
+        return maxsim_packed_reference(prep.q, prep.d, k["d_cu"], absolute=absolute, **q_side)
+    return maxsim_reference(
+        prep.q, prep.d, d_lengths=k.get("d_lengths"), d_mask=k.get("d_mask"), absolute=absolute, **q_side
+    )
 
 
 __all__ = [

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from maxsim_forge.codegen import ConfigError, KernelConfig, validate
+from maxsim_forge.reference import reference_for
 from maxsim_forge.runtime import default_config, launch_prepared
 
 from cases import make_case
@@ -43,7 +44,8 @@ def _check(prep, ref, cfg, tol, what):
         pytest.skip(f"{cfg.key()} is over the device limits for {prep.spec.key()}")
     shape = tuple(ref.shape) if not prep.squeeze else (1, *ref.shape)
     out = launch_prepared(prep, cfg, out=poisoned(shape))
-    assert_scores(out, ref, tol, f"{what} {prep.spec.key()} {cfg.key()}")
+    scale = reference_for(prep, absolute=True)
+    assert_scores(out, ref, tol, f"{what} {prep.spec.key()} {cfg.key()}", scale=scale)
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 from optuna.trial import TrialState
 
 from .. import __version__
-from .._problems import Problem, Sizes, synth, tolerance
+from .._problems import Problem, Sizes, relative_error, synth, tolerance
 from ..codegen import KernelConfig, load_variant, template_hash
 from ..runtime import default_config
 from ..runtime._keys import GpuInfo, bucket_key
@@ -102,9 +102,7 @@ class BucketTuner:
             module.launch(fresh.prep.q, fresh.prep.d, out=out, **fresh.prep.launch_kwargs)
         except Exception as exc:  # noqa: BLE001 - a failing candidate is data
             return _compile.classify(exc), str(exc)[-2000:]
-        ref = fresh.expected()
-        scale = float(ref.abs().max()) if ref.numel() else 1.0
-        err = float((out.double() - ref).abs().max()) / max(scale, 1e-30) if ref.numel() else 0.0
+        err = relative_error(out, fresh.expected(), fresh.scale())
         if not err <= tolerance(self.spec):  # NaN fails too
             return MISMATCH, f"max relative error {err:.3e} > {tolerance(self.spec):.0e}"
         return OK, ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._problems import Sizes, synth, tolerance
+from .._problems import Sizes, relative_error, synth, tolerance
 from ..codegen import ConfigError, KernelConfig, KernelSpec, load_variant
 from ..tuned_db import TunedDB
 from ._compile import classify
@@ -28,9 +28,8 @@ def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[
         try:
             problem = synth(spec, sizes, device=device, seed=seed * 7919 + i)
             module = load_variant(problem.prep.spec, cfg, smem_limit=w.get("smem_limit"))
-            out = module.launch(problem.prep.q, problem.prep.d, **problem.prep.launch_kwargs).double()
-            ref = problem.expected()
-            err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)) if ref.numel() else 0.0
+            out = module.launch(problem.prep.q, problem.prep.d, **problem.prep.launch_kwargs)
+            err = relative_error(out, problem.expected(), problem.scale())
             tol = tolerance(problem.prep.spec)
             status, detail = ("ok", f"rel err {err:.1e}") if err <= tol else ("mismatch", f"rel err {err:.1e} > {tol:.0e}")
         except ConfigError as exc:
