@@ -297,28 +297,36 @@ def _check_pair(i: int, qi, di, first) -> None:
     _same("queries[0]", first, f"queries[{i}]", qi)
 
 
-def _pair_shapes(queries, docs) -> tuple[list, list]:
-    """Shapes of every pair, checked in bulk; on any doubt, pair by pair for a precise error."""
+def _pair_lengths(queries, docs) -> tuple[list[int], list[int]]:
+    """Lengths of every pair, checked in one pass; on any doubt, pair by pair for a
+    precise error. (The hot path for serving batches: no per-tensor device objects.)"""
+    q_lens: list[int] = []
+    d_lens: list[int] = []
     try:
-        q_shapes = [t.shape for t in queries]
-        d_shapes = [t.shape for t in docs]
         first = queries[0]
         dim, dtype, device = first.shape[-1], first.dtype, first.device
-        ok = (
-            dtype in DTYPE_NAMES
-            and all(len(s) == 2 and s[1] == dim for s in q_shapes)
-            and all(len(s) == 2 and s[1] == dim for s in d_shapes)
-            and all(t.dtype == dtype for t in queries) and all(t.dtype == dtype for t in docs)
-            and all(t.device == device for t in queries) and all(t.device == device for t in docs)
-            and dim >= 1
-        )
-    except AttributeError:
+        index = first.get_device() if device.type == "cuda" else None
+        ok = dtype in DTYPE_NAMES and dim >= 1
+        if ok:
+            for q, d in zip(queries, docs):
+                qs, ds = q.shape, d.shape
+                if (len(qs) != 2 or len(ds) != 2 or qs[1] != dim or ds[1] != dim
+                        or q.dtype != dtype or d.dtype != dtype
+                        or (q.get_device() != index or d.get_device() != index if index is not None
+                            else q.device != device or d.device != device)):
+                    ok = False
+                    break
+                q_lens.append(qs[0])
+                d_lens.append(ds[0])
+    except (AttributeError, TypeError):
         ok = False
     if not ok:
         first = _tensor("queries[0]", queries[0])
         for i, (qi, di) in enumerate(zip(queries, docs)):
             _check_pair(i, qi, di, first)
-    return q_shapes, d_shapes
+        q_lens = [int(t.shape[0]) for t in queries]
+        d_lens = [int(t.shape[0]) for t in docs]
+    return q_lens, d_lens
 
 
 def pack_pairs(
@@ -337,9 +345,7 @@ def pack_pairs(
         )
     if not queries:
         raise ValueError("queries and docs are empty; at least one pair is needed to pack")
-    q_shapes, d_shapes = _pair_shapes(queries, docs)
-    q_lens = [s[0] for s in q_shapes]
-    d_lens = [s[0] for s in d_shapes]
+    q_lens, d_lens = _pair_lengths(queries, docs)
     first = queries[0]
     q_packed = torch.cat(list(queries)) if len(queries) > 1 else queries[0]
     d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]

@@ -72,16 +72,16 @@ def compute_maxsim_score_batched(
         raise ValueError(f"max_batch_size must be greater than 0, got {max_batch_size}")
     if max_score_matrix_elements <= 0:
         raise ValueError(f"max_score_matrix_elements must be greater than 0, got {max_score_matrix_elements}")
+    first = q_embs[0]
+    if isinstance(first, torch.Tensor) and first.dtype in _KERNEL_DTYPES:
+        try:  # the common case: one dtype, one device; checked once while packing
+            return list(_score(q_embs, d_embs, first.dtype).unbind(0))
+        except (ValueError, TypeError):
+            pass  # mixed dtypes or devices, or bad input: the careful path names it
     q_embs, d_embs = list(q_embs), list(d_embs)
+    _check(q_embs, d_embs)
     dtypes = {t.dtype for t in q_embs} | {t.dtype for t in d_embs}
     devices = {t.device for t in q_embs}
-    if len(dtypes) == 1 and len(devices) == 1 and next(iter(dtypes)) in _KERNEL_DTYPES:
-        try:
-            scores = _score(q_embs, d_embs, next(iter(dtypes)))
-            return list(scores.unbind(0))
-        except (ValueError, TypeError):
-            pass  # let the per-pair checks below name the culprit
-    _check(q_embs, d_embs)
     dtype = _common_dtype(dtypes)
     out: list[torch.Tensor | None] = [None] * len(q_embs)
     for device in devices:
