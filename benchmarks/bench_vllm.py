@@ -50,11 +50,17 @@ def main() -> None:
     from maxsim_forge.integrations._vanilla import vanilla_maxsim_batched
     from maxsim_forge.integrations.vllm import compute_maxsim_score_batched
 
-    impls = {"vllm-vanilla": vanilla_maxsim_batched, "maxsim-forge": compute_maxsim_score_batched}
+    import maxsim_forge as mf
+
+    # Two contracts: vLLM's (a list of 0-d tensors, one per pair) and a plain [N] tensor.
+    impls = {"vllm-vanilla (list)": vanilla_maxsim_batched,
+             "maxsim-forge compute_maxsim_score_batched (list)": compute_maxsim_score_batched,
+             "maxsim-forge maxsim_pairs (tensor)": mf.maxsim_pairs}
     try:
         import flash_maxsim
 
-        impls["flash-maxsim"] = lambda q, d: flash_maxsim.flash_maxsim_pairs(q, d)
+        impls["flash-maxsim flash_maxsim_pairs (tensor)"] = flash_maxsim.flash_maxsim_pairs
+        impls["flash-maxsim, unbound to a list (list)"] = lambda q, d: list(flash_maxsim.flash_maxsim_pairs(q, d).unbind(0))
     except ImportError as exc:
         print("flash-maxsim unavailable:", exc)
     rows = []
@@ -67,7 +73,7 @@ def main() -> None:
             err = float((out.double() - ref).abs().max() / ref.abs().max())
             t = _time(lambda: fn(qs, ds), reps=200 if n == 64 else 50)
             rows.append({"pairs": n, "impl": name, "rel_err": err, **t})
-            print(f"{n:5d} pairs  {name:14s} {t['median_us']:9.1f} us  (p10 {t['p10_us']:.1f}, p90 {t['p90_us']:.1f})  "
+            print(f"{n:5d} pairs  {name:50s} {t['median_us']:9.1f} us  (p10 {t['p10_us']:.1f}, p90 {t['p90_us']:.1f})  "
                   f"rel err {err:.1e}", flush=True)
     doc = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "date": time.strftime("%Y-%m-%d"), "dim": args.dim, "rows": rows}

@@ -351,6 +351,10 @@ def pack_pairs(
     d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]
     # Both offset rows in one host tensor: one small copy to the device.
     cu = torch.tensor([[0, *accumulate(q_lens)], [0, *accumulate(d_lens)]], dtype=torch.int32)
+    if first.is_cuda:
+        # From pinned memory the copy is truly asynchronous (a pageable one waits for the
+        # stream); torch's caching host allocator keeps the block until the copy is done.
+        cu = cu.pin_memory()
     cu = cu.to(first.device, non_blocking=True)
     return prepare_pairs_packed(
         q_packed, cu[0], d_packed, cu[1],
