@@ -243,3 +243,27 @@ def test_repeated_calls_stay_correct_on_every_path():
         strided = torch.randint(0, 41, (12,), device=DEVICE)[::2]
         assert_scores(mf.maxsim(q, d, d_lengths=strided, validate=False),
                       maxsim_reference(q, d, d_lengths=strided), 1e-5, "strided lengths")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_cuda_graph_capture_and_replay():
+    q, d = randn(32, 128), randn(50, 300, 128)
+    lengths = torch.randint(1, 301, (50,), device=DEVICE)
+    queries = randn(4, 16, 128)
+    mf.maxsim(q, d, d_lengths=lengths)  # warm up: compile before capture
+    mf.maxsim(queries, d)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        out = mf.maxsim(q, d, d_lengths=lengths)  # validate=True: skipped while capturing
+        out_many = mf.maxsim(queries, d)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(2):  # new data in the same buffers, then replay
+        q.copy_(randn(32, 128))
+        d.copy_(randn(50, 300, 128))
+        lengths.copy_(torch.randint(1, 301, (50,), device=DEVICE))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_scores(out, maxsim_reference(q, d, d_lengths=lengths), 1e-5, "graph replay")
+        assert_scores(out_many, maxsim_reference(queries, d), 1e-5, "graph replay, 4 queries")
