@@ -186,12 +186,27 @@ def db_export(db_path, out, with_trials) -> None:
 
     Example: maxsim-forge db export --out h100.json
     """
+    _export_json_file(db_path, out, trials=with_trials)
+
+
+def _export_json_file(db_path, out, *, trials: bool = False) -> None:
     from .tuned_db import export_json
 
-    doc = export_json(_open(db_path), trials=with_trials)
+    doc = export_json(_open(db_path), trials=trials)
     with open(out, "w") as fh:
         json.dump(doc, fh, indent=1, sort_keys=True)
     click.echo(f"wrote {len(doc['winners'])} winners to {out}")
+
+
+def _import_json_file(db_path, source) -> None:
+    from .tuned_db import import_json
+
+    try:
+        with open(source) as fh:
+            taken = import_json(_open(db_path), json.load(fh))
+    except (ValueError, KeyError, OSError) as exc:
+        raise click.ClickException(f"{source}: {exc}") from exc
+    click.echo(f"took {taken} winners from {source}")
 
 
 @db.command("import")
@@ -202,14 +217,7 @@ def db_import(db_path, source) -> None:
 
     Example: maxsim-forge db import h100.json --db tuned.db
     """
-    from .tuned_db import import_json
-
-    try:
-        with open(source) as fh:
-            taken = import_json(_open(db_path), json.load(fh))
-    except (ValueError, KeyError) as exc:
-        raise click.ClickException(f"{source}: {exc}") from exc
-    click.echo(f"took {taken} winners from {source}")
+    _import_json_file(db_path, source)
 
 
 @db.command("merge")
@@ -274,12 +282,7 @@ def export_cmd(db_path, fmt, out) -> None:
     Example: maxsim-forge export --format vllm --out vllm_configs/
     """
     if fmt == "json":
-        from .tuned_db import export_json
-
-        doc = export_json(_open(db_path))
-        with open(out, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        click.echo(f"wrote {len(doc['winners'])} winners to {out}")
+        _export_json_file(db_path, out)
         return
     from .integrations.vllm import export_vllm
 
@@ -299,16 +302,13 @@ def import_cmd(db_path, fmt, source) -> None:
 
     Example: maxsim-forge import --format vllm vllm_configs/ --db tuned.db
     """
+    if fmt == "json":
+        _import_json_file(db_path, source)
+        return
+    from .integrations.vllm import import_vllm
+
     try:
-        if fmt == "json":
-            from .tuned_db import import_json
-
-            with open(source) as fh:
-                taken = import_json(_open(db_path), json.load(fh))
-        else:
-            from .integrations.vllm import import_vllm
-
-            taken = import_vllm(_open(db_path), source)
+        taken = import_vllm(_open(db_path), source)
     except (ValueError, KeyError, OSError) as exc:
         raise click.ClickException(f"{source}: {exc}") from exc
     click.echo(f"took {taken} winners from {source}")

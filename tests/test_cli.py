@@ -50,3 +50,17 @@ def test_check_runs_end_to_end():
     result = CliRunner().invoke(main, ["check", "--batch", "3", "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
     assert ": OK" in result.output
+
+
+def test_top_level_json_export_and_import(tmp_path):
+    from maxsim_forge.tuned_db import TunedDB
+    from maxsim_forge.tuner import Bucket, tune
+
+    src, dst, out = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "a.json"
+    tune([Bucket("padded", "fp16", 32, 8, 20, 3)], db_path=src, trials=2, progress=False)
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", "--format", "json", "--db", str(src), "--out", str(out)])
+    assert result.exit_code == 0 and "wrote 1 winners" in result.output, result.output
+    result = runner.invoke(main, ["import", "--format", "json", "--db", str(dst), str(out)])
+    assert result.exit_code == 0 and "took 1 winners" in result.output, result.output
+    assert TunedDB(dst).winners() == TunedDB(src).winners()
