@@ -64,3 +64,12 @@ def test_top_level_json_export_and_import(tmp_path):
     result = runner.invoke(main, ["import", "--format", "json", "--db", str(dst), str(out)])
     assert result.exit_code == 0 and "took 1 winners" in result.output, result.output
     assert TunedDB(dst).winners() == TunedDB(src).winners()
+
+
+def test_warmup_command_compiles_a_given_bucket():
+    bucket = '{"layout": "padded", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 20, "nb": 100}'
+    result = CliRunner().invoke(main, ["warmup", "--bucket", bucket])
+    assert result.exit_code == 0, result.output
+    assert "warmed 1 variants" in result.output and "padded-fp16-d32" in result.output
+    result = CliRunner().invoke(main, ["warmup", "--bucket", '{"layout": "padded"}'])
+    assert result.exit_code == 1 and "dtype" in result.output
