@@ -333,3 +333,43 @@ def warmup(buckets) -> None:
     for d in decisions:
         click.echo(str(d))
     click.echo(f"warmed {len(decisions)} variants")
+
+
+@main.command()
+@click.option("--cases", default="all", show_default=True,
+              help="Comma-separated case names, or 'all'; --list shows them.")
+@click.option("--impl", "impls", multiple=True,
+              help="Implementations to run (repeatable; default: all that are installed).")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-results", show_default=True,
+              help="Folder for bench.csv, bench.json and bench.png.")
+@click.option("--first-call", is_flag=True, help="Also time each first call in a fresh process with empty caches.")
+@click.option("--list", "list_cases", is_flag=True, help="List the cases and implementations, run nothing.")
+def bench(cases, impls, out, first_call, list_cases) -> None:
+    """Time maxsim-forge next to torch, vLLM's algorithm, flash-maxsim and late-interaction-kernels.
+
+    Example: maxsim-forge bench --cases colbert-1k-fp16,16-queries-x-1k --out results/
+    """
+    interpreted = _use_interpreter_without_cuda()
+    from . import bench as b
+
+    if list_cases:
+        for c in b.CASES:
+            click.echo(f"{c.name:20s} {c.layout:8s} nq {c.nq} lq {c.lq} ld {c.ld} nb {c.nb} dim {c.dim} {c.dtype}")
+        click.echo("implementations: " + ", ".join(b.IMPLS))
+        return
+    chosen = b.CASES if cases == "all" else []
+    if cases != "all":
+        by_name = {c.name: c for c in b.CASES}
+        unknown = [n for n in cases.split(",") if n not in by_name]
+        if unknown:
+            raise click.ClickException(f"unknown case(s) {unknown}; accepted: {', '.join(by_name)}")
+        chosen = [by_name[n] for n in cases.split(",")]
+    bad = [i for i in impls if i not in b.IMPLS]
+    if bad:
+        raise click.ClickException(f"unknown implementation(s) {bad}; accepted: {', '.join(b.IMPLS)}")
+    if interpreted:
+        click.echo("No CUDA device: shrunk cases through Triton's interpreter; the timings mean nothing.")
+    rows, meta = b.run(chosen, list(impls) or list(b.IMPLS), device="cpu" if interpreted else "cuda",
+                       first_call=first_call, log=click.echo)
+    for path in b.write(rows, meta, out):
+        click.echo(f"wrote {path}")

@@ -1,0 +1,369 @@
+"""``maxsim-forge bench``: maxsim-forge side by side with the peers, in one process.
+
+Implementations: torch eager (fp16 einsum, max, sum), vLLM's vanilla algorithm
+(re-implemented), flash-maxsim and late-interaction-kernels (optional extra ``bench``),
+and maxsim-forge through its public API. Per case and implementation: median time
+with its 20-80% spread, % of the floor, extra device memory, relative error against
+float64, and optionally the first-call time in a fresh process with empty caches.
+
+Without CUDA the same pipeline runs on shrunk cases through Triton's interpreter:
+it tests the plumbing; its timings mean nothing and are marked so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ._problems import TORCH_DTYPES
+from .reference import maxsim_pairs_reference, maxsim_reference
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    layout: str  # padded | allpairs | packed | pairs
+    lq: int
+    ld: int
+    nb: int
+    nq: int = 1
+    dim: int = 128
+    dtype: str = "fp16"
+    ragged: bool = False  # doc lengths below the padded length
+    skew: bool = False  # packed: many short docs, few long ones
+
+    def tiny(self) -> Case:
+        return replace(self, lq=min(self.lq, 8), ld=min(self.ld, 24), nb=min(self.nb, 4),
+                       nq=min(self.nq, 3), dim=min(self.dim, 32))
+
+
+CASES = [
+    Case("colbert-1k-fp16", "padded", 32, 300, 1000),
+    Case("colbert-10k-fp16", "padded", 32, 300, 10000),
+    Case("colbert-1k-bf16", "padded", 32, 300, 1000, dtype="bf16"),
+    Case("colbert-10k-bf16", "padded", 32, 300, 10000, dtype="bf16"),
+    Case("colpali-1k", "padded", 32, 1030, 1000),
+    Case("image-query-1k", "padded", 1024, 1024, 1000),
+    Case("ragged-4k", "padded", 32, 512, 4000, ragged=True),
+    Case("16-queries-x-1k", "allpairs", 32, 300, 1000, nq=16),
+    Case("pairs-64", "pairs", 32, 300, 64),
+    Case("pairs-1k", "pairs", 32, 300, 1000),
+    Case("packed-50k-skewed", "packed", 32, 512, 50000, skew=True),
+    Case("colbert-10k-dim96", "padded", 32, 300, 10000, dim=96),
+]
+
+
+@dataclass
+class Inputs:
+    case: Case
+    q: torch.Tensor  # [Lq, dim] or [Nq, Lq, dim]
+    d: torch.Tensor | None = None  # padded docs
+    d_lengths: torch.Tensor | None = None
+    d_packed: torch.Tensor | None = None
+    cu: torch.Tensor | None = None
+    queries: list | None = None  # pairs
+    docs: list | None = None
+
+    def nbytes(self) -> int:
+        if self.docs is not None:
+            return sum(t.numel() * t.element_size() for t in self.docs)
+        d = self.d_packed if self.d_packed is not None else self.d
+        return d.numel() * d.element_size()
+
+    def flops(self) -> float:
+        c = self.case
+        if self.docs is not None:
+            return float(sum(2 * q.shape[0] * d.shape[0] * c.dim for q, d in zip(self.queries, self.docs)))
+        tokens = self.d_packed.shape[0] if self.d_packed is not None else c.nb * c.ld
+        return 2.0 * c.nq * c.lq * tokens * c.dim
+
+
+def make_inputs(case: Case, device: str, seed: int = 0) -> Inputs:
+    g = torch.Generator().manual_seed(seed)
+    dt = TORCH_DTYPES[case.dtype]
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dt)
+
+    if case.layout == "pairs":
+        q_lens = torch.randint(max(1, case.lq // 2), case.lq + 1, (case.nb,), generator=g).tolist()
+        d_lens = torch.randint(max(1, case.ld // 4), case.ld + 1, (case.nb,), generator=g).tolist()
+        return Inputs(case, q=rand(1, case.dim), queries=[rand(n, case.dim) for n in q_lens],
+                      docs=[rand(n, case.dim) for n in d_lens])
+    q = rand(case.nq, case.lq, case.dim) if case.nq > 1 else rand(case.lq, case.dim)
+    if case.layout == "packed":
+        u = torch.rand(case.nb, generator=g)
+        lens = (1 + (case.ld - 1) * (u.pow(3) if case.skew else u)).long()
+        cu = torch.zeros(case.nb + 1, dtype=torch.int32)
+        cu[1:] = lens.cumsum(0)
+        return Inputs(case, q=q, d_packed=rand(int(cu[-1]), case.dim), cu=cu.to(device))
+    lengths = None
+    if case.ragged:
+        lengths = torch.randint(1, case.ld + 1, (case.nb,), generator=g).to(device)
+    return Inputs(case, q=q, d=rand(case.nb, case.ld, case.dim), d_lengths=lengths)
+
+
+# ---- implementations: each returns a zero-argument callable, or None where it does not apply
+def _eager(x: Inputs):
+    if x.d is None:
+        return None
+    mask = None
+    if x.d_lengths is not None:
+        mask = torch.arange(x.d.shape[1], device=x.d.device)[None, :] < x.d_lengths[:, None]
+
+    def run():
+        s = torch.einsum("...qk,btk->...bqt", x.q, x.d)
+        if mask is not None:
+            s = s.masked_fill(~mask[:, None, :], float("-inf"))
+        return s.amax(-1).float().sum(-1)
+
+    return run
+
+
+def _vanilla(x: Inputs):
+    from .integrations._vanilla import vanilla_maxsim_batched
+
+    if x.queries is not None:
+        return lambda: vanilla_maxsim_batched(x.queries, x.docs)
+    if x.d is None or x.q.dim() != 2:
+        return None
+    lengths = x.d_lengths.tolist() if x.d_lengths is not None else [x.d.shape[1]] * x.d.shape[0]
+    docs = [x.d[i, :n] for i, n in enumerate(lengths)]
+    queries = [x.q] * len(docs)
+    return lambda: vanilla_maxsim_batched(queries, docs)
+
+
+def _flash(x: Inputs):
+    import flash_maxsim as fm
+
+    if x.queries is not None:
+        return lambda: fm.flash_maxsim_pairs(x.queries, x.docs)
+    if x.d_packed is not None:
+        return None if x.q.dim() != 2 else (lambda: fm.flash_maxsim_packed(x.q, x.d_packed, x.cu))
+    if x.q.dim() == 3:
+        return lambda: fm.flash_maxsim_batched(x.q, x.d, x.d_lengths)
+    return lambda: fm.flash_maxsim(x.q, x.d, x.d_lengths)
+
+
+def _lik(x: Inputs):
+    os.environ.setdefault("LIK_SUPPRESS_NORM_WARN", "1")
+    import late_interaction_kernels as lik
+
+    if x.queries is not None:
+        return None
+    if x.d_packed is not None:
+        if x.q.dim() != 2:
+            return None
+        cu_q = torch.tensor([0, x.q.shape[0]], dtype=torch.int32, device=x.q.device)
+        return lambda: lik.maxsim_varlen(x.q, x.d_packed, cu_q, x.cu)
+    mask = None
+    if x.d_lengths is not None:
+        mask = torch.arange(x.d.shape[1], device=x.d.device)[None, :] < x.d_lengths[:, None]
+    return lambda: lik.maxsim(x.q, x.d, d_mask=mask)
+
+
+def _forge(x: Inputs):
+    import maxsim_forge as mf
+
+    if x.queries is not None:
+        return lambda: mf.maxsim_pairs(x.queries, x.docs)
+    if x.d_packed is not None:
+        return lambda: mf.maxsim_packed(x.q, x.d_packed, x.cu)
+    return lambda: mf.maxsim(x.q, x.d, d_lengths=x.d_lengths, validate=False)
+
+
+IMPLS: dict[str, Callable] = {
+    "torch-eager": _eager,
+    "vllm-vanilla": _vanilla,
+    "flash-maxsim": _flash,
+    "late-interaction-kernels": _lik,
+    "maxsim-forge": _forge,
+}
+GPU_ONLY = {"flash-maxsim", "late-interaction-kernels"}
+
+
+def _as_tensor(out) -> torch.Tensor:
+    return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
+
+
+def _reference(x: Inputs, limit: int = 64) -> tuple[torch.Tensor, slice]:
+    """float64 scores of the first ``limit`` docs (or pairs) and the slice they cover."""
+    if x.queries is not None:
+        n = min(limit, len(x.queries))
+        return maxsim_pairs_reference(x.queries[:n], x.docs[:n]), slice(0, n)
+    if x.d_packed is not None:
+        from .reference import maxsim_packed_reference
+
+        n = min(limit, x.cu.numel() - 1)
+        return maxsim_packed_reference(x.q, x.d_packed, x.cu[: n + 1]), slice(0, n)
+    n = min(limit, x.d.shape[0])
+    lengths = x.d_lengths[:n] if x.d_lengths is not None else None
+    return maxsim_reference(x.q, x.d[:n], d_lengths=lengths), slice(0, n)
+
+
+def _time(fn, device: str) -> tuple[float, float, float]:
+    if device.startswith("cuda"):
+        from triton.testing import do_bench
+
+        p20, med, p80 = do_bench(fn, warmup=25, rep=200, quantiles=[0.2, 0.5, 0.8])
+        return med, p20, p80
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times[1], times[0], times[2]
+
+
+def measure_floors(device: str) -> tuple[float, float]:
+    """(copy bandwidth B/s counting read + write, fp16 matmul FLOP/s) on this device."""
+    if not device.startswith("cuda"):
+        return float("nan"), float("nan")
+    from triton.testing import do_bench
+
+    x = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    bw = 2 * x.numel() / (do_bench(lambda: y.copy_(x), return_mode="median") * 1e-3)
+    a = torch.randn(8192, 8192, device=device, dtype=torch.float16)
+    peak = 2 * 8192**3 / (do_bench(lambda: a @ a, return_mode="median") * 1e-3)
+    del x, y, a
+    torch.cuda.empty_cache()
+    return bw, peak
+
+
+_FIRST_CALL = r"""
+import json, sys, time, torch
+from maxsim_forge.bench import CASES, IMPLS, make_inputs
+case = next(c for c in CASES if c.name == sys.argv[1])
+x = make_inputs(case, "cuda")
+fn = IMPLS[sys.argv[2]](x)
+torch.cuda.synchronize()
+t0 = time.perf_counter(); fn(); torch.cuda.synchronize()
+print(json.dumps({"first_call_s": time.perf_counter() - t0}))
+"""
+
+
+def first_call_s(case: Case, impl: str) -> float | None:
+    """One call in a fresh process with empty Triton and maxsim-forge kernel caches."""
+    with tempfile.TemporaryDirectory() as triton_cache, tempfile.TemporaryDirectory() as kernels:
+        env = dict(os.environ, TRITON_CACHE_DIR=triton_cache, MAXSIM_FORGE_CACHE=kernels)
+        res = subprocess.run([sys.executable, "-c", _FIRST_CALL, case.name, impl], env=env,
+                             capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])["first_call_s"]
+
+
+@dataclass
+class Row:
+    case: str
+    impl: str
+    ms: float
+    p20_ms: float
+    p80_ms: float
+    floor_ms: float
+    floor_pct: float
+    extra_mb: float
+    rel_err: float
+    first_call_s: float | None = None
+
+
+def run(cases: list[Case], impls: list[str], *, device: str, first_call: bool = False,
+        log: Callable[[str], None] = print) -> tuple[list[Row], dict]:
+    on_gpu = device.startswith("cuda")
+    bw, peak = measure_floors(device)
+    rows: list[Row] = []
+    for case in cases:
+        case = case if on_gpu else case.tiny()
+        x = make_inputs(case, device)
+        ref, part = _reference(x)
+        scale = float(ref.abs().max()) if ref.numel() else 1.0
+        floor_ms = max(x.nbytes() / bw, x.flops() / peak) * 1e3 if on_gpu else float("nan")
+        for impl in impls:
+            if impl in GPU_ONLY and not on_gpu:
+                continue
+            try:
+                fn = IMPLS[impl](x)
+            except ImportError as exc:
+                log(f"  {impl}: not installed ({exc})")
+                continue
+            if fn is None:
+                continue
+            out = _as_tensor(fn())  # warm-up: compiles, autotunes
+            err = float((out[..., part].double() - ref).abs().max()) / max(scale, 1e-30) if ref.numel() else 0.0
+            extra = float("nan")
+            if on_gpu:
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                fn()
+                torch.cuda.synchronize()
+                extra = (torch.cuda.max_memory_allocated() - base) / 2**20
+            med, p20, p80 = _time(fn, device)
+            first = first_call_s(case, impl) if first_call and on_gpu else None
+            rows.append(Row(case.name, impl, med, p20, p80, floor_ms, 100 * floor_ms / med if on_gpu else float("nan"),
+                            extra, err, first))
+            log(f"{case.name:20s} {impl:26s} {med:10.4f} ms ({p20:.4f}-{p80:.4f})  "
+                f"floor {rows[-1].floor_pct:5.1f}%  +{extra:.1f} MB  err {err:.1e}"
+                + (f"  first call {first:.2f} s" if first is not None else ""))
+    import triton
+
+    meta = {"gpu": torch.cuda.get_device_name() if on_gpu else "Triton interpreter (CPU): timings mean nothing",
+            "torch": torch.__version__, "triton": triton.__version__, "date": time.strftime("%Y-%m-%d"),
+            "copy_bw": bw, "matmul_peak": peak}
+    return rows, meta
+
+
+def write(rows: list[Row], meta: dict, out_dir: str | Path) -> list[Path]:
+    """CSV and JSON of every row (with the GPU, versions and date), and a PNG chart when
+    matplotlib is installed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "bench.csv", out_dir / "bench.json"]
+    with open(paths[0], "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*asdict(rows[0]), *meta] if rows else list(meta))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**asdict(r), **meta})
+    paths[1].write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return paths
+    cases = list(dict.fromkeys(r.case for r in rows))
+    impls = list(dict.fromkeys(r.impl for r in rows))
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(cases)), 5))
+    width = 0.8 / max(1, len(impls))
+    for i, impl in enumerate(impls):
+        xs, ys = [], []
+        for j, c in enumerate(cases):
+            hit = [r.ms for r in rows if r.case == c and r.impl == impl]
+            if hit:
+                xs.append(j + i * width)
+                ys.append(hit[0])
+        ax.bar(xs, ys, width, label=impl)
+    ax.set_yscale("log")
+    ax.set_ylabel("median time, ms (log)")
+    ax.set_xticks([j + width * (len(impls) - 1) / 2 for j in range(len(cases))])
+    ax.set_xticklabels(cases, rotation=30, ha="right")
+    ax.set_title(f"MaxSim, {meta['gpu']}, {meta['date']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "bench.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
