@@ -63,21 +63,27 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def replay(path: str, trials: int, seeds: int, *, seeded: bool) -> None:
-    """Run the tuner's sampler (multivariate TPE over the bucket's space; ``seeded``: with
-    the heuristic default enqueued first, as ``tune`` does) against the measured table
-    instead of the GPU."""
+def replay(path: str, trials: int, seeds: int, *, seeded: bool, refine: bool, batch: int) -> None:
+    """Run the tuner's search against the measured table instead of the GPU.
+
+    Multivariate TPE over the bucket's space, asked ``batch`` trials at a time (the
+    tuner asks one batch per round of compile workers); ``refine``: past half the budget
+    the one-knob neighbours of the best so far are enqueued, as ``tune`` does;
+    ``seeded``: today's heuristic default is enqueued first, as ``tune`` does.
+    """
     import optuna
 
+    from maxsim_forge._problems import Sizes
     from maxsim_forge.codegen import KernelConfig, KernelSpec
     from maxsim_forge.runtime import default_config
-    from maxsim_forge._problems import Sizes
-    from maxsim_forge.tuner._space import bucket_space, check_static
+    from maxsim_forge.tuner._space import bucket_space, check_static, neighbors
+    from maxsim_forge.tuner._study import REFINE_AT, make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     doc = json.load(open(path))
-    how = "seeded with today's heuristic default" if seeded else "alone (no enqueued config)"
-    print(f"GPU {doc['gpu']} ({doc['date']}); multivariate TPE {how}, {seeds} sampler seeds, {trials} trials each")
+    how = ("TPE" + (" + neighbour refinement" if refine else " alone") + f", batches of {batch}"
+           + (", seeded with today's heuristic default (in-sample)" if seeded else ""))
+    print(f"GPU {doc['gpu']} ({doc['date']}); {how}; {seeds} sampler seeds, {trials} trials each")
     print(f"{'bucket':14s} {'configs':>7s} {'best ms':>8s} {'heuristic':>9s} {'to 3%: median':>13s} "
           f"{'worst':>6s} {'hit':>5s} {'after 24':>8s} {'after 48':>8s}")
     specs = {name: (KernelSpec(layout, dtype, dim, "tf32", "none", dm), nq, lq, ld, nb)
@@ -90,30 +96,39 @@ def replay(path: str, trials: int, seeds: int, *, seeded: bool) -> None:
         sizes = Sizes(nq, lq, nb, ld)
         table = {c: t for c, t in measured.items()
                  if check_static(spec, c, sizes, sm_count=132, smem_limit=232_448) is None}
+        valid = set(table)
         heuristic = default_config(spec, nq=nq, lq=lq, nb=nb, ld=ld, sm_count=132)
         space = bucket_space(list(table))
         needed, after24, after48 = [], [], []
         for seed in range(seeds):
-            sampler = optuna.samplers.TPESampler(multivariate=True, seed=seed, n_startup_trials=max(4, trials // 3))
+            sampler = make_sampler(seed, trials)
             study = optuna.create_study(sampler=sampler)
             if seeded:
                 study.enqueue_trial(heuristic.to_dict())
-            hit, running = None, float("inf")
-            for n in range(1, trials + 1):
-                trial = study.ask()
-                cfg = KernelConfig(**{k: trial.suggest_categorical(k, v) for k, v in space.items()})
-                t = table.get(cfg)
-                if t is None:
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    study.tell(trial, t)
-                    running = min(running, t)
-                if hit is None and running <= best * 1.03:
-                    hit = n
-                if n == 24:
-                    after24.append(running / best)
-                if n == 48:
-                    after48.append(running / best)
+            hit, running, n, seen = None, float("inf"), 0, {}
+            while n < trials:
+                asked = [study.ask() for _ in range(min(batch, trials - n))]
+                # As in ``tune``: every config of a batch is drawn before any is told.
+                configs = [KernelConfig(**{k: tr.suggest_categorical(k, v) for k, v in space.items()}) for tr in asked]
+                for trial, cfg in zip(asked, configs):
+                    t = table.get(cfg)
+                    if t is None:
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    else:
+                        study.tell(trial, t)
+                        seen[cfg] = t
+                        running = min(running, t)
+                    n += 1
+                    if hit is None and running <= best * 1.03:
+                        hit = n
+                    if n == 24:
+                        after24.append(running / best)
+                    if n == 48:
+                        after48.append(running / best)
+                if refine and seen and REFINE_AT * trials <= n < trials:
+                    top = min(seen, key=seen.get)
+                    for cfg in [c for c in neighbors(top, valid) if c not in seen][: min(batch, trials - n)]:
+                        study.enqueue_trial(cfg.to_dict(), skip_if_exists=True)
             needed.append(hit if hit is not None else float("inf"))
         found = [n for n in needed if n != float("inf")]
         h = table.get(heuristic)
@@ -160,13 +175,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=15)
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=15, help="trials asked at once (compile workers per round)")
     ap.add_argument("--to-db", default=None, help="with --replay: store each bucket's exhaustive best here")
     args = ap.parse_args()
     if args.exhaustive:
         exhaustive(args.out, args.workers)
     if args.replay:
-        replay(args.replay, args.trials, args.seeds, seeded=False)
-        replay(args.replay, args.trials, args.seeds, seeded=True)
+        replay(args.replay, args.trials, args.seeds, seeded=False, refine=False, batch=1)
+        replay(args.replay, args.trials, args.seeds, seeded=False, refine=True, batch=args.batch)
+        replay(args.replay, args.trials, args.seeds, seeded=True, refine=True, batch=args.batch)
         if args.to_db:
             to_db(args.replay, args.to_db)
 

@@ -110,8 +110,11 @@ def test_two_processes_share_one_journal_study(tmp_path):
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
     numbers = sorted(t.number for t in trials)
     assert numbers == list(range(len(trials))), "trial numbers lost or duplicated"
-    assert 10 <= len(trials) <= 11
-    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    states = optuna.trial.TrialState
+    finished = [t for t in trials if t.state in (states.COMPLETE, states.PRUNED)]
+    assert 10 <= len(finished) <= 11
+    # Besides finished trials, only queued refinement proposals nobody asked for remain.
+    assert all(t.state in (states.COMPLETE, states.PRUNED, states.WAITING) for t in trials)
     assert len(TunedDB(db_path).winners()) == 1
 
 

@@ -7,6 +7,7 @@ register limits come from :func:`maxsim_forge.codegen.validate`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -139,6 +140,21 @@ def valid_configs(
         for cfg in all_configs()
         if check_static(spec, cfg, sizes, sm_count=sm_count, smem_limit=smem_limit) is None
     ]
+
+
+def neighbors(cfg: KernelConfig, valid: set[KernelConfig]) -> list[KernelConfig]:
+    """Valid configs one knob away from ``cfg``: the adjacent value of an ordered knob,
+    any other value of ``q_mode``. The tuner's refinement phase walks these."""
+    out = []
+    for name, values in SPACE.items():
+        i = values.index(getattr(cfg, name))
+        steps = range(len(values)) if name == "q_mode" else (i - 1, i + 1)
+        for j in steps:
+            if 0 <= j < len(values) and j != i:
+                cand = dataclasses.replace(cfg, **{name: values[j]})
+                if cand in valid:
+                    out.append(cand)
+    return out
 
 
 def bucket_space(valid: list[KernelConfig]) -> dict[str, list]:

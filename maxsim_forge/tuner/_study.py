@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,13 +24,16 @@ from . import _compile
 from ._baseline import torch_baseline
 from ._compile import MISMATCH, OK, PRUNED_STATIC, RUNTIME_FAILED, CompileJob
 from ._presets import Bucket
-from ._space import bucket_space, check_static, valid_configs
+from ._space import bucket_space, check_static, neighbors, valid_configs
 from ._timing import time_fn
 
 log = logging.getLogger("maxsim_forge.tuner")
 
 # Docs in the fresh problem every candidate is checked on before it is timed.
 CHECK_DOCS = 48
+# Past this share of the trial budget, the one-knob neighbours of the best so far are
+# enqueued ahead of the sampler's proposals (local refinement of what TPE found).
+REFINE_AT = 0.5
 # Candidates re-timed before a winner is committed, and the band kept beside it.
 RETIME_TOP = 3
 NEAR_BEST = 1.03
@@ -68,6 +72,15 @@ class BucketResult:
 
 def config_from_trial(trial: optuna.trial.BaseTrial, space: dict[str, list]) -> KernelConfig:
     return KernelConfig(**{name: trial.suggest_categorical(name, values) for name, values in space.items()})
+
+
+def make_sampler(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE; a batch of proposals is drawn before any is told (one per
+    compile worker), and the constant liar keeps the proposals of a batch apart."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
+                                          n_startup_trials=max(4, trials // 3))
 
 
 def study_name(gpu: GpuInfo, key: BucketKey) -> str:
@@ -125,8 +138,8 @@ class BucketTuner:
         # config is enqueued. Otherwise multivariate TPE, seeded with the known good ones.
         exhaustive = len(space) <= opts.trials
         self.knobs = bucket_space(space)
-        sampler = optuna.samplers.TPESampler(multivariate=True, seed=opts.seed,
-                                             n_startup_trials=max(4, opts.trials // 3))
+        self.valid = set(space)
+        sampler = make_sampler(opts.seed, opts.trials)
         study = optuna.create_study(study_name=name, storage=opts.storage, sampler=sampler,
                                     direction="minimize", load_if_exists=True)
         if not study.get_trials(deepcopy=False):
@@ -155,6 +168,9 @@ class BucketTuner:
                 for trial in asked:
                     if trial.number not in self.told:
                         self._tell(study, trial, state=TrialState.FAIL)
+            done = len(_finished(study))
+            if not exhaustive and REFINE_AT * target <= done < target:
+                self._enqueue_neighbours(study, min(batch, target - done))
             if bar is not None:
                 done = len(_finished(study))
                 bar.n = min(done, target)
@@ -162,6 +178,18 @@ class BucketTuner:
                 bar.set_postfix_str(f"best {best:.4f} ms" if best is not None else "no winner yet")
                 bar.refresh()
         return self._commit(study, name)
+
+    def _enqueue_neighbours(self, study: optuna.Study, limit: int) -> None:
+        timed = [(v, key) for key, (status, v) in self.seen.items() if status == OK and v is not None]
+        if not timed:
+            return
+        best_key = min(timed)[1]
+        best = next((c for c in self.valid if c.key() == best_key), None)
+        if best is None:
+            return
+        fresh = [c for c in neighbors(best, self.valid) if c.key() not in self.seen][:limit]
+        for cfg in fresh:
+            study.enqueue_trial(cfg.to_dict(), skip_if_exists=True)
 
     def _evaluate(self, study: optuna.Study, asked: list[optuna.Trial]) -> None:
         opts = self.opts
