@@ -238,3 +238,18 @@ def test_verify_reports_a_wrong_winner(tmp_path):
                         "config": {**w["config"], "block_q": 24}})
     result = CliRunner().invoke(main, ["db", "verify", "--db", str(src)])
     assert result.exit_code == 1 and "pruned_static" in result.output
+
+
+def test_shapes_file_and_its_errors(tmp_path):
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps([{"layout": "pairs", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 16, "nb": 3}]))
+    result = CliRunner().invoke(main, ["tune", "--shapes", str(shapes), "--trials", "2", "--quiet",
+                                       "--db", str(tmp_path / "t.db")])
+    assert result.exit_code == 0, result.output
+    assert TunedDB(tmp_path / "t.db").winners()[0]["layout"] == "pairs"
+    shapes.write_text(json.dumps([{"layout": "pairs", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 16, "batch": 3}]))
+    result = CliRunner().invoke(main, ["tune", "--shapes", str(shapes), "--db", str(tmp_path / "t.db")])
+    assert result.exit_code == 1 and "bucket 0" in result.output and "fields:" in result.output
+    shapes.write_text(json.dumps([{"layout": "diagonal", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 16, "nb": 3}]))
+    result = CliRunner().invoke(main, ["tune", "--shapes", str(shapes), "--db", str(tmp_path / "t.db")])
+    assert result.exit_code == 1 and "layout='diagonal'" in result.output
