@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
@@ -46,7 +45,6 @@ def floors():
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
     t = time_cuda(lambda: a @ a).median_ms
     peak = 2 * 8192**3 / (t * 1e-3)
-    del x, y, a
     return bw, peak
 
 

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from .codegen import DTYPES, LAYOUTS, MASK_KINDS, Q_MODES, ConfigError, KernelConfig, KernelSpec
+from .codegen import DTYPES, LAYOUTS, MASK_KINDS, ConfigError, KernelConfig, KernelSpec
 
 
 def _use_interpreter_without_cuda() -> bool:

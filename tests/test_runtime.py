@@ -267,3 +267,27 @@ def test_cuda_graph_capture_and_replay():
         torch.cuda.synchronize()
         assert_scores(out, maxsim_reference(q, d, d_lengths=lengths), 1e-5, "graph replay")
         assert_scores(out_many, maxsim_reference(queries, d), 1e-5, "graph replay, 4 queries")
+
+
+def test_a_variant_that_fails_to_launch_falls_back_to_torch_once(monkeypatch, caplog):
+    from maxsim_forge.runtime import _api
+
+    q, d = randn(16, 64), randn(3, 20, 64)
+    real_new_route = _api._new_route
+
+    def broken_route(*args, **kwargs):
+        route = real_new_route(*args, **kwargs)
+
+        def launch(*a, **k):
+            raise RuntimeError("forced: no kernel image for this device")
+
+        route.launch = launch
+        return route
+
+    monkeypatch.setattr(_api, "_new_route", broken_route)
+    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
+        for _ in range(3):
+            out = mf.maxsim(q, d)
+    assert_scores(out, maxsim_reference(q, d), 1e-5, "fallback")
+    assert mf.explain(q, d).source == "torch-fallback"
+    assert sum("using the torch reference" in r.getMessage() for r in caplog.records) == 1

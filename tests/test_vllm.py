@@ -19,7 +19,7 @@ from maxsim_forge.runtime import Lookup, reset
 from maxsim_forge.tuned_db import TunedDB
 from maxsim_forge.tuner import Bucket, tune
 
-from conftest import DEVICE, assert_scores, randn
+from conftest import assert_scores, randn
 
 pytestmark = pytest.mark.gpu
 

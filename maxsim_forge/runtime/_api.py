@@ -123,16 +123,28 @@ def _run(prep: Prepared, key: BucketKey | None = None) -> torch.Tensor:
     route = _route(prep, key)
     if route.launch is None:
         out = reference_for(prep).to(torch.float32)
-    elif prep.q.device.type == "cpu":
-        with _interpreter_lock:
-            out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
-    elif route.warm:
+    elif route.warm and prep.q.device.type != "cpu":
         out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
     else:
-        with route.lock:  # the first launch compiles; one thread does it
-            out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
-            route.warm = True
+        # The first launch compiles, in one thread; interpreted launches always take turns.
+        with _interpreter_lock if prep.q.device.type == "cpu" else route.lock:
+            out = route.launch(prep.q, prep.d, **prep.launch_kwargs) if route.warm else _first_launch(route, prep)
     return out[0] if prep.squeeze else out
+
+
+def _first_launch(route: _Route, prep: Prepared) -> torch.Tensor:
+    try:
+        out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
+    except (ValueError, TypeError):
+        raise
+    except Exception as exc:  # a variant that does not compile or launch on this device
+        log.warning("maxsim-forge: %s failed on %s (%s: %s); using the torch reference for this bucket",
+                    route.variant, route.key.gpu, type(exc).__name__, str(exc)[:300])
+        route.launch, route.source = None, TORCH
+        route.variant = f"torch reference ({route.variant} failed)"
+        out = reference_for(prep).to(torch.float32)
+    route.warm = True
+    return out
 
 
 def _check_values(validate: bool, *tensors) -> bool:
