@@ -137,7 +137,7 @@ def tune(preset, shapes, dtypes, trials, time_budget, db_path, resume, gpus, wor
     try:
         report = run_tune(buckets, db_path=db_path, trials=trials, seed=seed, time_budget_s=time_budget,
                           resume=resume, storage_url=storage, gpus=gpus, workers=workers, progress=not quiet)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"\n{report.device}: {len(report.results)} buckets in {report.wall_s:.1f} s")
     click.echo(_table(("bucket", "best config", "ms", "torch ms", "speedup", "trials", "device"), summary_rows(report)))

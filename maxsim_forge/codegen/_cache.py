@@ -30,7 +30,14 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         root = Path(base) / "maxsim-forge" / "kernels"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if env:  # a folder the user chose and we cannot use: say so
+            raise
+        # A read-only home (some containers): fall back to a private temporary folder.
+        root = Path(tempfile.gettempdir()) / f"maxsim-forge-kernels-{os.getuid()}"
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
     return root
 
 
