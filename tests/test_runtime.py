@@ -291,3 +291,13 @@ def test_a_variant_that_fails_to_launch_falls_back_to_torch_once(monkeypatch, ca
     assert_scores(out, maxsim_reference(q, d), 1e-5, "fallback")
     assert mf.explain(q, d).source == "torch-fallback"
     assert sum("using the torch reference" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_non_tensor_arguments_raise_type_errors():
+    q, d = randn(4, 8), randn(2, 5, 8)
+    with pytest.raises(TypeError, match="d_lengths must be a torch.Tensor, got list"):
+        mf.maxsim(q, d, d_lengths=[5, 5])
+    with pytest.raises(TypeError, match="q must be a torch.Tensor, got list"):
+        mf.maxsim([[1.0] * 8], d)
+    with pytest.raises(ValueError, match="precision="):
+        mf.maxsim(q, d, precision=["tf32"])

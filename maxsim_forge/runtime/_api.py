@@ -151,7 +151,7 @@ def _check_values(validate: bool, *tensors) -> bool:
     """Value checks read data back; skip them when asked or while a CUDA graph is captured."""
     if not validate:
         return False
-    if any(t is not None and t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing():
+    if any(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing():
         return False
     return True
 
@@ -164,6 +164,16 @@ _PLAN_LIMIT = 4096
 
 def _sig(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else (t.shape, t.dtype, t.device)
+
+
+def _plan_for(sig_args: tuple) -> tuple[tuple | None, tuple | None]:
+    """(signature, plan) of a call; (None, None) when an argument is not even a tensor,
+    so that the checked path raises its clear error."""
+    try:
+        sig = (sig_args[0], sig_args[1], *(_sig(t) for t in sig_args[2:]))
+        return sig, _plans.get(sig)
+    except (AttributeError, TypeError):
+        return None, None
 
 
 def _remember(sig: tuple, prep: Prepared) -> None:
@@ -193,18 +203,14 @@ def maxsim(
     checks length values too, which reads them back to the host; it is skipped under
     CUDA graph capture.
     """
-    if not isinstance(q, torch.Tensor) or not isinstance(d, torch.Tensor):
-        plan = None
-    else:
-        sig = ("padded", precision, _sig(q), _sig(d), _sig(q_lengths), _sig(q_mask), _sig(d_lengths), _sig(d_mask))
-        plan = _plans.get(sig)
+    sig, plan = _plan_for(("padded", precision, q, d, q_lengths, q_mask, d_lengths, d_mask))
     if plan is None or (validate and (q_lengths is not None or d_lengths is not None)):
         prep = prepare_padded(
             q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
             precision=precision, check_values=_check_values(validate, q_lengths, d_lengths),
         )
         out = _run(prep)
-        if plan is None:
+        if plan is None and sig is not None:
             _remember(sig, prep)
         return out
     route, squeeze, sizes = plan
