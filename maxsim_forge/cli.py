@@ -163,13 +163,21 @@ _DB_OPTION = click.option("--db", "db_path", type=click.Path(dir_okay=False), de
 @click.option("--gpu", default=None, help="Only this GPU (normalised name, e.g. NVIDIA_H100_80GB_HBM3).")
 @click.option("--layout", default=None, help="Only this layout.")
 @click.option("--dtype", default=None, help="Only this dtype.")
-def db_show(db_path, gpu, layout, dtype) -> None:
+@click.option("--shipped", is_flag=True, help="Show the databases shipped in the package instead.")
+def db_show(db_path, gpu, layout, dtype, shipped) -> None:
     """List the winners as a table.
 
     Example: maxsim-forge db show --layout padded --dtype fp16
     """
+    from .tuned_db import open_db, read_winners, shipped_db_paths
+
+    if shipped:
+        winners = [w for p in shipped_db_paths()
+                   for w in read_winners(open_db(str(p), read_only=True, immutable=True), gpu=gpu, layout=layout, dtype=dtype)]
+    else:
+        winners = _open(db_path).winners(gpu=gpu, layout=layout, dtype=dtype)
     rows = []
-    for w in _open(db_path).winners(gpu=gpu, layout=layout, dtype=dtype):
+    for w in winners:
         cfg = KernelConfig.from_dict(w["config"])
         speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
         rows.append((w["gpu"], w["layout"], w["dtype"], w["dim"], w["nq_bucket"], w["lq_bucket"], w["ld_bucket"],

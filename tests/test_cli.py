@@ -73,3 +73,9 @@ def test_warmup_command_compiles_a_given_bucket():
     assert "warmed 1 variants" in result.output and "padded-fp16-d32" in result.output
     result = CliRunner().invoke(main, ["warmup", "--bucket", '{"layout": "padded"}'])
     assert result.exit_code == 1 and "dtype" in result.output
+
+
+def test_db_show_shipped():
+    result = CliRunner().invoke(main, ["db", "show", "--shipped", "--gpu", "NVIDIA_H100_80GB_HBM3"])
+    assert result.exit_code == 0, result.output
+    assert "NVIDIA_H100_80GB_HBM3" in result.output and "fold" in result.output and "NVIDIA_H200 " not in result.output

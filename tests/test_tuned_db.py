@@ -1,0 +1,30 @@
+"""The databases shipped in the package: readable anywhere, current schema, valid rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from maxsim_forge.codegen import KernelConfig, KernelSpec, validate
+from maxsim_forge.tuned_db import SCHEMA_VERSION, open_db, read_winners, shipped_db_paths
+from maxsim_forge.tuned_db._schema import version
+
+
+def test_shipped_databases_exist():
+    names = {p.stem for p in shipped_db_paths()}
+    assert {"NVIDIA_H100_80GB_HBM3", "NVIDIA_H200"} <= names
+
+
+@pytest.mark.parametrize("path", shipped_db_paths(), ids=lambda p: p.stem)
+def test_shipped_database_is_sound(path):
+    assert not path.with_name(path.name + "-wal").exists(), "ship databases without a write-ahead log"
+    db = open_db(str(path), read_only=True, immutable=True)
+    assert version(db) == SCHEMA_VERSION
+    assert db["trials"].count == 0, "shipped databases carry winners only"
+    rows = read_winners(db)
+    assert rows
+    for row in rows:
+        assert row["gpu"] == path.stem, f"{path.name} holds a row for {row['gpu']}"
+        cfg = KernelConfig.from_dict(row["config"])
+        precision = row["precision"] if row["dtype"] == "fp32" else "tf32"
+        validate(KernelSpec(row["layout"], row["dtype"], row["dim"], precision), cfg, smem_limit=row["smem_limit"])
+        assert row["time_ms"] > 0 and row["trials"] > 0 and row["template_hash"] and row["triton_version"]
