@@ -301,3 +301,18 @@ def test_non_tensor_arguments_raise_type_errors():
         mf.maxsim([[1.0] * 8], d)
     with pytest.raises(ValueError, match="precision="):
         mf.maxsim(q, d, precision=["tf32"])
+
+
+def test_pairs_already_packed_on_the_device():
+    from maxsim_forge.runtime import maxsim_pairs_packed
+
+    q_lens, d_lens = [3, 0, 17], [5, 9, 1]
+    queries = [randn(n, 48) for n in q_lens]
+    docs = [randn(n, 48) for n in d_lens]
+    q_cu = torch.tensor([0, 3, 3, 20], dtype=torch.int32, device=DEVICE)
+    d_cu = torch.tensor([0, 5, 14, 15], dtype=torch.int32, device=DEVICE)
+    out = maxsim_pairs_packed(torch.cat(queries), q_cu, torch.cat(docs), d_cu, max_q_len=17, max_d_len=9)
+    assert_scores(out, maxsim_pairs_reference(queries, docs), 1e-5, "pairs packed")
+    with pytest.raises(ValueError, match="d_cu decreases at index 2"):
+        bad = torch.tensor([0, 9, 5, 15], dtype=torch.int32, device=DEVICE)
+        maxsim_pairs_packed(torch.cat(queries), q_cu, torch.cat(docs), bad, max_q_len=17)
