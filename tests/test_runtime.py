@@ -316,3 +316,14 @@ def test_pairs_already_packed_on_the_device():
     with pytest.raises(ValueError, match="d_cu decreases at index 2"):
         bad = torch.tensor([0, 9, 5, 15], dtype=torch.int32, device=DEVICE)
         maxsim_pairs_packed(torch.cat(queries), q_cu, torch.cat(docs), bad, max_q_len=17)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_another_gpu_than_the_current_one():
+    q = torch.randn(16, 64, device="cuda:1").half()
+    d = torch.randn(5, 40, 64, device="cuda:1").half()
+    assert torch.cuda.current_device() == 0
+    for _ in range(2):  # the checked path, then the fast path
+        out = mf.maxsim(q, d)
+        assert out.device == q.device
+        assert_scores(out, maxsim_reference(q, d), 1e-5, "cuda:1")

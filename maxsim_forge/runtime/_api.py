@@ -8,6 +8,7 @@ is a dictionary lookup plus the launch. Nothing here tunes, syncs with the devic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -119,7 +120,20 @@ def _new_route(prep: Prepared, key: BucketKey, gpu, kernels: bool) -> _Route:
 _interpreter_lock = threading.Lock()
 
 
+def _device_guard(t: torch.Tensor):
+    """Triton launches on the current CUDA device: switch to the tensor's when it differs."""
+    index = t.get_device()
+    if index < 0 or index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(index)
+
+
 def _run(prep: Prepared, key: BucketKey | None = None) -> torch.Tensor:
+    with _device_guard(prep.q):
+        return _run_here(prep, key)
+
+
+def _run_here(prep: Prepared, key: BucketKey | None) -> torch.Tensor:
     route = _route(prep, key)
     if route.launch is None:
         out = reference_for(prep).to(torch.float32)
@@ -162,24 +176,22 @@ _plans: dict[tuple, tuple[_Route, bool, dict]] = {}
 _PLAN_LIMIT = 4096
 
 
-def _sig(t: torch.Tensor | None) -> tuple | None:
-    return None if t is None else (t.shape, t.dtype, t.device)
-
-
-def _plan_for(sig_args: tuple) -> tuple[tuple | None, tuple | None]:
+def _plan_for(layout: str, precision: str, *tensors) -> tuple[tuple | None, tuple | None]:
     """(signature, plan) of a call; (None, None) when an argument is not even a tensor,
     so that the checked path raises its clear error."""
     try:
-        sig = (sig_args[0], sig_args[1], *(_sig(t) for t in sig_args[2:]))
+        sig = (layout, precision, *[None if t is None else (t.shape, t.dtype, t.device) for t in tensors])
         return sig, _plans.get(sig)
     except (AttributeError, TypeError):
         return None, None
 
 
 def _remember(sig: tuple, prep: Prepared) -> None:
-    route = _route(prep)
-    if route.launch is None or not route.warm or prep.q.device.type != "cuda":
+    if prep.q.device.type != "cuda":
         return  # the reference and the interpreter keep the checked path
+    route = _route(prep)
+    if route.launch is None or not route.warm:
+        return
     if len(_plans) >= _PLAN_LIMIT:
         _plans.clear()
     _plans[sig] = (route, prep.squeeze, prep.sizes)
@@ -203,7 +215,7 @@ def maxsim(
     checks length values too, which reads them back to the host; it is skipped under
     CUDA graph capture.
     """
-    sig, plan = _plan_for(("padded", precision, q, d, q_lengths, q_mask, d_lengths, d_mask))
+    sig, plan = _plan_for("padded", precision, q, d, q_lengths, q_mask, d_lengths, d_mask)
     if plan is None or (validate and (q_lengths is not None or d_lengths is not None)):
         prep = prepare_padded(
             q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
@@ -220,11 +232,12 @@ def maxsim(
             q_lengths = q_lengths.reshape(1)
         if q_mask is not None:
             q_mask = q_mask.unsqueeze(0)
-    out = route.launch(
-        q, d,
-        q_lengths=None if q_lengths is None else q_lengths.contiguous(), q_mask=q_mask,
-        d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask, **sizes,
-    )
+    with _device_guard(q):
+        out = route.launch(
+            q, d,
+            q_lengths=None if q_lengths is None else q_lengths.contiguous(), q_mask=q_mask,
+            d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask, **sizes,
+        )
     return out[0] if squeeze else out
 
 
