@@ -162,10 +162,10 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
             f"tiles above 256 are not generated (block_q={cfg.block_q}, "
             f"block_d={cfg.block_d}, block_k={cfg.block_k})"
         )
-    if cfg.block_k > max(16, _next_pow2(spec.dim)):
+    if cfg.block_k > max(16, next_pow2(spec.dim)):
         raise ConfigError(
             f"block_k={cfg.block_k} exceeds dim {spec.dim} rounded up to a power of two "
-            f"({max(16, _next_pow2(spec.dim))}); it would only load padding"
+            f"({max(16, next_pow2(spec.dim))}); it would only load padding"
         )
     if cfg.num_warps not in (1, 2, 4, 8, 16):
         raise ConfigError(f"num_warps={cfg.num_warps!r}; accepted: 1, 2, 4, 8, 16")
@@ -195,5 +195,6 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
         )
 
 
-def _next_pow2(x: int) -> int:
+def next_pow2(x: int) -> int:
+    """The smallest power of two >= x (1 for x <= 1)."""
     return 1 << (x - 1).bit_length() if x > 1 else 1

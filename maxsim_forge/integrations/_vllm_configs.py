@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from pathlib import Path
 
 from ..codegen import KernelConfig
+from ..runtime._lookup import bucket_distance
 from ..tuned_db import BucketKey, TunedDB
 from ..tuned_db._store import merge_rows
 
@@ -128,9 +128,9 @@ def read_vllm_config(
     doc = _load(str(path), path.stat().st_mtime)
     want = (nq, lq, ld, nb)
 
-    def distance(label: str) -> float:
+    def distance(label: str) -> float:  # the runtime's notion of the nearest bucket
         have = _parse_fields(label)
-        return sum(abs(math.log2(max(int(have[k]), 1)) - math.log2(max(w, 1))) for k, w in zip(_BUCKET_FIELDS, want))
+        return bucket_distance(tuple(int(have[k]) for k in _BUCKET_FIELDS), want)
 
     labels = [k for k in doc if k != "triton_version"]
     if not labels:

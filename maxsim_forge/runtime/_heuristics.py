@@ -8,17 +8,15 @@ too small to fill the GPU split the doc tokens (``split_d``).
 
 from __future__ import annotations
 
-from ..codegen import KernelConfig, KernelSpec
+from ..codegen import KernelConfig, KernelSpec, next_pow2
 
 # Programs per SM we aim for before splitting docs.
 _WAVES = 2
 
 
 def _pow2_at_least(x: int, lo: int, hi: int) -> int:
-    p = lo
-    while p < x and p < hi:
-        p *= 2
-    return p
+    """The smallest power of two >= x, kept within [lo, hi] (both powers of two)."""
+    return min(max(next_pow2(x), lo), hi)
 
 
 def default_config(

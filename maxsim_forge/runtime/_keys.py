@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._inputs import Prepared
+from ..codegen import next_pow2
 from ..tuned_db import BucketKey
 
 
@@ -46,7 +47,7 @@ def gpu_info(device: torch.device | str) -> GpuInfo:
 
 def bucket(x: int) -> int:
     """Powers of two: 0, 1, 2, 4, 8, ... (the smallest power of two >= x)."""
-    return 0 if x <= 0 else 1 << (x - 1).bit_length()
+    return 0 if x <= 0 else next_pow2(x)
 
 
 def bucket_sizes(prep: Prepared) -> tuple[int, int, int, int]:

@@ -39,8 +39,9 @@ class Entry:
     gpu: str
 
 
-def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
-    """L1 distance in log2 space; doc and query lengths weigh more than counts."""
+def bucket_distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """Between two (nq, lq, ld, nb) buckets: L1 in log2 space; doc and query lengths
+    weigh more than counts."""
     weights = (1.0, 2.0, 2.0, 1.0)
     return sum(w * abs(math.log2(max(x, 1)) - math.log2(max(y, 1))) for w, x, y in zip(weights, a, b))
 
@@ -122,7 +123,7 @@ class Lookup:
             return entry.config, entry.source
         for pool, source in ((self.family.get((gpu.name, *family), ()), NEAREST),
                              (self.arch.get((gpu.cc, *family), ()), SAME_ARCH)):
-            ranked = sorted(pool, key=lambda e: (_distance(e.buckets, buckets), e.source != USER_DB))
+            ranked = sorted(pool, key=lambda e: (bucket_distance(e.buckets, buckets), e.source != USER_DB))
             for candidate in ranked:
                 if _fits(spec, candidate.config, gpu):
                     return candidate.config, source

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..codegen import ConfigError, KernelConfig, KernelSpec, validate
+from ..codegen import ConfigError, KernelConfig, KernelSpec, next_pow2, validate
 from .._problems import Sizes
 
 SPACE: dict[str, tuple] = {
@@ -25,10 +25,6 @@ SPACE: dict[str, tuple] = {
     "q_mode": ("loop", "grid", "fold"),
     "split_d": (1, 2, 4, 8, 16),
 }
-
-
-def _pow2_ceil(x: int) -> int:
-    return 1 << max(0, x - 1).bit_length()
 
 
 def _rows(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
@@ -55,13 +51,13 @@ RESTRICTIONS: tuple[Restriction, ...] = (
     Restriction(
         "block_k_fits_dim",
         "a feature tile wider than the dim (rounded up to a power of two) only loads padding",
-        lambda spec, cfg, s, sms: cfg.block_k <= max(16, _pow2_ceil(spec.dim)),
+        lambda spec, cfg, s, sms: cfg.block_k <= max(16, next_pow2(spec.dim)),
     ),
     Restriction(
         "block_k_whole_dim_when_it_fits",
         "a dim that fits one tile (<= 256) is not split: each extra chunk re-loads the query "
         "tile (on H100 the whole-dim tile led every exhaustively timed bucket)",
-        lambda spec, cfg, s, sms: spec.dim > 256 or cfg.block_k == max(16, _pow2_ceil(spec.dim)),
+        lambda spec, cfg, s, sms: spec.dim > 256 or cfg.block_k == max(16, next_pow2(spec.dim)),
     ),
     Restriction(
         "block_k_splits_dim_evenly",
@@ -71,12 +67,12 @@ RESTRICTIONS: tuple[Restriction, ...] = (
     Restriction(
         "block_q_fits_rows",
         "a query tile much taller than the rows it covers computes padding",
-        lambda spec, cfg, s, sms: cfg.block_q <= max(16, _pow2_ceil(_rows(spec, cfg, s))),
+        lambda spec, cfg, s, sms: cfg.block_q <= max(16, next_pow2(_rows(spec, cfg, s))),
     ),
     Restriction(
         "block_d_fits_doc",
         "a doc tile longer than the longest doc computes padding",
-        lambda spec, cfg, s, sms: s.ld == 0 or cfg.block_d <= max(16, _pow2_ceil(s.ld)),
+        lambda spec, cfg, s, sms: s.ld == 0 or cfg.block_d <= max(16, next_pow2(s.ld)),
     ),
     Restriction(
         "fold_needs_several_queries",
