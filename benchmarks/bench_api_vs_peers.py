@@ -18,6 +18,7 @@ import torch
 from triton.testing import do_bench
 
 import maxsim_forge as mf
+from maxsim_forge.bench import measure_floors
 from maxsim_forge.reference import maxsim_reference
 
 CASES = {
@@ -30,22 +31,13 @@ CASES = {
 }
 
 
-def _floors() -> tuple[float, float]:
-    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    bw = 2 * x.numel() / (do_bench(lambda: y.copy_(x), return_mode="median") * 1e-3)
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
-    peak = 2 * 8192**3 / (do_bench(lambda: a @ a, return_mode="median") * 1e-3)
-    return bw, peak
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="api.json")
     args = ap.parse_args()
     import triton
 
-    bw, peak = _floors()
+    bw, peak = measure_floors("cuda")
     impls = {}
     try:
         import flash_maxsim as fm

@@ -19,6 +19,7 @@ from maxsim_forge.codegen import KernelSpec
 from maxsim_forge.runtime import default_config, launch_prepared
 from maxsim_forge.tuner._compile import CompileJob, compile_many
 from maxsim_forge._problems import Sizes, synth
+from maxsim_forge.bench import measure_floors
 from maxsim_forge.tuner._space import sample_configs
 from maxsim_forge.tuner._timing import time_cuda
 
@@ -35,17 +36,6 @@ CASES = {
     "dim96_10k": ("padded", "fp16", 96, "none", "none", 1, 32, 10000, 300),
     "pairs_1k": ("pairs", "fp16", 128, "none", "none", 1, 32, 1000, 300),
 }
-
-
-def floors():
-    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    t = time_cuda(lambda: y.copy_(x)).median_ms
-    bw = 2 * x.numel() / (t * 1e-3)
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
-    t = time_cuda(lambda: a @ a).median_ms
-    peak = 2 * 8192**3 / (t * 1e-3)
-    return bw, peak
 
 
 def peers(name, prob, spec):
@@ -87,7 +77,7 @@ def main():
     ap.add_argument("--out", default="explore.json")
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    bw, peak = floors()
+    bw, peak = measure_floors("cuda")
     print(f"{torch.cuda.get_device_name()}  copy {bw / 1e12:.2f} TB/s  fp16 mm {peak / 1e12:.0f} TFLOP/s")
     rows = []
     for name in args.cases.split(","):

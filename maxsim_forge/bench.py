@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from ._problems import TORCH_DTYPES
-from .reference import maxsim_pairs_reference, maxsim_reference
+from .reference import maxsim_pairs_reference, maxsim_reference, valid_tokens
+from .tuner._timing import time_fn
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,16 @@ def make_inputs(case: Case, device: str, seed: int = 0) -> Inputs:
 
 
 # ---- implementations: each returns a zero-argument callable, or None where it does not apply
+def _doc_mask(x: Inputs) -> torch.Tensor | None:
+    if x.d_lengths is None:
+        return None
+    return valid_tokens(x.d.shape[0], x.d.shape[1], x.d_lengths, None, x.d.device)
+
+
 def _eager(x: Inputs):
     if x.d is None:
         return None
-    mask = None
-    if x.d_lengths is not None:
-        mask = torch.arange(x.d.shape[1], device=x.d.device)[None, :] < x.d_lengths[:, None]
+    mask = _doc_mask(x)
 
     def run():
         s = torch.einsum("...qk,btk->...bqt", x.q, x.d)
@@ -166,9 +171,7 @@ def _lik(x: Inputs):
             return None
         cu_q = torch.tensor([0, x.q.shape[0]], dtype=torch.int32, device=x.q.device)
         return lambda: lik.maxsim_varlen(x.q, x.d_packed, cu_q, x.cu)
-    mask = None
-    if x.d_lengths is not None:
-        mask = torch.arange(x.d.shape[1], device=x.d.device)[None, :] < x.d_lengths[:, None]
+    mask = _doc_mask(x)
     return lambda: lik.maxsim(x.q, x.d, d_mask=mask)
 
 
@@ -209,21 +212,6 @@ def _reference(x: Inputs, limit: int = 64) -> tuple[torch.Tensor, slice]:
     n = min(limit, x.d.shape[0])
     lengths = x.d_lengths[:n] if x.d_lengths is not None else None
     return maxsim_reference(x.q, x.d[:n], d_lengths=lengths), slice(0, n)
-
-
-def _time(fn, device: str) -> tuple[float, float, float]:
-    if device.startswith("cuda"):
-        from triton.testing import do_bench
-
-        p20, med, p80 = do_bench(fn, warmup=25, rep=200, quantiles=[0.2, 0.5, 0.8])
-        return med, p20, p80
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[1], times[0], times[2]
 
 
 def measure_floors(device: str) -> tuple[float, float]:
@@ -308,7 +296,8 @@ def run(cases: list[Case], impls: list[str], *, device: str, first_call: bool = 
                 fn()
                 torch.cuda.synchronize()
                 extra = (torch.cuda.max_memory_allocated() - base) / 2**20
-            med, p20, p80 = _time(fn, device)
+            timing = time_fn(fn, device=device, rep_ms=200)
+            med, p20, p80 = timing.median_ms, timing.p20_ms, timing.p80_ms
             first = first_call_s(case, impl) if first_call and on_gpu else None
             rows.append(Row(case.name, impl, med, p20, p80, floor_ms, 100 * floor_ms / med if on_gpu else float("nan"),
                             extra, err, first))

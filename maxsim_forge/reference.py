@@ -20,7 +20,8 @@ import torch
 _CHUNK_ELEMENTS = 1 << 25
 
 
-def _valid(count: int, length: int, lengths, mask, device) -> torch.Tensor:
+def valid_tokens(count: int, length: int, lengths, mask, device) -> torch.Tensor:
+    """Boolean [count, length]: the given mask, else positions below each length, else all."""
     if mask is not None:
         return mask.to(device=device, dtype=torch.bool)
     valid = torch.ones(count, length, dtype=torch.bool, device=device)
@@ -70,8 +71,8 @@ def maxsim_reference(
         q_mask = q_mask[None] if q_mask is not None and q_mask.dim() == 1 else q_mask
         q_lengths = q_lengths.reshape(1) if q_lengths is not None else None
     q64, d64 = q.double(), d.double()
-    q_valid = _valid(q.shape[0], q.shape[1], q_lengths, q_mask, q.device)
-    d_valid = _valid(d.shape[0], d.shape[1], d_lengths, d_mask, d.device)
+    q_valid = valid_tokens(q.shape[0], q.shape[1], q_lengths, q_mask, q.device)
+    d_valid = valid_tokens(d.shape[0], d.shape[1], d_lengths, d_mask, d.device)
     out = _scores(q64, q_valid, d64, d_valid, absolute)
     return out[0] if squeeze else out
 
@@ -137,4 +138,5 @@ __all__ = [
     "maxsim_pairs_reference",
     "maxsim_reference",
     "unpack",
+    "valid_tokens",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from .._inputs import Prepared
-from ..reference import unpack
+from ..reference import unpack, valid_tokens
 
 # Score elements one einsum may materialise.
 _CHUNK = 1 << 28
@@ -31,15 +31,6 @@ def _padded_scores(q, q_valid, d, d_valid) -> torch.Tensor:
     return out
 
 
-def _valid(count, length, lengths, mask, device):
-    if mask is not None:
-        return mask
-    pos = torch.arange(length, device=device)
-    if lengths is None:
-        return torch.ones(count, length, dtype=torch.bool, device=device)
-    return pos[None, :] < lengths[:, None]
-
-
 def torch_baseline(prep: Prepared) -> Callable[[], torch.Tensor]:
     """A closure computing the call with plain torch ops in the input dtype."""
     k = prep.launch_kwargs
@@ -48,8 +39,8 @@ def torch_baseline(prep: Prepared) -> Callable[[], torch.Tensor]:
     if layout == "pairs":
         qs, q_len = unpack(q, k["q_cu"])
         ds, d_len = unpack(d, k["d_cu"])
-        q_valid = _valid(qs.shape[0], qs.shape[1], q_len, None, q.device)
-        d_valid = _valid(ds.shape[0], ds.shape[1], d_len, None, d.device)
+        q_valid = valid_tokens(qs.shape[0], qs.shape[1], q_len, None, q.device)
+        d_valid = valid_tokens(ds.shape[0], ds.shape[1], d_len, None, d.device)
 
         def pairs() -> torch.Tensor:
             s = torch.bmm(qs, ds.transpose(1, 2)).masked_fill(~d_valid[:, None, :], float("-inf"))
@@ -57,10 +48,10 @@ def torch_baseline(prep: Prepared) -> Callable[[], torch.Tensor]:
             return (torch.where(torch.isneginf(m), 0.0, m) * q_valid).sum(-1)
 
         return pairs
-    q_valid = _valid(q.shape[0], q.shape[1], k.get("q_lengths"), k.get("q_mask"), q.device)
+    q_valid = valid_tokens(q.shape[0], q.shape[1], k.get("q_lengths"), k.get("q_mask"), q.device)
     if layout == "packed":
         d, d_len = unpack(d, k["d_cu"])
-        d_valid = _valid(d.shape[0], d.shape[1], d_len, None, d.device)
+        d_valid = valid_tokens(d.shape[0], d.shape[1], d_len, None, d.device)
     else:
-        d_valid = _valid(d.shape[0], d.shape[1], k.get("d_lengths"), k.get("d_mask"), d.device)
+        d_valid = valid_tokens(d.shape[0], d.shape[1], k.get("d_lengths"), k.get("d_mask"), d.device)
     return lambda: _padded_scores(q, q_valid, d, d_valid)
