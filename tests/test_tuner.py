@@ -16,7 +16,7 @@ from maxsim_forge.runtime import default_config
 from maxsim_forge.tuned_db import TunedDB, open_db
 from maxsim_forge.tuned_db._schema import SCHEMA_VERSION, migrate, version
 from maxsim_forge.tuner import PRESETS, RESTRICTIONS, Bucket, check_static, make_storage, tune, tune_on_device
-from maxsim_forge.tuner import _compile, _study
+from maxsim_forge.tuner import _compile, _verify
 
 TINY = [Bucket("padded", "fp16", 32, 8, 20, 3, d_mask="lengths", name="tiny"),
         Bucket("allpairs", "bf16", 32, 4, 16, 3, nq=3, name="tiny-multi")]
@@ -59,7 +59,7 @@ def test_tune_end_to_end_then_show_then_resume(tmp_path):
 
 def test_forced_failures_are_stored_and_never_win(tmp_path, monkeypatch):
     real_compile = _compile.compile_one
-    real_load = _study.load_variant
+    real_load = _verify.load_variant
 
     def compile_one(job):
         if job.config.num_warps == 2:
@@ -78,7 +78,7 @@ def test_forced_failures_are_stored_and_never_win(tmp_path, monkeypatch):
         return Wrong(module) if cfg.num_stages == 2 else module
 
     monkeypatch.setattr(_compile, "compile_one", compile_one)
-    monkeypatch.setattr(_study, "load_variant", load_variant)
+    monkeypatch.setattr(_verify, "load_variant", load_variant)  # where candidates are checked
     db_path = tmp_path / "tuned.db"
     # workers=1: compile in this process, where the patches apply.
     tune_on_device(TINY[:1], db_path=db_path, trials=16, seed=3, progress=False, workers=1)

@@ -15,17 +15,18 @@ import torch
 from optuna.trial import TrialState
 
 from .. import __version__
-from .._problems import Problem, Sizes, relative_error, synth, tolerance
+from .._problems import Problem, synth
 from ..codegen import KernelConfig, load_variant, template_hash
 from ..runtime import default_config
 from ..runtime._keys import GpuInfo, bucket_key
 from ..tuned_db import BucketKey, TunedDB
 from . import _compile
 from ._baseline import torch_baseline
-from ._compile import MISMATCH, OK, PRUNED_STATIC, RUNTIME_FAILED, CompileJob
+from ._compile import OK, PRUNED_STATIC, RUNTIME_FAILED, CompileJob
 from ._presets import Bucket
 from ._space import bucket_space, check_static, neighbors, valid_configs
 from ._timing import time_fn
+from ._verify import check_variant
 
 log = logging.getLogger("maxsim_forge.tuner")
 
@@ -106,19 +107,9 @@ class BucketTuner:
 
     # ---- one candidate
     def _check(self, cfg: KernelConfig, seed: int) -> tuple[str, str]:
-        """Run ``cfg`` on fresh random data and compare with the float64 reference."""
-        fresh = synth(self.spec, self.bucket.sizes.scaled(CHECK_DOCS), device=self.opts.device, seed=seed,
-                      skew=self.bucket.layout == "packed")
-        module = load_variant(self.spec, cfg, smem_limit=self.gpu.smem_limit)
-        out = torch.full(_out_shape(fresh), float("nan"), dtype=torch.float32, device=self.opts.device)
-        try:
-            module.launch(fresh.prep.q, fresh.prep.d, out=out, **fresh.prep.launch_kwargs)
-        except Exception as exc:  # noqa: BLE001 - a failing candidate is data
-            return _compile.classify(exc), str(exc)[-2000:]
-        err = relative_error(out, fresh.expected(), fresh.scale())
-        if not err <= tolerance(self.spec):  # NaN fails too
-            return MISMATCH, f"max relative error {err:.3e} > {tolerance(self.spec):.0e}"
-        return OK, ""
+        status, msg = check_variant(self.spec, cfg, self.bucket.sizes.scaled(CHECK_DOCS), device=self.opts.device,
+                                    seed=seed, smem_limit=self.gpu.smem_limit, skew=self.bucket.layout == "packed")
+        return status, msg if status != OK else ""
 
     def _time(self, cfg: KernelConfig) -> float:
         module = load_variant(self.spec, cfg, smem_limit=self.gpu.smem_limit)
@@ -281,15 +272,10 @@ def _best(study: optuna.Study) -> float | None:
     return min(values) if values else None
 
 
-def _out_shape(problem: Problem) -> tuple[int, ...]:
-    k = problem.prep.launch_kwargs
-    return (k["nb"],) if problem.prep.spec.layout == "pairs" else (k["nq"], k["nb"])
-
-
 def _triton_version() -> str:
     import triton
 
     return triton.__version__
 
 
-__all__ = ["BucketResult", "BucketTuner", "Sizes", "TuneOptions", "config_from_trial", "study_name"]
+__all__ = ["BucketResult", "BucketTuner", "TuneOptions", "config_from_trial", "make_sampler", "study_name"]

@@ -5,12 +5,34 @@ from __future__ import annotations
 import torch
 
 from .._problems import Sizes, relative_error, synth, tolerance
-from ..codegen import ConfigError, KernelConfig, KernelSpec, load_variant
+from ..codegen import KernelConfig, KernelSpec, load_variant
 from ..tuned_db import TunedDB
-from ._compile import classify
+from ._compile import MISMATCH, OK, classify
 
 # Docs per check; the interpreter also shrinks the token counts.
 _DOCS = 16
+
+
+def check_variant(
+    spec: KernelSpec, cfg: KernelConfig, sizes: Sizes, *, device: str, seed: int,
+    smem_limit: int | None = None, skew: bool = False,
+) -> tuple[str, str]:
+    """Run ``cfg`` on a fresh random problem into a NaN-poisoned output and compare with
+    the float64 reference: (status, detail), status ``ok`` or why not."""
+    try:
+        problem = synth(spec, sizes, device=device, seed=seed, skew=skew)
+        module = load_variant(problem.prep.spec, cfg, smem_limit=smem_limit)
+        k = problem.prep.launch_kwargs
+        shape = (k["nb"],) if problem.prep.spec.layout == "pairs" else (k["nq"], k["nb"])
+        out = torch.full(shape, float("nan"), dtype=torch.float32, device=device)
+        module.launch(problem.prep.q, problem.prep.d, out=out, **k)
+    except Exception as exc:  # noqa: BLE001 - a failing candidate is data
+        return classify(exc), str(exc)[-2000:]
+    err = relative_error(out, problem.expected(), problem.scale())
+    tol = tolerance(problem.prep.spec)
+    if not err <= tol:  # NaN fails too
+        return MISMATCH, f"max relative error {err:.3e} > {tol:.0e}"
+    return OK, f"max relative error {err:.1e}"
 
 
 def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[tuple[str, str, str, str]]:
@@ -25,18 +47,9 @@ def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[
             sizes = Sizes(min(sizes.nq, 3), min(sizes.lq, 8), 3, min(sizes.ld, 24))
         label = f"{w['gpu']} {w['layout']}/{w['dtype']}/d{w['dim']} nq{w['nq_bucket']} lq{w['lq_bucket']} ld{w['ld_bucket']} nb{w['nb_bucket']}"
         cfg = KernelConfig.from_dict(w["config"])
-        try:
-            problem = synth(spec, sizes, device=device, seed=seed * 7919 + i)
-            module = load_variant(problem.prep.spec, cfg, smem_limit=w.get("smem_limit"))
-            out = module.launch(problem.prep.q, problem.prep.d, **problem.prep.launch_kwargs)
-            err = relative_error(out, problem.expected(), problem.scale())
-            tol = tolerance(problem.prep.spec)
-            status, detail = ("ok", f"rel err {err:.1e}") if err <= tol else ("mismatch", f"rel err {err:.1e} > {tol:.0e}")
-        except ConfigError as exc:
-            status, detail = "pruned_static", str(exc)[:200]
-        except Exception as exc:  # noqa: BLE001 - reported per row
-            status, detail = classify(exc), str(exc)[:200]
-        rows.append((label, cfg.key(), status, detail))
+        status, detail = check_variant(spec, cfg, sizes, device=device, seed=seed * 7919 + i,
+                                       smem_limit=w.get("smem_limit"))
+        rows.append((label, cfg.key(), status, detail[:200]))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return rows
