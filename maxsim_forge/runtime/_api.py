@@ -89,21 +89,21 @@ def _route(prep: Prepared, key: BucketKey | None = None) -> _Route:
     device = prep.q.device
     gpu = gpu_info(device)
     key = key or bucket_key(prep, gpu)
-    kernels = _uses_kernels(device)
-    memo = (prep.spec, key, kernels)
+    memo = (prep.spec, key, device.type)
     route = _routes.get(memo)
     if route is not None:
         return route
     with _routes_lock:
         route = _routes.get(memo)
         if route is None:
-            route = _new_route(prep, key, gpu, kernels)
+            route = _new_route(prep, key, gpu)
             _routes[memo] = route
     return route
 
 
-def _new_route(prep: Prepared, key: BucketKey, gpu, kernels: bool) -> _Route:
-    if not kernels:
+def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
+    # The environment is read here, once per route: reset() makes a change take effect.
+    if not _uses_kernels(prep.q.device):
         why = "MAXSIM_FORGE_DISABLE is set" if _disabled() else "CPU tensors without TRITON_INTERPRET=1"
         log.info("maxsim-forge: torch reference for %s (%s)", key.label(), why)
         return _Route(key, None, TORCH, f"torch reference ({why})")
