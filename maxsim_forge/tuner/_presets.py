@@ -7,7 +7,7 @@ candidates on exactly those sizes and stores the winner under their buckets.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..codegen import KernelSpec
@@ -118,7 +118,3 @@ def resolve(preset: str | None, shapes: str | Path | None, dtypes: tuple[str, ..
     if dtypes:
         buckets = [b for b in buckets if b.dtype in dtypes] or [replace(b, dtype=dt) for b in buckets for dt in dtypes]
     return buckets
-
-
-def to_dicts(buckets: list[Bucket]) -> list[dict]:
-    return [asdict(b) for b in buckets]

@@ -42,9 +42,10 @@ class TuneReport:
     wall_s: float
 
 
-def _is_done(db: TunedDB, tuner: BucketTuner, trials: int) -> bool:
+def _is_done(db: TunedDB, tuner: BucketTuner) -> bool:
+    """A bucket with a winner for the current template is finished (``--resume``)."""
     row = db.winner(tuner.key)
-    return bool(row) and row.get("template_hash") == tuner.hash and (row.get("trials") or 0) >= min(trials, 1)
+    return bool(row) and row.get("template_hash") == tuner.hash
 
 
 def tune_on_device(
@@ -69,24 +70,23 @@ def tune_on_device(
         workers = max(1, min(16, (os.cpu_count() or 2) - 1)) if on_gpu else 1
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
     opts = TuneOptions(trials=trials, seed=seed, workers=workers, storage=make_storage(storage_url),
-                       deadline=deadline, device=device, progress=progress)
+                       deadline=deadline, device=device)
     db = TunedDB(db_path)
     with CompilePool(workers) as pool:
         opts.pool = pool
-        results = _tune_buckets(buckets, db, gpu, opts, trials=trials, resume=resume, on_gpu=on_gpu,
-                                deadline=deadline, progress=progress)
+        results = _tune_buckets(buckets, db, gpu, opts, resume=resume, progress=progress)
     where = f"cuda:{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}" if on_gpu else "interpreter"
     for r in results:
         r.device = where
     return results
 
 
-def _tune_buckets(buckets, db, gpu, opts, *, trials, resume, on_gpu, deadline, progress) -> list[BucketResult]:
+def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, progress: bool) -> list[BucketResult]:
     results = []
     for bucket in buckets:
-        bucket = bucket if on_gpu else bucket.tiny()
+        bucket = bucket if opts.device.startswith("cuda") else bucket.tiny()
         tuner = BucketTuner(bucket, db, gpu, opts)
-        if resume and _is_done(db, tuner, trials):
+        if resume and _is_done(db, tuner):
             row = db.winner(tuner.key)
             results.append(BucketResult(bucket, tuner.key, None, row["time_ms"], row.get("baseline_ms"),
                                         row.get("trials") or 0, skipped=True))
@@ -95,19 +95,19 @@ def _tune_buckets(buckets, db, gpu, opts, *, trials, resume, on_gpu, deadline, p
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=trials, desc=bucket.label(), leave=True, dynamic_ncols=True)
+            bar = tqdm(total=opts.trials, desc=bucket.label(), leave=True, dynamic_ncols=True)
         try:
             results.append(tuner.run(bar))
         finally:
             if bar is not None:
                 bar.close()
-        if deadline is not None and time.monotonic() > deadline:
+        if opts.deadline is not None and time.monotonic() > opts.deadline:
             results += [BucketResult(b, None, skipped=True) for b in buckets[len(results):]]
             break
     return results
 
 
-def _gpu_worker(args: tuple) -> list[tuple]:
+def _gpu_worker(args: tuple) -> list[BucketResult]:
     index, kwargs = args
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
     return tune_on_device(**kwargs)
@@ -164,7 +164,7 @@ def summary_rows(report: TuneReport) -> list[tuple[str, ...]]:
             r.config.key() if r.config else ("(kept)" if r.skipped else "(none passed)"),
             f"{r.time_ms:.4f}" if r.time_ms else "-",
             f"{r.baseline_ms:.4f}" if r.baseline_ms else "-",
-            f"{r.baseline_ms / r.time_ms:.2f}x" if r.time_ms and r.baseline_ms else "-",
+            f"{r.speedup:.2f}x" if r.speedup else "-",
             str(r.trials),
             r.device,
         ))

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import optuna
 import torch
@@ -48,7 +47,6 @@ class TuneOptions:
     storage: object = None  # an optuna storage or URL; None keeps studies in memory
     deadline: float | None = None  # time.monotonic() after which no new batch starts
     device: str = "cuda"
-    progress: bool = True
     pool: object = None  # a _compile.CompilePool shared by the buckets of a run
 
 
@@ -61,7 +59,6 @@ class BucketResult:
     baseline_ms: float | None = None
     trials: int = 0
     skipped: bool = False
-    statuses: Counter = field(default_factory=Counter)
     device: str = ""  # where it was tuned: "cuda:0", or the physical GPU a worker was given
 
     @property
@@ -241,7 +238,6 @@ class BucketTuner:
         result = BucketResult(self.bucket, self.key)
         finished = _finished(study)
         result.trials = len(finished)
-        result.statuses = Counter(t.user_attrs.get("status", "?") for t in finished)
         ok = {}
         for t in finished:
             if t.state == TrialState.COMPLETE and t.user_attrs.get("status") == OK:
