@@ -16,7 +16,7 @@ from maxsim_forge.reference import reference_for
 from maxsim_forge.runtime import default_config, launch_prepared
 
 from cases import make_case
-from conftest import TOLERANCES, assert_scores, poisoned
+from conftest import DEVICE, TOLERANCES, assert_scores, poisoned
 
 pytestmark = pytest.mark.gpu
 
@@ -152,3 +152,29 @@ def test_many_queries(q_mode):
 def test_fp32_precisions_differ_only_within_tf32_tolerance(device):
     prep, ref = make_case("padded", "fp32", nq=1, lq=16, nb=4, ld=33, dim=128, precision="tf32")
     _check(prep, ref, KernelConfig(block_q=16, block_d=32, block_k=64), 3e-3, "tf32")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_repeat_launches_of_one_variant_stay_correct(layout):
+    # After the first launch a variant is launched directly (codegen/_launcher.py): each
+    # later call must still specialise right on sizes, pointer alignment and the index
+    # dtype of its extents.
+    from maxsim_forge.codegen import load_variant
+
+    cfg = KernelConfig(block_q=32, block_d=32, block_k=64, num_warps=4, num_stages=2,
+                       q_mode="grid", split_d=2)
+    calls = [(2, 33, 4, 57), (3, 1, 1, 1), (2, 33, 5, 300), (1, 7, 9, 16), (2, 33, 4, 57)]
+    module = None
+    for i, (nq, lq, nb, ld) in enumerate(calls):
+        prep, ref = make_case(layout, "fp16", nq=nq, lq=lq, nb=nb, ld=ld, dim=64,
+                              d_kind="lengths" if layout in ("padded", "allpairs") else "none")
+        k = prep.launch_kwargs
+        if i == 2 and k.get("d_lengths") is not None:
+            k["d_lengths"] = k["d_lengths"].to(torch.int64)  # another index dtype
+        if i == 3:  # a view that starts 2 bytes into its storage: another alignment
+            buf = torch.empty(prep.d.numel() + 1, dtype=prep.d.dtype, device=prep.d.device)
+            prep.d = buf[1:].view(prep.d.shape).copy_(prep.d)
+        _check(prep, ref, cfg, 1e-5, f"call {i}")
+        module = load_variant(prep.spec, cfg)
+    if torch.cuda.is_available() and DEVICE == "cuda":
+        assert module._FWD.direct_launches > 0, "no launch went direct"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 import torch
@@ -25,6 +26,8 @@ def _isolated(tmp_path, monkeypatch):
     """Each test starts with no user DB and no shipped DBs unless it makes them."""
     monkeypatch.setenv("MAXSIM_FORGE_DB", str(tmp_path / "absent-user.db"))
     monkeypatch.delenv("MAXSIM_FORGE_DISABLE", raising=False)
+    # Kernels run from the first call here; the background mode has tests of its own.
+    monkeypatch.setenv("MAXSIM_FORGE_COMPILE", "blocking")
     reset(Lookup(user_path=tmp_path / "absent-user.db", shipped_paths=[]))
     yield
     reset()
@@ -290,7 +293,94 @@ def test_a_variant_that_fails_to_launch_falls_back_to_torch_once(monkeypatch, ca
             out = mf.maxsim(q, d)
     assert_scores(out, maxsim_reference(q, d), 1e-5, "fallback")
     assert mf.explain(q, d).source == "torch-fallback"
-    assert sum("using the torch reference" in r.getMessage() for r in caplog.records) == 1
+    assert sum("using torch for this bucket" in r.getMessage() for r in caplog.records) == 1
+
+
+def _background_routes(monkeypatch, precompile):
+    """Routes that compile in the background with ``precompile`` and count their launches."""
+    from maxsim_forge.runtime import _api
+
+    real_new_route = _api._new_route
+    launches = []
+
+    def new_route(*args, **kwargs):
+        route = real_new_route(*args, **kwargs)
+        real_launch = route.launch
+
+        def launch(*a, **k):
+            launches.append(1)
+            return real_launch(*a, **k)
+
+        route.launch, route.precompile, route.background = launch, precompile, True
+        return route
+
+    monkeypatch.setattr(_api, "_new_route", new_route)
+    return launches
+
+
+def test_background_compile_serves_calls_with_torch_until_the_kernel_is_ready(monkeypatch):
+    release, started = threading.Event(), threading.Event()
+
+    def precompile(*args, **kwargs):
+        started.set()
+        assert release.wait(30), "test never released the compile"
+
+    launches = _background_routes(monkeypatch, precompile)
+    q, d = randn(16, 64), randn(5, 20, 64)
+    lengths = torch.tensor([20, 0, 3, 19, 1], device=DEVICE)
+    ref = maxsim_reference(q, d, d_lengths=lengths)
+    for _ in range(3):  # compiling: torch scores these
+        assert_scores(mf.maxsim(q, d, d_lengths=lengths), ref, 1e-5, "while compiling")
+    assert started.wait(30) and launches == []
+    release.set()
+    from maxsim_forge.runtime import _api
+
+    for route in _api._routes.values():
+        route.pending.result(timeout=30)
+    assert_scores(mf.maxsim(q, d, d_lengths=lengths), ref, 1e-5, "after the compile")
+    assert launches == [1]
+    assert "torch" not in mf.explain(q, d, d_lengths=lengths).variant
+
+
+def test_a_background_compile_that_fails_falls_back_to_torch_once(monkeypatch, caplog):
+    def precompile(*args, **kwargs):
+        raise RuntimeError("forced: ptxas failed")
+
+    launches = _background_routes(monkeypatch, precompile)
+    q, d = randn(8, 32), randn(3, 9, 32)
+    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
+        outs = [mf.maxsim(q, d) for _ in range(4)]
+        from maxsim_forge.runtime import _api
+
+        for route in _api._routes.values():
+            assert route.pending is None or route.pending.exception(timeout=30) is not None
+        outs += [mf.maxsim(q, d) for _ in range(2)]
+    for out in outs:
+        assert_scores(out, maxsim_reference(q, d), 1e-5, "fallback")
+    assert launches == []
+    assert mf.explain(q, d).source == "torch-fallback"
+    assert sum("using torch for this bucket" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_blocking_calls_wait_for_the_background_compile(monkeypatch):
+    done = []
+
+    def precompile(*args, **kwargs):
+        time.sleep(0.2)
+        done.append(1)
+
+    launches = _background_routes(monkeypatch, precompile)
+    q, d = randn(8, 32), randn(3, 9, 32)
+    mf.maxsim(q, d)  # starts the compile
+    assert done == [] and launches == []
+    mf.warmup([{"layout": "padded", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 9, "nb": 3}], device=DEVICE)
+    assert done == [1] and launches == [1]
+
+
+def test_an_unknown_compile_mode_is_a_value_error(monkeypatch):
+    monkeypatch.setenv("MAXSIM_FORGE_COMPILE", "eventually")
+    with pytest.raises(ValueError, match="MAXSIM_FORGE_COMPILE='eventually' is not supported"):
+        mf.maxsim(randn(4, 8), randn(2, 5, 8))
 
 
 def test_non_tensor_arguments_raise_type_errors():

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from .._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded, prep
 from ..codegen import KernelConfig, interpreting, load_variant, variant_name
 from ..reference import reference_for
 from ..tuned_db import BucketKey
+from ._eager import eager_scores
 from ._keys import bucket_key, gpu_info
 from ._lookup import HEURISTIC, TORCH, Lookup
 
@@ -50,7 +52,10 @@ class _Route:
     source: str
     variant: str
     launch: object = None  # the generated module's launch; None for the torch fallback
+    precompile: object = None  # the generated module's precompile
+    background: bool = False  # compile off the calling thread (MAXSIM_FORGE_COMPILE)
     warm: bool = False
+    pending: Future | None = None  # the background compile, while it runs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def decision(self) -> Decision:
@@ -76,6 +81,16 @@ def reset(lookup: Lookup | None = None) -> None:
 
 def _disabled() -> bool:
     return os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0")
+
+
+_COMPILE_MODES = ("background", "blocking")
+
+
+def _compile_mode() -> str:
+    mode = os.environ.get("MAXSIM_FORGE_COMPILE", "background") or "background"
+    if mode not in _COMPILE_MODES:
+        raise ValueError(f"MAXSIM_FORGE_COMPILE={mode!r} is not supported; accepted: 'background', 'blocking'")
+    return mode
 
 
 def _uses_kernels(device: torch.device) -> bool:
@@ -105,14 +120,15 @@ def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
     # The environment is read here, once per route: reset() makes a change take effect.
     if not _uses_kernels(prep.q.device):
         why = "MAXSIM_FORGE_DISABLE is set" if _disabled() else "CPU tensors without TRITON_INTERPRET=1"
-        log.info("maxsim-forge: torch reference for %s (%s)", key.label(), why)
-        return _Route(key, None, TORCH, f"torch reference ({why})")
+        log.info("maxsim-forge: torch for %s (%s)", key.label(), why)
+        return _Route(key, None, TORCH, f"torch ({why})")
     cfg, source = _lookup.decide(prep.spec, key, gpu, prep.sizes)
     if source == HEURISTIC and (gpu.name, key) not in _logged_misses:
         _logged_misses.add((gpu.name, key))
         log.info("maxsim-forge: no tuned config for %s on %s; using the heuristic default", key.label(), gpu.name)
     module = load_variant(prep.spec, cfg, smem_limit=gpu.smem_limit)
-    return _Route(key, cfg, source, variant_name(prep.spec, cfg), module.launch)
+    background = _compile_mode() == "background" and prep.q.device.type == "cuda"
+    return _Route(key, cfg, source, variant_name(prep.spec, cfg), module.launch, module.precompile, background)
 
 
 # Triton's interpreter patches triton.language globally while a kernel runs, so
@@ -128,22 +144,76 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(index)
 
 
-def _run(prep: Prepared, key: BucketKey | None = None) -> torch.Tensor:
+def _run(prep: Prepared, key: BucketKey | None = None, *, blocking: bool = False) -> torch.Tensor:
     with _device_guard(prep.q):
-        return _run_here(prep, key)
+        return _run_here(prep, key, blocking)
 
 
-def _run_here(prep: Prepared, key: BucketKey | None) -> torch.Tensor:
+def _run_here(prep: Prepared, key: BucketKey | None, blocking: bool) -> torch.Tensor:
     route = _route(prep, key)
     if route.launch is None:
-        out = reference_for(prep).to(torch.float32)
+        out = _torch_scores(prep)
     elif route.warm and prep.q.device.type != "cpu":
         out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
     else:
         # The first launch compiles, in one thread; interpreted launches always take turns.
         with _interpreter_lock if prep.q.device.type == "cpu" else route.lock:
-            out = route.launch(prep.q, prep.d, **prep.launch_kwargs) if route.warm else _first_launch(route, prep)
+            out = route.launch(prep.q, prep.d, **prep.launch_kwargs) if route.warm else _cold(route, prep, blocking)
     return out[0] if prep.squeeze else out
+
+
+def _torch_scores(prep: Prepared) -> torch.Tensor:
+    """The torch path: tensor-core matmuls on a GPU, the float64 reference on the CPU."""
+    return eager_scores(prep) if prep.q.is_cuda else reference_for(prep).to(torch.float32)
+
+
+# One thread compiles kernels in the background, one variant after another.
+_compiler: ThreadPoolExecutor | None = None
+
+
+def _submit(route: _Route, prep: Prepared) -> Future:
+    global _compiler
+    if _compiler is None:
+        _compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maxsim-forge-compile")
+    q, d, kwargs = prep.q, prep.d, dict(prep.launch_kwargs)
+
+    def compile_variant() -> None:
+        with _device_guard(q):  # the compile thread starts on device 0
+            route.precompile(q, d, **kwargs)
+
+    return _compiler.submit(compile_variant)
+
+
+def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
+    """A call before the route's kernel is ready (under ``route.lock``).
+
+    In background mode the first call starts the compile on the compile thread and is
+    scored by torch; so is every call until the compile is done. A call under CUDA graph
+    capture, or a blocking one (warmup), waits for the kernel instead.
+    """
+    if route.background and not blocking and not _capturing(prep.q):
+        if route.pending is None:
+            route.pending = _submit(route, prep)
+            log.info("maxsim-forge: compiling %s in the background; torch scores the calls until then",
+                     route.variant)
+        if not route.pending.done():
+            return eager_scores(prep)
+    if route.pending is not None:
+        pending, route.pending = route.pending, None
+        try:
+            pending.result()
+        except Exception as exc:  # noqa: BLE001 - reported and handled like a failed launch
+            return _failed(route, prep, exc)
+    return _first_launch(route, prep)
+
+
+def _failed(route: _Route, prep: Prepared, exc: BaseException) -> torch.Tensor:
+    log.warning("maxsim-forge: %s failed on %s (%s: %s); using torch for this bucket",
+                route.variant, route.key.gpu, type(exc).__name__, str(exc)[:300])
+    route.launch, route.source = None, TORCH
+    route.variant = f"torch ({route.variant} failed)"
+    route.warm = True
+    return _torch_scores(prep)
 
 
 def _first_launch(route: _Route, prep: Prepared) -> torch.Tensor:
@@ -152,13 +222,13 @@ def _first_launch(route: _Route, prep: Prepared) -> torch.Tensor:
     except (ValueError, TypeError):
         raise
     except Exception as exc:  # a variant that does not compile or launch on this device
-        log.warning("maxsim-forge: %s failed on %s (%s: %s); using the torch reference for this bucket",
-                    route.variant, route.key.gpu, type(exc).__name__, str(exc)[:300])
-        route.launch, route.source = None, TORCH
-        route.variant = f"torch reference ({route.variant} failed)"
-        out = reference_for(prep).to(torch.float32)
+        return _failed(route, prep, exc)
     route.warm = True
     return out
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _check_values(validate: bool, *tensors) -> bool:

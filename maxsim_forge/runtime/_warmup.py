@@ -49,7 +49,7 @@ def warmup(buckets: list[dict] | None = None, *, device: str | torch.device = "c
         small = synth(spec, sizes.scaled(_WARM_DOCS), device=str(device), seed=0).prep
         key = replace(bucket_key(small, gpu), nq_bucket=bucket(sizes.nq), lq_bucket=bucket(sizes.lq),
                       ld_bucket=bucket(sizes.ld), nb_bucket=bucket(sizes.nb))
-        _api._run(small, key)
+        _api._run(small, key, blocking=True)
         decisions.append(_api._route(small, key).decision())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
