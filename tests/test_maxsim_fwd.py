@@ -164,7 +164,7 @@ def test_repeat_launches_of_one_variant_stay_correct(layout):
     cfg = KernelConfig(block_q=32, block_d=32, block_k=64, num_warps=4, num_stages=2,
                        q_mode="grid", split_d=2)
     calls = [(2, 33, 4, 57), (3, 1, 1, 1), (2, 33, 5, 300), (1, 7, 9, 16), (2, 33, 4, 57)]
-    module = None
+    module, first = None, None
     for i, (nq, lq, nb, ld) in enumerate(calls):
         prep, ref = make_case(layout, "fp16", nq=nq, lq=lq, nb=nb, ld=ld, dim=64,
                               d_kind="lengths" if layout in ("padded", "allpairs") else "none")
@@ -176,5 +176,7 @@ def test_repeat_launches_of_one_variant_stay_correct(layout):
             prep.d = buf[1:].view(prep.d.shape).copy_(prep.d)
         _check(prep, ref, cfg, 1e-5, f"call {i}")
         module = load_variant(prep.spec, cfg)
+        first = first or (prep, ref)
+    _check(*first, cfg, 1e-5, "the first call again")  # the same key: a direct launch
     if torch.cuda.is_available() and DEVICE == "cuda":
         assert module._FWD.direct_launches > 0, "no launch went direct"

@@ -57,16 +57,15 @@ class Launcher:
 
     def key(self, args: tuple) -> tuple:
         # Triton specialises a pointer on 16-byte alignment and an integer on being 1,
-        # on divisibility by 16 and on its width. The key keeps finer classes (the low
-        # four bits; 0 and 1 apart) so equal keys always mean equal specialisations.
+        # on divisibility by 16 and on its width; 0 keeps a class of its own here.
         n = self.tensors
         ts = args[:n]
         ints = args[n:]
         return (
             ts[0].get_device(),
-            *[t.data_ptr() & 15 for t in ts],
+            *[t.data_ptr() & 15 == 0 for t in ts],
             *[t.dtype for t in ts[self.fixed:]],
-            *[v & 15 if v > 1 else v - 16 for v in ints],
+            *[v & 15 == 0 if v > 1 else v - 2 for v in ints],
             max(ints) < _I32,
         )
 
@@ -82,7 +81,7 @@ class Launcher:
                 self._compiled[key] = compiled
             return
         try:
-            compiled[grid](*args, *self.tail)
+            compiled[(grid[0], 1, 1) if len(grid) == 1 else grid](*args, *self.tail)
         except (TypeError, AttributeError) as exc:  # this Triton's launcher takes other arguments
             # Argument parsing fails before anything reaches the device, so the
             # launch is simply redone the usual way.
