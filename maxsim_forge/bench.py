@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -328,6 +329,47 @@ def _run_cases(cases: list[Case], impls: list[str], *, device: str, first_call: 
     return rows, meta
 
 
+PEERS = ("flash-maxsim", "late-interaction-kernels")
+
+
+@dataclass
+class Versus:
+    """maxsim-forge against the faster peer on one case (ratio > 1: maxsim-forge is faster)."""
+
+    case: str
+    forge_ms: float
+    peer: str
+    peer_ms: float
+    ratio: float
+    floor_pct: float
+
+
+def versus_peers(rows: list[Row]) -> tuple[list[Versus], float | None]:
+    """Per case, maxsim-forge's speedup over the faster of the peers that ran it, and the
+    geometric mean of those speedups (None when no case had both)."""
+    out = []
+    for case in dict.fromkeys(r.case for r in rows):
+        mine = [r for r in rows if r.case == case and r.impl == "maxsim-forge"]
+        peers = [r for r in rows if r.case == case and r.impl in PEERS]
+        if not mine or not peers:
+            continue
+        best = min(peers, key=lambda r: r.ms)
+        out.append(Versus(case, mine[0].ms, best.impl, best.ms, best.ms / mine[0].ms, mine[0].floor_pct))
+    mean = math.exp(sum(math.log(v.ratio) for v in out) / len(out)) if out else None
+    return out, mean
+
+
+def format_versus(rows: list[Row]) -> list[str]:
+    """The summary table as lines of text."""
+    table, mean = versus_peers(rows)
+    lines = [f"{'case':20s} {'maxsim-forge ms':>15s} {'faster peer':26s} {'peer ms':>9s} {'speedup':>8s} {'floor':>6s}"]
+    lines += [f"{v.case:20s} {v.forge_ms:15.4f} {v.peer:26s} {v.peer_ms:9.4f} {v.ratio:7.2f}x {v.floor_pct:5.1f}%"
+              for v in table]
+    if mean is not None:
+        lines.append(f"geometric mean speedup over the faster peer: {mean:.2f}x over {len(table)} cases")
+    return lines
+
+
 def write(rows: list[Row], meta: dict, out_dir: str | Path) -> list[Path]:
     """CSV and JSON of every row (with the GPU, versions and date), and a PNG chart when
     matplotlib is installed."""
@@ -339,7 +381,9 @@ def write(rows: list[Row], meta: dict, out_dir: str | Path) -> list[Path]:
         writer.writeheader()
         for r in rows:
             writer.writerow({**asdict(r), **meta})
-    paths[1].write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    table, mean = versus_peers(rows)
+    paths[1].write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows],
+                                    "versus_peers": [asdict(v) for v in table], "geomean_speedup": mean}, indent=1))
     try:
         import matplotlib
 

@@ -379,5 +379,7 @@ def bench(cases, impls, out, first_call, list_cases) -> None:
         click.echo("No CUDA device: shrunk cases through Triton's interpreter; the timings mean nothing.")
     rows, meta = b.run(chosen, list(impls) or list(b.IMPLS), device="cpu" if interpreted else "cuda",
                        first_call=first_call, log=click.echo)
+    for line in b.format_versus(rows):
+        click.echo(line)
     for path in b.write(rows, meta, out):
         click.echo(f"wrote {path}")

@@ -46,3 +46,19 @@ def test_chart_when_matplotlib_is_there(tmp_path):
     rows = [bench.Row("a", "x", 1.0, 0.9, 1.1, 0.5, 50.0, 0.0, 1e-7), bench.Row("a", "y", 2.0, 1.9, 2.1, 0.5, 25.0, 0.0, 1e-7)]
     paths = bench.write(rows, {"gpu": "G", "date": "d"}, tmp_path)
     assert (tmp_path / "bench.png") in paths and (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_versus_peers_takes_the_faster_peer_and_a_geometric_mean():
+    rows = [bench.Row("a", "maxsim-forge", 1.0, 0, 0, 0.5, 50.0, 0, 0),
+            bench.Row("a", "flash-maxsim", 4.0, 0, 0, 0.5, 12.5, 0, 0),
+            bench.Row("a", "late-interaction-kernels", 2.0, 0, 0, 0.5, 25.0, 0, 0),
+            bench.Row("b", "maxsim-forge", 2.0, 0, 0, 0.5, 25.0, 0, 0),
+            bench.Row("b", "flash-maxsim", 1.0, 0, 0, 0.5, 50.0, 0, 0),
+            bench.Row("c", "maxsim-forge", 1.0, 0, 0, 0.5, 50.0, 0, 0),  # no peer ran c
+            bench.Row("c", "torch-eager", 9.0, 0, 0, 0.5, 5.0, 0, 0)]
+    table, mean = bench.versus_peers(rows)
+    assert [(v.case, v.peer, v.ratio) for v in table] == [("a", "late-interaction-kernels", 2.0),
+                                                          ("b", "flash-maxsim", 0.5)]
+    assert mean == pytest.approx(1.0)
+    assert bench.format_versus(rows)[-1].startswith("geometric mean speedup over the faster peer: 1.00x")
+    assert bench.versus_peers(rows[5:]) == ([], None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maxsim_forge.codegen import KernelConfig, KernelSpec, validate
+from maxsim_forge.codegen import KernelConfig, KernelSpec, template_hash, validate
 from maxsim_forge.tuned_db import SCHEMA_VERSION, open_db, read_winners, shipped_db_paths
 from maxsim_forge.tuned_db._schema import version
 
@@ -28,3 +28,12 @@ def test_shipped_database_is_sound(path):
         precision = row["precision"] if row["dtype"] == "fp32" else "tf32"
         validate(KernelSpec(row["layout"], row["dtype"], row["dim"], precision), cfg, smem_limit=row["smem_limit"])
         assert row["time_ms"] > 0 and row["trials"] > 0 and row["template_hash"] and row["triton_version"]
+
+
+@pytest.mark.parametrize("path", shipped_db_paths(), ids=lambda p: p.stem)
+def test_shipped_database_matches_the_current_template(path):
+    # The runtime ignores rows of another template version: an edit of the template
+    # must come with databases tuned again (docs/tuning.md).
+    rows = read_winners(open_db(str(path), read_only=True, immutable=True))
+    stale = {row["template_hash"] for row in rows} - {template_hash()}
+    assert not stale, f"{path.name} has rows tuned with template(s) {sorted(stale)}, not {template_hash()}"
