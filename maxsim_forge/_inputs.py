@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import accumulate
+from operator import attrgetter
 from dataclasses import dataclass, field
 
 import torch
@@ -297,36 +298,32 @@ def _check_pair(i: int, qi, di, first) -> None:
     _same("queries[0]", first, f"queries[{i}]", qi)
 
 
-def _pair_lengths(queries, docs) -> tuple[list[int], list[int]]:
-    """Lengths of every pair, checked in one pass; on any doubt, pair by pair for a
-    precise error. (The hot path for serving batches: no per-tensor device objects.)"""
-    q_lens: list[int] = []
-    d_lens: list[int] = []
+_DTYPE = attrgetter("dtype")
+
+
+def _packed_pairs(queries, docs):
+    """(q_lens, d_lens, q_packed, d_packed) when the pairs are plainly well formed; None
+    when anything is in doubt, for the checks pair by pair to say what is wrong.
+
+    The hot path of serving batches: one dtype set per side, one length per item, and
+    ``torch.cat``, which itself refuses other ranks, widths and devices.
+    """
     try:
-        first = queries[0]
-        dim, dtype, device = first.shape[-1], first.dtype, first.device
-        index = first.get_device() if device.type == "cuda" else None
-        ok = dtype in DTYPE_NAMES and dim >= 1
-        if ok:
-            for q, d in zip(queries, docs):
-                qs, ds = q.shape, d.shape
-                if (len(qs) != 2 or len(ds) != 2 or qs[1] != dim or ds[1] != dim
-                        or q.dtype != dtype or d.dtype != dtype
-                        or (q.get_device() != index or d.get_device() != index if index is not None
-                            else q.device != device or d.device != device)):
-                    ok = False
-                    break
-                q_lens.append(qs[0])
-                d_lens.append(ds[0])
-    except (AttributeError, TypeError):
-        ok = False
-    if not ok:
-        first = _tensor("queries[0]", queries[0])
-        for i, (qi, di) in enumerate(zip(queries, docs)):
-            _check_pair(i, qi, di, first)
-        q_lens = [int(t.shape[0]) for t in queries]
-        d_lens = [int(t.shape[0]) for t in docs]
-    return q_lens, d_lens
+        dtype = queries[0].dtype
+        if dtype not in DTYPE_NAMES or set(map(_DTYPE, queries)) != {dtype} or set(map(_DTYPE, docs)) != {dtype}:
+            return None
+        q_lens = [t.shape[0] for t in queries]
+        d_lens = [t.shape[0] for t in docs]
+        if min(q_lens) == 0 or min(d_lens) == 0:
+            return None  # torch.cat skips 1-D empty tensors; let the checks see every item
+        q_packed = torch.cat(list(queries)) if len(queries) > 1 else queries[0]
+        d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]
+    except (AttributeError, TypeError, IndexError, RuntimeError):
+        return None
+    if (q_packed.dim() != 2 or d_packed.dim() != 2 or q_packed.shape[1] != d_packed.shape[1]
+            or q_packed.shape[1] < 1 or q_packed.device != d_packed.device):
+        return None
+    return q_lens, d_lens, q_packed, d_packed
 
 
 def pack_pairs(
@@ -345,17 +342,24 @@ def pack_pairs(
         )
     if not queries:
         raise ValueError("queries and docs are empty; at least one pair is needed to pack")
-    q_lens, d_lens = _pair_lengths(queries, docs)
-    first = queries[0]
-    q_packed = torch.cat(list(queries)) if len(queries) > 1 else queries[0]
-    d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]
+    packed = _packed_pairs(queries, docs)
+    if packed is None:
+        first = _tensor("queries[0]", queries[0])
+        for i, (qi, di) in enumerate(zip(queries, docs)):
+            _check_pair(i, qi, di, first)
+        q_lens = [int(t.shape[0]) for t in queries]
+        d_lens = [int(t.shape[0]) for t in docs]
+        q_packed = torch.cat(list(queries)) if len(queries) > 1 else queries[0]
+        d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]
+    else:
+        q_lens, d_lens, q_packed, d_packed = packed
     # Both offset rows in one host tensor: one small copy to the device.
     cu = torch.tensor([[0, *accumulate(q_lens)], [0, *accumulate(d_lens)]], dtype=torch.int32)
-    if first.is_cuda:
+    if q_packed.is_cuda:
         # From pinned memory the copy is truly asynchronous (a pageable one waits for the
         # stream); torch's caching host allocator keeps the block until the copy is done.
         cu = cu.pin_memory()
-    cu = cu.to(first.device, non_blocking=True)
+    cu = cu.to(q_packed.device, non_blocking=True)
     return prepare_pairs_packed(
         q_packed, cu[0], d_packed, cu[1],
         max_q_len=max(q_lens), max_d_len=max(d_lens), precision=precision, check_values=False,

@@ -182,7 +182,8 @@ def _forge(x: Inputs):
     if x.queries is not None:
         return lambda: mf.maxsim_pairs(x.queries, x.docs)
     if x.d_packed is not None:
-        return lambda: mf.maxsim_packed(x.q, x.d_packed, x.cu)
+        # Like the peers, no read-back of cu_seqlens values on the timed path.
+        return lambda: mf.maxsim_packed(x.q, x.d_packed, x.cu, validate=False)
     return lambda: mf.maxsim(x.q, x.d, d_lengths=x.d_lengths, validate=False)
 
 

@@ -88,6 +88,16 @@ def test_pairs_rejects():
         pack_pairs(_q(2, 3, 8), [_q(4, 8)])
     with pytest.raises(TypeError, match=r"docs\[0\] has dtype torch.float32 but queries\[0\] has torch.float16"):
         pack_pairs([_q(3, 8)], [_q(4, 8, dtype=torch.float32)])
+    # What torch.cat would let through on the fast path: a 1-D empty item (cat skips it),
+    # one item of another dtype (cat promotes), items all of rank 1 or 3.
+    with pytest.raises(ValueError, match=r"queries\[1\] has shape \(0,\); expected \[Lq, dim\]"):
+        pack_pairs([_q(3, 8), torch.empty(0, dtype=torch.float16)], [_q(4, 8), _q(2, 8)])
+    with pytest.raises(TypeError, match=r"docs\[1\] has dtype torch.float16 but queries\[1\] has torch.float32"):
+        pack_pairs([_q(3, 8), _q(3, 8, dtype=torch.float32)], [_q(4, 8), _q(2, 8)])
+    with pytest.raises(ValueError, match=r"queries\[0\] has shape \(8,\); expected \[Lq, dim\]"):
+        pack_pairs([_q(8), _q(8)], [_q(8), _q(8)])
+    with pytest.raises(ValueError, match=r"queries\[0\] has shape \(1, 3, 8\); expected \[Lq, dim\]"):
+        pack_pairs([_q(1, 3, 8), _q(1, 2, 8)], [_q(1, 4, 8), _q(1, 2, 8)])
     with pytest.raises(ValueError, match="q_cu describes 2 queries but d_cu 1 docs"):
         prepare_pairs_packed(_q(5, 8), torch.tensor([0, 2, 5]), _q(4, 8), torch.tensor([0, 4]), max_q_len=3)
     with pytest.raises(ValueError, match="max_q_len must be a non-negative int"):
