@@ -50,11 +50,19 @@ def test_pairs():
     _check(pack_pairs(queries, docs), "pairs")
 
 
-def test_chunks_cover_every_doc(monkeypatch):
-    # A chunk of one doc at a time must give what one chunk gives.
-    monkeypatch.setattr(_eager, "_CHUNK", 1)
+@pytest.mark.parametrize("limit", ("_CHUNK", "_BYTES"))
+def test_chunks_cover_every_doc(monkeypatch, limit):
+    # A chunk of one doc at a time, by scores or by bytes of rows, must give what one chunk gives.
+    monkeypatch.setattr(_eager, limit, 1)
     q, d = randn(3, 5, 32), randn(6, 11, 32)
     _check(prepare_padded(q, d, d_lengths=torch.tensor([11, 0, 3, 4, 5, 6], device=DEVICE)), "chunked padded")
     cu = torch.tensor([0, 2, 9, 9, 20], dtype=torch.int32, device=DEVICE)
     _check(prepare_packed(q[0], randn(20, 32), cu), "chunked packed")
     _check(pack_pairs([randn(4, 32), randn(2, 32)], [randn(3, 32), randn(8, 32)]), "chunked pairs")
+
+
+def test_chunks_bound_scores_and_gathered_rows():
+    # One query token against long docs: the rows gathered per chunk, not the scores, bind.
+    step = _eager._step(1 * 1 * 512, (512, 128 * 2))
+    assert step * 512 * 128 * 2 <= _eager._BYTES and step * 512 <= _eager._CHUNK
+    assert _eager._step(10**12, (10**9, 10**6)) == 1

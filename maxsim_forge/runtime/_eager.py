@@ -15,6 +15,17 @@ from ..reference import valid_tokens
 
 # Score elements (float32) materialised at once: 256 MiB.
 _CHUNK = 1 << 26
+# Bytes of gathered (or copied) token rows at once, per side.
+_BYTES = 1 << 28
+
+
+def _step(scores_per_item: int, *rows: tuple[int, int]) -> int:
+    """Items per chunk: at most ``_CHUNK`` scores and ``_BYTES`` of each side's rows,
+    given per item (tokens, bytes per token) for each side."""
+    step = _CHUNK // max(1, scores_per_item)
+    for tokens, row_bytes in rows:
+        step = min(step, _BYTES // max(1, tokens * row_bytes))
+    return max(1, step)
 
 
 def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -65,7 +76,8 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
         ld = ld or _longest(k["d_cu"])
         if nb == 0 or lq == 0 or ld == 0:
             return out
-        step = max(1, _CHUNK // (lq * ld))
+        row = dim * q.element_size()
+        step = _step(lq * ld, (lq, row), (ld, row))
         for b0 in range(0, nb, step):
             b1 = min(nb, b0 + step)
             qp, q_valid = _gather(q, k["q_cu"], b0, b1, lq)
@@ -80,7 +92,7 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
         return out
     q_valid = valid_tokens(nq, lq, k.get("q_lengths"), k.get("q_mask"), q.device)
     qt = q.reshape(nq * lq, dim).t()
-    step = max(1, _CHUNK // (nq * lq * ld))
+    step = _step(nq * lq * ld, (ld, dim * d.element_size()))
     for b0 in range(0, nb, step):
         b1 = min(nb, b0 + step)
         if layout == "packed":
