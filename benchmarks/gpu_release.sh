@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything a release needs measured on one GPU, in one go, resumable:
+#
+#     OUT=results/$(date +%F) bash benchmarks/gpu_release.sh [TIME_BUDGET_S]
+#
+# 1. the test suite, compiled on this GPU;
+# 2. `tune --preset default` into $OUT/tuned.db (resumes a cut-short run; with a time
+#    budget, later buckets wait for the next run), then `db ship` into the package;
+# 3. the side-by-side benchmark with first calls, the runtime and vLLM benchmarks.
+# Steps 3 use the databases shipped in step 2. Needs `pip install -e '.[test,bench]'`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-results}
+BUDGET=${1:-}
+mkdir -p "$OUT"
+gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
+echo "== $gpu: tests"
+python3 -m pytest -q -n "$(( $(nproc) > 14 ? 14 : $(nproc) ))" -p no:cacheprovider tests/ 2>&1 | tail -3 | tee "$OUT/tests.log"
+echo "== tune --preset default"
+python3 -m maxsim_forge tune --preset default --db "$OUT/tuned.db" --resume --quiet \
+    ${BUDGET:+--time-budget "$BUDGET"} 2>&1 | tee "$OUT/tune.log" | tail -60
+python3 -m maxsim_forge db ship "$OUT/tuned.db" --out "maxsim_forge/tuned_db/data/$gpu.db"
+echo "== bench"
+python3 -m maxsim_forge bench --first-call --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -20
+python3 benchmarks/bench_runtime.py --out "$OUT/runtime.json" | tail -40
+python3 benchmarks/bench_vllm.py --out "$OUT/vllm.json"
