@@ -86,7 +86,7 @@ def _lengths(
     _on(name, t, ref, ref_name)
     t = t.contiguous()  # the kernels index lengths with unit stride
     if check and count:
-        lo, hi = int(t.min()), int(t.max())
+        lo, hi = torch.stack([t.min(), t.max()]).tolist()  # one read-back
         if lo < 0 or hi > limit:
             raise ValueError(
                 f"{name} holds values from {lo} to {hi}; accepted: 0 to {limit} "
@@ -114,10 +114,12 @@ def _cu_seqlens(name: str, value: object, total: int, ref: torch.Tensor, ref_nam
     _on(name, t, ref, ref_name)
     t = t.contiguous()  # the kernels index offsets with unit stride
     if check:
-        first, last = int(t[0]), int(t[-1])
+        # One read-back for the three facts; the position of a decrease only on error.
+        drops = (t[1:] < t[:-1]).any().to(t.dtype) if t.numel() > 1 else t.new_zeros(())
+        first, last, decreasing = torch.stack([t[0], t[-1], drops]).tolist()
         if first != 0:
             raise ValueError(f"{name} starts at {first}; it must start at 0")
-        if t.numel() > 1 and bool((t[1:] < t[:-1]).any()):
+        if decreasing:
             at = int(torch.nonzero(t[1:] < t[:-1])[0, 0])
             raise ValueError(
                 f"{name} decreases at index {at + 1} ({int(t[at])} -> {int(t[at + 1])}); "
