@@ -303,6 +303,11 @@ def _check_pair(i: int, qi, di, first) -> None:
 _DTYPE = attrgetter("dtype")
 
 
+def _cat(seq) -> torch.Tensor:
+    """One packed copy of a sequence of tensors (a single one is used as it is)."""
+    return torch.cat(list(seq)) if len(seq) > 1 else seq[0]
+
+
 def _packed_pairs(queries, docs):
     """(q_lens, d_lens, q_packed, d_packed) when the pairs are plainly well formed; None
     when anything is in doubt, for the checks pair by pair to say what is wrong.
@@ -318,8 +323,7 @@ def _packed_pairs(queries, docs):
         d_lens = [t.shape[0] for t in docs]
         if min(q_lens) == 0 or min(d_lens) == 0:
             return None  # torch.cat skips 1-D empty tensors; let the checks see every item
-        q_packed = torch.cat(list(queries)) if len(queries) > 1 else queries[0]
-        d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]
+        q_packed, d_packed = _cat(queries), _cat(docs)
     except (AttributeError, TypeError, IndexError, RuntimeError):
         return None
     if (q_packed.dim() != 2 or d_packed.dim() != 2 or q_packed.shape[1] != d_packed.shape[1]
@@ -351,8 +355,7 @@ def pack_pairs(
             _check_pair(i, qi, di, first)
         q_lens = [int(t.shape[0]) for t in queries]
         d_lens = [int(t.shape[0]) for t in docs]
-        q_packed = torch.cat(list(queries)) if len(queries) > 1 else queries[0]
-        d_packed = torch.cat(list(docs)) if len(docs) > 1 else docs[0]
+        q_packed, d_packed = _cat(queries), _cat(docs)
     else:
         q_lens, d_lens, q_packed, d_packed = packed
     # Both offset rows in one host tensor: one small copy to the device.

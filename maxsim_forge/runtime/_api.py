@@ -235,9 +235,8 @@ def _check_values(validate: bool, *tensors) -> bool:
     """Value checks read data back; skip them when asked or while a CUDA graph is captured."""
     if not validate:
         return False
-    if any(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing():
-        return False
-    return True
+    cuda = next((t for t in tensors if isinstance(t, torch.Tensor) and t.is_cuda), None)
+    return cuda is None or not _capturing(cuda)
 
 
 # ---- the fast path: a call whose tensors have the shapes, dtypes and devices of an
