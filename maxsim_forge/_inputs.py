@@ -9,10 +9,10 @@ monotone) read the data back to the host; callers skip them under CUDA graph cap
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
-from itertools import accumulate
-from operator import attrgetter
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 
@@ -21,6 +21,7 @@ from .codegen import KernelSpec
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 _INDEX_DTYPES = (torch.int32, torch.int64)
 PRECISIONS = ("tf32", "ieee")
+_I32 = 1 << 31  # offsets below this fit int32
 
 
 @dataclass
@@ -300,9 +301,6 @@ def _check_pair(i: int, qi, di, first) -> None:
     _same("queries[0]", first, f"queries[{i}]", qi)
 
 
-_DTYPE = attrgetter("dtype")
-
-
 def _cat(seq) -> torch.Tensor:
     """One packed copy of a sequence of tensors (a single one is used as it is)."""
     return torch.cat(list(seq)) if len(seq) > 1 else seq[0]
@@ -312,16 +310,17 @@ def _packed_pairs(queries, docs):
     """(q_lens, d_lens, q_packed, d_packed) when the pairs are plainly well formed; None
     when anything is in doubt, for the checks pair by pair to say what is wrong.
 
-    The hot path of serving batches: one dtype set per side, one length per item, and
-    ``torch.cat``, which itself refuses other ranks, widths and devices.
+    The hot path of serving batches, where host time is the whole cost: per item only
+    its dtype and its length are read in Python; ``torch.cat`` itself refuses other
+    ranks, widths and devices.
     """
     try:
         dtype = queries[0].dtype
-        if dtype not in DTYPE_NAMES or set(map(_DTYPE, queries)) != {dtype} or set(map(_DTYPE, docs)) != {dtype}:
+        if dtype not in DTYPE_NAMES or {t.dtype for t in queries} != {dtype} or {t.dtype for t in docs} != {dtype}:
             return None
         q_lens = [t.shape[0] for t in queries]
         d_lens = [t.shape[0] for t in docs]
-        if min(q_lens) == 0 or min(d_lens) == 0:
+        if 0 in q_lens or 0 in d_lens:
             return None  # torch.cat skips 1-D empty tensors; let the checks see every item
         q_packed, d_packed = _cat(queries), _cat(docs)
     except (AttributeError, TypeError, IndexError, RuntimeError):
@@ -330,6 +329,21 @@ def _packed_pairs(queries, docs):
             or q_packed.shape[1] < 1 or q_packed.device != d_packed.device):
         return None
     return q_lens, d_lens, q_packed, d_packed
+
+
+def _offsets(q_lens: list[int], d_lens: list[int], device: torch.device) -> torch.Tensor:
+    """``[2, N + 1]`` offsets of both sides on ``device``, in one small copy.
+
+    Built in an ``array`` (several times cheaper than ``torch.tensor`` of nested lists);
+    on a GPU copied from pinned memory, which is truly asynchronous where a pageable copy
+    waits for the stream; torch's caching host allocator keeps the block until the copy
+    is done.
+    """
+    rows = array("i", [0, *accumulate(q_lens), 0, *accumulate(d_lens)])
+    cu = torch.frombuffer(rows, dtype=torch.int32).view(2, len(q_lens) + 1)
+    if device.type != "cuda":
+        return cu.clone()  # not a view of the array
+    return cu.pin_memory().to(device, non_blocking=True)
 
 
 def pack_pairs(
@@ -348,21 +362,27 @@ def pack_pairs(
         )
     if not queries:
         raise ValueError("queries and docs are empty; at least one pair is needed to pack")
+    precision = _precision(precision)
     packed = _packed_pairs(queries, docs)
-    if packed is None:
-        first = _tensor("queries[0]", queries[0])
-        for i, (qi, di) in enumerate(zip(queries, docs)):
-            _check_pair(i, qi, di, first)
-        q_lens = [int(t.shape[0]) for t in queries]
-        d_lens = [int(t.shape[0]) for t in docs]
-        q_packed, d_packed = _cat(queries), _cat(docs)
-    else:
-        q_lens, d_lens, q_packed, d_packed = packed
-    # Both offset rows in one host tensor: one small copy to the device.
-    cu = torch.tensor([[0, *accumulate(q_lens)], [0, *accumulate(d_lens)]], dtype=torch.int32)
+    if packed is not None:
+        q_lens, d_lens, q, d = packed
+        if q.shape[0] < _I32 and d.shape[0] < _I32:
+            # Everything prepare_pairs_packed checks holds by construction here.
+            cu = _offsets(q_lens, d_lens, q.device)
+            return Prepared(
+                spec=_spec("pairs", q, precision, "none", "none"), q=q, d=d,
+                launch_kwargs=dict(nq=1, lq=max(q_lens), nb=len(q_lens), ld=max(d_lens),
+                                   q_cu=cu[0], d_cu=cu[1]),
+            )
+    first = _tensor("queries[0]", queries[0])
+    for i, (qi, di) in enumerate(zip(queries, docs)):
+        _check_pair(i, qi, di, first)
+    q_lens = [int(t.shape[0]) for t in queries]
+    d_lens = [int(t.shape[0]) for t in docs]
+    q_packed, d_packed = _cat(queries), _cat(docs)
+    dtype = torch.int32 if q_packed.shape[0] < _I32 and d_packed.shape[0] < _I32 else torch.int64
+    cu = torch.tensor([[0, *accumulate(q_lens)], [0, *accumulate(d_lens)]], dtype=dtype)
     if q_packed.is_cuda:
-        # From pinned memory the copy is truly asynchronous (a pageable one waits for the
-        # stream); torch's caching host allocator keeps the block until the copy is done.
         cu = cu.pin_memory()
     cu = cu.to(q_packed.device, non_blocking=True)
     return prepare_pairs_packed(
