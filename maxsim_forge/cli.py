@@ -181,8 +181,9 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
         cfg = KernelConfig.from_dict(w["config"])
         speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
         rows.append((w["gpu"], w["layout"], w["dtype"], w["dim"], w["nq_bucket"], w["lq_bucket"], w["ld_bucket"],
-                     w["nb_bucket"], cfg.key(), f"{w['time_ms']:.4f}", speed, w["trials"]))
-    click.echo(_table(("gpu", "layout", "dtype", "dim", "nq", "lq", "ld", "nb", "config", "ms", "vs torch", "trials"), rows))
+                     w["nb_bucket"], w.get("docs") or "-", cfg.key(), f"{w['time_ms']:.4f}", speed, w["trials"]))
+    click.echo(_table(("gpu", "layout", "dtype", "dim", "nq", "lq", "ld", "nb", "docs", "config", "ms", "vs torch",
+                       "trials"), rows))
 
 
 @db.command("export")

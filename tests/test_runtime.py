@@ -88,9 +88,10 @@ def _gpu():
     return gpu_info(torch.device(DEVICE))
 
 
-def _winner(db: TunedDB, cfg: KernelConfig, *, gpu=None, cc=None, lq=32, ld=64, nb=4, nq=1, layout="padded"):
+def _winner(db: TunedDB, cfg: KernelConfig, *, gpu=None, cc=None, lq=32, ld=64, nb=4, nq=1, layout="padded",
+            docs="full"):
     g = _gpu()
-    key = BucketKey(gpu or g.name, cc or g.cc, layout, "fp16", "native", 128, nq, lq, ld, nb)
+    key = BucketKey(gpu or g.name, cc or g.cc, layout, "fp16", "native", 128, nq, lq, ld, nb, docs)
     db.put_winner(key, {"config": cfg.to_dict(), "time_ms": 1.0, "baseline_ms": 2.0, "speedup": 2.0,
                         "near_best": [], "trials": 3, "seed": 0, "template_hash": template_hash()})
     return key
@@ -133,6 +134,37 @@ def test_lookup_order_user_then_shipped_then_nearest_then_same_arch(tmp_path):
     dec = mf.explain(q, d)
     assert (dec.source, dec.config) == ("same-arch", CFG_B.to_dict())
     assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "same-arch")
+
+
+def test_full_and_ragged_docs_have_buckets_of_their_own(tmp_path):
+    q, d = _call()
+    lengths = torch.tensor([40, 7, 1], device=DEVICE)
+    db = TunedDB(tmp_path / "user.db")
+    _winner(db, CFG_A, docs="full")
+    _winner(db, CFG_B, docs="ragged")
+    reset(Lookup(user_path=db.path, shipped_paths=[]))
+    assert mf.explain(q, d).config == CFG_A.to_dict()
+    assert mf.explain(q, d).bucket.endswith("nb4")
+    dec = mf.explain(q, d, d_lengths=lengths)
+    assert (dec.config, dec.source) == (CFG_B.to_dict(), "user-db")
+    assert dec.bucket.endswith("nb4 ragged")
+    assert_scores(mf.maxsim(q, d, d_lengths=lengths), maxsim_reference(q, d, d_lengths=lengths), 1e-5, "ragged")
+
+    # A row that did not record its docs serves both kinds of its bucket; the nearest
+    # bucket prefers rows tuned on the same kind of docs.
+    legacy = TunedDB(tmp_path / "legacy.db")
+    _winner(legacy, CFG_B, docs="")
+    _winner(legacy, CFG_A, docs="ragged", nb=1024)
+    reset(Lookup(user_path=legacy.path, shipped_paths=[]))
+    assert mf.explain(q, d).config == CFG_B.to_dict()
+    assert mf.explain(q, d, d_lengths=lengths).config == CFG_B.to_dict()
+    other = TunedDB(tmp_path / "other.db")
+    _winner(other, CFG_A, docs="full", nb=16)
+    _winner(other, CFG_B, docs="ragged", nb=8)
+    reset(Lookup(user_path=other.path, shipped_paths=[]))
+    dec = mf.explain(q, d, d_lengths=lengths)
+    assert (dec.config, dec.source) == (CFG_B.to_dict(), "nearest-bucket")
+    assert mf.explain(q, d).config == CFG_A.to_dict()
 
 
 def test_stale_template_rows_are_ignored(tmp_path, caplog):

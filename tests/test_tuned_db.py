@@ -24,6 +24,7 @@ def test_shipped_database_is_sound(path):
     assert rows
     for row in rows:
         assert row["gpu"] == path.stem, f"{path.name} holds a row for {row['gpu']}"
+        assert row["docs"] in ("full", "ragged"), "shipped rows record whether their docs were full"
         cfg = KernelConfig.from_dict(row["config"])
         precision = row["precision"] if row["dtype"] == "fp32" else "tf32"
         validate(KernelSpec(row["layout"], row["dtype"], row["dim"], precision), cfg, smem_limit=row["smem_limit"])

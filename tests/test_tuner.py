@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from maxsim_forge.cli import main
 from maxsim_forge.codegen import KernelConfig
 from maxsim_forge.runtime import default_config
-from maxsim_forge.tuned_db import TunedDB, open_db
+from maxsim_forge.tuned_db import BucketKey, TunedDB, open_db
 from maxsim_forge.tuned_db._schema import SCHEMA_VERSION, migrate, version
 from maxsim_forge.tuner import PRESETS, RESTRICTIONS, Bucket, check_static, make_storage, tune, tune_on_device
 from maxsim_forge.tuner import _compile, _verify
@@ -36,6 +37,18 @@ def test_heuristic_default_passes_static_checks_for_every_preset_bucket(preset):
         spec = b.spec if layout == b.layout else b.spec.__class__(layout, b.dtype, b.dim)
         cfg = default_config(spec, nq=b.nq, lq=b.lq, nb=b.nb, ld=b.ld, sm_count=132)
         assert check_static(spec, cfg, Sizes(b.nq, b.lq, b.nb, b.ld), sm_count=132, smem_limit=232_448) is None, (b, cfg)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_bucket_has_a_key_of_its_own(preset):
+    # Two buckets of a preset under one key would overwrite each other's winner.
+    from maxsim_forge.runtime._keys import bucket, doc_fill
+
+    keys = [(b.layout, b.dtype, b.precision, b.dim, bucket(b.nq), bucket(b.lq), bucket(b.ld), bucket(b.nb),
+             doc_fill(b.spec)) for b in PRESETS[preset]]
+    assert len(keys) == len(set(keys))
+    if preset == "default":
+        assert {"full", "ragged"} <= {k[-1] for k in keys if k[0] == "padded" and k[5] == 32}
 
 
 def test_tune_end_to_end_then_show_then_resume(tmp_path):
@@ -143,6 +156,13 @@ def test_previous_schema_version_migrates(tmp_path):
     assert "sm_count" in db.db["winners"].columns_dict
     (row,) = db.winners()
     assert row["config"] == KernelConfig().to_dict() and row["time_ms"] == 0.1
+    # Rows from before the key recorded docs say "" and stay distinct from new rows.
+    assert row["docs"] == "" and "docs" in db.db["trials"].columns_dict
+    assert db.db["winners"].pks[-1] == "docs"
+    old_key = BucketKey.from_row(row)
+    assert old_key.docs == "" and old_key.label().endswith("nb1024 any-docs")
+    db.put_winner(replace(old_key, docs="full"), {"config": json.dumps(KernelConfig().to_dict()), "time_ms": 0.2})
+    assert sorted(w["docs"] for w in db.winners()) == ["", "full"]
 
 
 def test_newer_schema_is_refused(tmp_path):

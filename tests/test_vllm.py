@@ -119,7 +119,8 @@ def test_install_without_vllm_says_so(monkeypatch):
 
 def test_export_import_round_trip_and_reader(tmp_path, monkeypatch):
     buckets = [Bucket("pairs", "fp16", 32, 8, 20, 3, name="p"), Bucket("padded", "fp32", 32, 8, 20, 3, precision="ieee"),
-               Bucket("allpairs", "bf16", 32, 4, 16, 3, nq=3)]
+               Bucket("allpairs", "bf16", 32, 4, 16, 3, nq=3),
+               Bucket("padded", "fp32", 32, 8, 20, 3, precision="ieee", d_mask="lengths")]
     src = tmp_path / "src.db"
     tune(buckets, db_path=src, trials=2, progress=False)
     out = tmp_path / "vllm"
@@ -135,9 +136,11 @@ def test_export_import_round_trip_and_reader(tmp_path, monkeypatch):
     ])
     doc = json.loads((out / names[-1]).read_text())
     assert "triton_version" in doc and all(k.startswith("nq=") for k in doc if k != "triton_version")
+    padded = json.loads((out / f"op=maxsim,dim=32,device_name={gpu},dtype=fp32_ieee.json").read_text())
+    assert sorted(k.rsplit(",", 1)[1] for k in padded if k != "triton_version") == ["docs=full", "docs=ragged"]
     dst = tmp_path / "dst.db"
     result = runner.invoke(main, ["import", "--format", "vllm", "--db", str(dst), str(out)])
-    assert result.exit_code == 0 and "took 3" in result.output, result.output
+    assert result.exit_code == 0 and "took 4" in result.output, result.output
 
     def strip(rows):
         return sorted((json.dumps({k: v for k, v in r.items()}, sort_keys=True, default=str) for r in rows))
@@ -149,3 +152,17 @@ def test_export_import_round_trip_and_reader(tmp_path, monkeypatch):
     cfg = mf_vllm.read_vllm_config("maxsim_pairs", 32, "fp16", gpu, lq=w["lq_bucket"] * 4, ld=w["ld_bucket"], nb=5000)
     assert cfg == KernelConfig.from_dict(w["config"])
     assert mf_vllm.read_vllm_config("maxsim_pairs", 64, "fp16", gpu, lq=8, ld=8, nb=8) is None
+    for docs in ("full", "ragged"):
+        w = next(r for r in TunedDB(src).winners() if r["layout"] == "padded" and r["docs"] == docs)
+        cfg = mf_vllm.read_vllm_config("maxsim", 32, "fp32", gpu, lq=8, ld=20, nb=3, precision="ieee", docs=docs)
+        assert cfg == KernelConfig.from_dict(w["config"])
+
+    # A file written before buckets recorded their docs imports with docs "" (either kind).
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    name = f"op=maxsim_pairs,dim=32,device_name={gpu},dtype=fp16.json"
+    old_doc = {k.replace(",docs=full", ""): v for k, v in json.loads((out / name).read_text()).items()}
+    (legacy / name).write_text(json.dumps(old_doc))
+    old_db = tmp_path / "old.db"
+    assert mf_vllm.import_vllm(TunedDB(old_db), legacy) == 1
+    assert [w["docs"] for w in TunedDB(old_db).winners()] == [""]

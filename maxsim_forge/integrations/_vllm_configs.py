@@ -3,7 +3,8 @@
 File names follow vLLM's tuned kernel configs, e.g.
 ``op=maxsim_pairs,dim=128,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp16.json``. A file
 holds ``{"triton_version": ..., "<bucket>": {config}}``; a bucket is written
-``nq=1,lq=32,ld=512,nb=64``. Each config carries the knobs and, under ``"_winner"``,
+``nq=1,lq=32,ld=512,nb=64,docs=full`` (``docs``: full or ragged; a bucket written
+without it did not record its docs). Each config carries the knobs and, under ``"_winner"``,
 the rest of its database row, so a folder imports back without loss.
 """
 
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 
 from ..codegen import KernelConfig
-from ..runtime._lookup import bucket_distance
+from ..runtime._lookup import bucket_distance, docs_distance
 from ..tuned_db import BucketKey, TunedDB
 from ..tuned_db._store import merge_rows
 
@@ -39,8 +40,8 @@ def file_name(op: str, dim: int, device_name: str, dtype_tag: str) -> str:
     return f"op={op},dim={dim},device_name={device_name},dtype={dtype_tag}.json"
 
 
-def bucket_label(nq: int, lq: int, ld: int, nb: int) -> str:
-    return f"nq={nq},lq={lq},ld={ld},nb={nb}"
+def bucket_label(nq: int, lq: int, ld: int, nb: int, docs: str = "") -> str:
+    return f"nq={nq},lq={lq},ld={ld},nb={nb}" + (f",docs={docs}" if docs else "")
 
 
 def _parse_fields(text: str) -> dict[str, str]:
@@ -61,7 +62,7 @@ def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
     for w in db.winners():
         name = file_name(OPS[w["layout"]], w["dim"], w["gpu"], _dtype_tag(w["dtype"], w["precision"]))
         doc = files.setdefault(name, {"triton_version": w.get("triton_version")})
-        label = bucket_label(w["nq_bucket"], w["lq_bucket"], w["ld_bucket"], w["nb_bucket"])
+        label = bucket_label(w["nq_bucket"], w["lq_bucket"], w["ld_bucket"], w["nb_bucket"], w.get("docs", ""))
         extra = {k: v for k, v in w.items() if k not in _KEY_FIELDS and k != "config"}
         doc[label] = {**w["config"], "_winner": {**extra, "cc": w["cc"]}}
     written = []
@@ -86,14 +87,18 @@ def _rows_of(path: Path) -> list[dict]:
     for label, value in doc.items():
         if label == "triton_version":
             continue
-        fields = {k: int(v) for k, v in _parse_fields(label).items()}
+        fields = _parse_fields(label)
+        docs = fields.pop("docs", "")
+        if docs not in ("", "full", "ragged"):
+            raise ValueError(f"{path.name}: bucket {label!r} has docs={docs!r}; accepted: full, ragged")
+        fields = {k: int(v) for k, v in fields.items()}
         winner = dict(value.get("_winner", {}))
         config = KernelConfig.from_dict({k: v for k, v in value.items() if k != "_winner"}).to_dict()
         winner.setdefault("triton_version", doc.get("triton_version"))
         rows.append({
             "gpu": device, "cc": winner.pop("cc", ""), "layout": LAYOUTS[op], "dtype": dtype,
             "precision": precision, "dim": dim, **{f"{k}_bucket": fields[k] for k in _BUCKET_FIELDS},
-            "config": config, **winner,
+            "docs": docs, "config": config, **winner,
         })
     return rows
 
@@ -112,9 +117,12 @@ def _load(path: str, mtime: float) -> dict:
 
 def read_vllm_config(
     op: str, dim: int, dtype: str, device_name: str, *, nq: int = 1, lq: int, ld: int, nb: int,
-    precision: str = "tf32", folder: str | Path | None = None,
+    precision: str = "tf32", docs: str = "full", folder: str | Path | None = None,
 ) -> KernelConfig | None:
     """The config of the nearest bucket in the tuned-config folder, or None.
+
+    ``docs``: "full" where every doc fills its padded length, "ragged" where docs carry
+    lengths or masks; buckets tuned on the other kind count as farther.
 
     ``folder`` defaults to ``VLLM_TUNED_CONFIG_FOLDER``, as vLLM's own lookups do.
     """
@@ -130,7 +138,8 @@ def read_vllm_config(
 
     def distance(label: str) -> float:  # the runtime's notion of the nearest bucket
         have = _parse_fields(label)
-        return bucket_distance(tuple(int(have[k]) for k in _BUCKET_FIELDS), want)
+        return (bucket_distance(tuple(int(have[k]) for k in _BUCKET_FIELDS), want)
+                + docs_distance(have.get("docs", ""), docs))
 
     labels = [k for k in doc if k != "triton_version"]
     if not labels:

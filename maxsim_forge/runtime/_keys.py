@@ -63,7 +63,14 @@ def bucket_sizes(prep: Prepared) -> tuple[int, int, int, int]:
     return bucket(k["nq"]), bucket(k["lq"]), bucket(ld), bucket(k["nb"])
 
 
+def doc_fill(spec) -> str:
+    """"ragged" where padded docs carry lengths or a mask, else "full" (packed docs and
+    pairs have no padding): full tiles skip every token mask and prefer other tiles."""
+    return "ragged" if spec.layout in ("padded", "allpairs") and spec.d_mask != "none" else "full"
+
+
 def bucket_key(prep: Prepared, gpu: GpuInfo) -> BucketKey:
     nq, lq, ld, nb = bucket_sizes(prep)
     spec = prep.spec
-    return BucketKey(gpu.name, gpu.cc, spec.layout, spec.dtype, spec.precision, spec.dim, nq, lq, ld, nb)
+    return BucketKey(gpu.name, gpu.cc, spec.layout, spec.dtype, spec.precision, spec.dim, nq, lq, ld, nb,
+                     doc_fill(spec))

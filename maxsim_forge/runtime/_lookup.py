@@ -37,6 +37,7 @@ class Entry:
     config: KernelConfig
     source: str
     gpu: str
+    docs: str = "full"
 
 
 def bucket_distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
@@ -44,6 +45,12 @@ def bucket_distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     weigh more than counts."""
     weights = (1.0, 2.0, 2.0, 1.0)
     return sum(w * abs(math.log2(max(x, 1)) - math.log2(max(y, 1))) for w, x, y in zip(weights, a, b))
+
+
+def docs_distance(have: str, want: str) -> float:
+    """Full docs against ragged ones count as one doubling of the batch apart; a row that
+    did not record its docs ("", tuned before the key had them) as half of that."""
+    return 0.0 if have == want else 0.5 if have == "" else 1.0
 
 
 class Lookup:
@@ -104,9 +111,9 @@ class Lookup:
                 cfg = KernelConfig.from_dict(row["config"])
             except (ConfigError, TypeError):
                 continue
-            entry = Entry(tuple(row[b] for b in _BUCKETS), cfg, source, row["gpu"])
+            entry = Entry(tuple(row[b] for b in _BUCKETS), cfg, source, row["gpu"], row.get("docs") or "")
             family = (row["layout"], row["dtype"], row["precision"], row["dim"])
-            self.exact.setdefault((row["gpu"], *family, *entry.buckets), entry)
+            self.exact.setdefault((row["gpu"], *family, *entry.buckets, entry.docs), entry)
             self.family[(row["gpu"], *family)].append(entry)
             self.arch[(row["cc"], *family)].append(entry)
         if stale:
@@ -118,12 +125,15 @@ class Lookup:
         self.load()
         family = (key.layout, key.dtype, key.precision, key.dim)
         buckets = (key.nq_bucket, key.lq_bucket, key.ld_bucket, key.nb_bucket)
-        entry = self.exact.get((gpu.name, *family, *buckets))
-        if entry is not None and _fits(spec, entry.config, gpu):
-            return entry.config, entry.source
+        # The bucket itself: tuned on docs like these, else by a row that did not record them.
+        for docs in (key.docs, ""):
+            entry = self.exact.get((gpu.name, *family, *buckets, docs))
+            if entry is not None and _fits(spec, entry.config, gpu):
+                return entry.config, entry.source
         for pool, source in ((self.family.get((gpu.name, *family), ()), NEAREST),
                              (self.arch.get((gpu.cc, *family), ()), SAME_ARCH)):
-            ranked = sorted(pool, key=lambda e: (bucket_distance(e.buckets, buckets), e.source != USER_DB))
+            ranked = sorted(pool, key=lambda e: (bucket_distance(e.buckets, buckets) + docs_distance(e.docs, key.docs),
+                                                 e.source != USER_DB))
             for candidate in ranked:
                 if _fits(spec, candidate.config, gpu):
                     return candidate.config, source

@@ -27,10 +27,13 @@ def _targets(buckets: list[dict] | None, gpu_name: str) -> list[tuple[KernelSpec
         ]
     out = []
     for key in _api._lookup.load().exact:
-        name, layout, dtype, precision, dim, nq, lq, ld, nb = key
+        name, layout, dtype, precision, dim, nq, lq, ld, nb, docs = key
         if name != gpu_name:
             continue
-        masks = ("none", "lengths") if layout in ("padded", "allpairs") else ("none",)
+        if layout not in ("padded", "allpairs") or docs == "full":
+            masks = ("none",)
+        else:  # ragged docs most often come with lengths; rows that did not record it, either way
+            masks = ("lengths",) if docs == "ragged" else ("none", "lengths")
         out += [(KernelSpec(layout, dtype, dim, precision, "none", m), Sizes(nq, lq, nb, ld)) for m in masks]
     return out
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-BUCKET_COLUMNS = ("layout", "dtype", "precision", "dim", "nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket")
+BUCKET_COLUMNS = ("layout", "dtype", "precision", "dim", "nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket", "docs")
 WINNER_KEY = ("gpu",) + BUCKET_COLUMNS
 
 
@@ -27,7 +27,7 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     db["winners"].create(
         {**key_cols, "config": str, "time_ms": float, "baseline_ms": float, "speedup": float,
          "near_best": str, "trials": int, "seed": int, "template_hash": str, "created_at": str},
-        pk=WINNER_KEY,
+        pk=tuple(k for k in key_cols if k != "cc"),
     )
     db["trials"].create(
         {"id": int, **key_cols, "study": str, "number": int, "config": str, "config_key": str,
@@ -46,9 +46,21 @@ def _m2_provenance(db: sqlite_utils.Database) -> None:
     db["winners"].create_index(["cc", "layout", "dtype", "dim"], if_not_exists=True)
 
 
+def _m3_docs(db: sqlite_utils.Database) -> None:
+    # Version 3: the bucket says whether its docs fill their padded length ("full") or
+    # carry lengths or masks ("ragged"): the two prefer different tiles. Rows tuned
+    # before say "" (not recorded); lookups take them for either.
+    for table in ("winners", "trials"):
+        if "docs" not in db[table].columns_dict:
+            db[table].add_column("docs", str, not_null_default="")
+    if db["winners"].pks != list(WINNER_KEY):
+        db["winners"].transform(pk=list(WINNER_KEY))
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _m1_initial),
     ("0002_provenance", _m2_provenance),
+    ("0003_docs", _m3_docs),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -48,13 +48,22 @@ class BucketKey:
     lq_bucket: int
     ld_bucket: int
     nb_bucket: int
+    # "full": every doc fills its padded length; "ragged": docs carry lengths or masks;
+    # "": not recorded (rows tuned before the key had it).
+    docs: str = "full"
 
     def as_row(self) -> dict:
         return dict(self.__dict__)
 
     def label(self) -> str:
+        docs = {"full": "", "": " any-docs"}.get(self.docs, f" {self.docs}")
         return (f"{self.layout}/{self.dtype}/d{self.dim} nq{self.nq_bucket} lq{self.lq_bucket} "
-                f"ld{self.ld_bucket} nb{self.nb_bucket}")
+                f"ld{self.ld_bucket} nb{self.nb_bucket}{docs}")
+
+    @classmethod
+    def from_row(cls, row: dict) -> BucketKey:
+        """The key of a database or export row; rows from before ``docs`` was recorded get ""."""
+        return cls(**{k: row.get(k, "") if k == "docs" else row[k] for k in cls.__dataclass_fields__})
 
 
 class TunedDB:
@@ -138,7 +147,7 @@ def import_json(db: TunedDB, doc: dict) -> int:
 def merge_rows(db: TunedDB, rows: Iterable[dict]) -> int:
     taken = 0
     for row in rows:
-        key = BucketKey(**{k: row[k] for k in BucketKey.__dataclass_fields__})
+        key = BucketKey.from_row(row)
         mine = db.winner(key)
         if mine is None or (row.get("time_ms") is not None and (mine.get("time_ms") is None or row["time_ms"] < mine["time_ms"])):
             data = {k: v for k, v in row.items() if k not in BucketKey.__dataclass_fields__}

@@ -46,18 +46,19 @@ class Bucket:
                        nq=min(self.nq, 3), dim=min(self.dim, 64))
 
 
-def _colbert(dtype: str, dim: int) -> list[Bucket]:
+def _colbert(dtype: str, dim: int, d_mask: str) -> list[Bucket]:
+    name = "colbert" if d_mask != "none" else "colbert-full"
     out = []
     for ld in (128, 200, 300):  # buckets 128, 256, 512
         for nb in (64, 1000, 4000, 16000):
-            out.append(Bucket("padded", dtype, dim, 32, ld, nb, d_mask="lengths", name="colbert"))
+            out.append(Bucket("padded", dtype, dim, 32, ld, nb, d_mask=d_mask, name=name))
     return out
 
 
 def _default() -> list[Bucket]:
     buckets: list[Bucket] = []
     for dtype in ("fp16", "bf16"):
-        buckets += _colbert(dtype, 128)
+        buckets += _colbert(dtype, 128, "lengths")
         for dim in (96, 64):
             buckets += [Bucket("padded", dtype, dim, 32, 300, nb, d_mask="lengths", name="colbert")
                         for nb in (1000, 16000)]
@@ -66,6 +67,13 @@ def _default() -> list[Bucket]:
         buckets += [Bucket("allpairs", dtype, 128, 32, 300, 1000, nq=nq, name="multi-query") for nq in (8, 16, 32)]
         buckets += [Bucket("pairs", dtype, 128, 32, 300, nb, name="serving-pairs") for nb in (64, 1000)]
         buckets += [Bucket("packed", dtype, 128, 32, 512, nb, name="packed") for nb in (4000, 50000)]
+    # Docs that fill their padded length (no lengths, no mask) prefer other tiles than
+    # ragged ones and have buckets of their own; last, so a resumed run of the buckets
+    # above finds them where it left them.
+    for dtype in ("fp16", "bf16"):
+        buckets += _colbert(dtype, 128, "none")
+        for dim in (96, 64):
+            buckets += [Bucket("padded", dtype, dim, 32, 300, nb, name="colbert-full") for nb in (1000, 16000)]
     return buckets
 
 

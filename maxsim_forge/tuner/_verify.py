@@ -6,7 +6,7 @@ import torch
 
 from .._problems import Sizes, relative_error, synth, tolerance
 from ..codegen import KernelConfig, KernelSpec, load_variant
-from ..tuned_db import TunedDB
+from ..tuned_db import BucketKey, TunedDB
 from ._compile import MISMATCH, OK, classify
 
 # Docs per check; the interpreter also shrinks the token counts.
@@ -40,12 +40,14 @@ def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[
     rows = []
     for i, w in enumerate(db.winners()):
         precision = w["precision"] if w["dtype"] == "fp32" else "tf32"
-        d_mask = "lengths" if w["layout"] in ("padded", "allpairs") else "none"
+        # Ragged rows (and rows that did not record their docs) are checked with lengths.
+        ragged = w["layout"] in ("padded", "allpairs") and w.get("docs") != "full"
+        d_mask = "lengths" if ragged else "none"
         spec = KernelSpec(w["layout"], w["dtype"], w["dim"], precision, "none", d_mask)
         sizes = Sizes(w["nq_bucket"], w["lq_bucket"], _DOCS, w["ld_bucket"])
         if device == "cpu":
             sizes = Sizes(min(sizes.nq, 3), min(sizes.lq, 8), 3, min(sizes.ld, 24))
-        label = f"{w['gpu']} {w['layout']}/{w['dtype']}/d{w['dim']} nq{w['nq_bucket']} lq{w['lq_bucket']} ld{w['ld_bucket']} nb{w['nb_bucket']}"
+        label = f"{w['gpu']} {BucketKey.from_row(w).label()}"
         cfg = KernelConfig.from_dict(w["config"])
         status, detail = check_variant(spec, cfg, sizes, device=device, seed=seed * 7919 + i,
                                        smem_limit=w.get("smem_limit"))
