@@ -73,17 +73,25 @@ def synth(
     seed: int,
     skew: bool = False,
 ) -> Problem:
-    """A problem of ``spec`` with ``sizes``: fresh random embeddings, ragged lengths."""
-    gen = torch.Generator().manual_seed(seed)
+    """A problem of ``spec`` with ``sizes``: fresh random embeddings, ragged lengths.
+
+    On ``device="meta"`` only the shapes and lengths are made (no embeddings, no value
+    checks): enough for the bucket key, at no cost.
+    """
+    gen = torch.Generator().manual_seed(seed)  # embeddings
+    lgen = torch.Generator().manual_seed(seed + 1)  # lengths and masks: the same with or without embeddings
     dt = TORCH_DTYPES[spec.dtype]
     nq, lq, nb, ld, dim = sizes.nq, sizes.lq, sizes.nb, sizes.ld, spec.dim
+    meta = device == "meta"
 
     def rand(*shape):
+        if meta:
+            return torch.empty(*shape, dtype=dt, device="meta")
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dt)
 
     if spec.layout == "pairs":
-        q_lens = _lengths(nb, lq, gen, skew).tolist()
-        d_lens = _lengths(nb, ld, gen, skew).tolist()
+        q_lens = _lengths(nb, lq, lgen, skew).tolist()
+        d_lens = _lengths(nb, ld, lgen, skew).tolist()
         queries = [rand(n, dim) for n in q_lens]
         docs = [rand(n, dim) for n in d_lens]
         prep = pack_pairs(queries, docs, precision=_precision(spec))
@@ -91,26 +99,26 @@ def synth(
     q = rand(nq, lq, dim) if spec.layout != "padded" else rand(lq, dim)
     q_side: dict = {}
     if spec.q_mask == "lengths":
-        qlen = _lengths(nq, lq, gen, False).to(device)
+        qlen = _lengths(nq, lq, lgen, False).to(device)
         q_side["q_lengths"] = qlen if q.dim() == 3 else qlen.reshape(())
     elif spec.q_mask == "mask":
-        qm = (torch.rand(nq, lq, generator=gen) > 0.2).to(device)
+        qm = (torch.rand(nq, lq, generator=lgen) > 0.2).to(device)
         q_side["q_mask"] = qm if q.dim() == 3 else qm[0]
     if spec.layout == "packed":
-        lens = _lengths(nb, ld, gen, skew)
+        lens = _lengths(nb, ld, lgen, skew)
         cu = torch.zeros(nb + 1, dtype=torch.int32)
         cu[1:] = lens.cumsum(0)
         d = rand(int(cu[-1]), dim)
         cu = cu.to(device)
-        prep = prepare_packed(q, d, cu, max_doc_len=ld, precision=_precision(spec), **q_side)
+        prep = prepare_packed(q, d, cu, max_doc_len=ld, precision=_precision(spec), check_values=not meta, **q_side)
         return Problem(prep, lambda: maxsim_packed_reference(q, d, cu, **q_side))
     d = rand(nb, ld, dim)
     d_side: dict = {}
     if spec.d_mask == "lengths":
-        d_side["d_lengths"] = _lengths(nb, ld, gen, skew).to(device)
+        d_side["d_lengths"] = _lengths(nb, ld, lgen, skew).to(device)
     elif spec.d_mask == "mask":
-        d_side["d_mask"] = (torch.rand(nb, ld, generator=gen) > 0.2).to(device)
-    prep = prepare_padded(q, d, precision=_precision(spec), **q_side, **d_side)
+        d_side["d_mask"] = (torch.rand(nb, ld, generator=lgen) > 0.2).to(device)
+    prep = prepare_padded(q, d, precision=_precision(spec), check_values=not meta, **q_side, **d_side)
     return Problem(prep, lambda: maxsim_reference(q, d, **q_side, **d_side))
 
 

@@ -51,7 +51,18 @@ def test_every_preset_bucket_has_a_key_of_its_own(preset):
         assert {"full", "ragged"} <= {k[-1] for k in keys if k[0] == "padded" and k[5] == 32}
 
 
-def test_tune_end_to_end_then_show_then_resume(tmp_path):
+def test_bucket_keys_from_shapes_alone_match_keys_from_data():
+    from maxsim_forge._problems import synth
+    from maxsim_forge.runtime._keys import INTERPRETER, bucket_key
+
+    packed = [b for b in PRESETS["default"] if b.layout == "packed"][:1]
+    for b in [b.tiny() for b in PRESETS["quick"] + packed]:
+        keys = [bucket_key(synth(b.spec, b.sizes, device=dev, seed=3, skew=b.layout == "packed").prep, INTERPRETER)
+                for dev in ("meta", "cpu")]
+        assert keys[0] == keys[1], b
+
+
+def test_tune_end_to_end_then_show_then_resume(tmp_path, monkeypatch):
     db_path = tmp_path / "tuned.db"
     report = tune(TINY, db_path=db_path, trials=5, seed=1, progress=False)
     assert [r.trials for r in report.results] == [5, 5]
@@ -65,9 +76,16 @@ def test_tune_end_to_end_then_show_then_resume(tmp_path):
     assert "padded" in result.output and "allpairs" in result.output
 
     n_trials = len(TunedDB(db_path).trials())
+    # Finished buckets are skipped on their key alone: no data is made for them.
+    from maxsim_forge.tuner import _study
+
+    made = []
+    real_synth = _study.synth
+    monkeypatch.setattr(_study, "synth", lambda *a, **k: made.append(k["device"]) or real_synth(*a, **k))
     again = tune(TINY, db_path=db_path, trials=5, seed=1, resume=True, progress=False)
     assert all(r.skipped for r in again.results)
     assert len(TunedDB(db_path).trials()) == n_trials
+    assert made == ["meta"] * len(TINY)
 
 
 def test_forced_failures_are_stored_and_never_win(tmp_path, monkeypatch):

@@ -94,13 +94,23 @@ class BucketTuner:
 
     def __init__(self, bucket: Bucket, db: TunedDB, gpu: GpuInfo, opts: TuneOptions):
         self.bucket, self.db, self.gpu, self.opts = bucket, db, gpu, opts
-        self.problem: Problem = synth(bucket.spec, bucket.sizes, device=opts.device, seed=opts.seed,
-                                      skew=bucket.layout == "packed")
-        self.spec = self.problem.prep.spec
-        self.key = bucket_key(self.problem.prep, gpu)
+        # The key needs shapes and lengths only: a resumed run skips finished buckets
+        # without making their data.
+        shapes = synth(bucket.spec, bucket.sizes, device="meta", seed=opts.seed, skew=bucket.layout == "packed")
+        self.spec = shapes.prep.spec
+        self.key = bucket_key(shapes.prep, gpu)
+        self._problem: Problem | None = None
         self.hash = template_hash()
         self.seen: dict[str, tuple[str, float | None]] = {}
         self.told: set[int] = set()
+
+    @property
+    def problem(self) -> Problem:
+        """The bucket's data on the device, made on first use."""
+        if self._problem is None:
+            self._problem = synth(self.bucket.spec, self.bucket.sizes, device=self.opts.device, seed=self.opts.seed,
+                                  skew=self.bucket.layout == "packed")
+        return self._problem
 
     # ---- one candidate
     def _check(self, cfg: KernelConfig, seed: int) -> tuple[str, str]:
