@@ -254,6 +254,24 @@ def test_warmup_compiles_tuned_buckets(tmp_path):
     assert given[0].source == "heuristic" and given[0].layout == "allpairs"
 
 
+def test_warmup_covers_full_docs_that_route_to_a_ragged_row(tmp_path):
+    from maxsim_forge.runtime._warmup import _targets
+
+    db = TunedDB(tmp_path / "user.db")
+    _winner(db, CFG_A, docs="ragged")
+    _winner(db, CFG_B, docs="ragged", nb=1024)
+    _winner(db, CFG_B, docs="full", nb=1024)
+    reset(Lookup(user_path=db.path, shipped_paths=[]))
+    masks = sorted((sizes.nb, spec.d_mask) for spec, sizes in _targets(None, _gpu().name))
+    # nb 4: only a ragged row, which full docs route to as well; nb 1024: a row of each kind.
+    assert masks == [(4, "lengths"), (4, "none"), (1024, "lengths"), (1024, "none")]
+    decisions = mf.warmup(device=DEVICE)
+    assert sorted(d.bucket for d in decisions) == sorted([
+        "padded/fp16/d128 nq1 lq32 ld64 nb4", "padded/fp16/d128 nq1 lq32 ld64 nb4 ragged",
+        "padded/fp16/d128 nq1 lq32 ld64 nb1024", "padded/fp16/d128 nq1 lq32 ld64 nb1024 ragged"])
+    assert all(d.config == CFG_A.to_dict() for d in decisions if " nb4" in d.bucket)
+
+
 def test_bad_input_raises_before_launch():
     with pytest.raises(ValueError, match="d has 64 features but q has 128"):
         mf.maxsim(randn(4, 128), randn(2, 5, 64))

@@ -25,15 +25,17 @@ def _targets(buckets: list[dict] | None, gpu_name: str) -> list[tuple[KernelSpec
             )
             for b in buckets
         ]
+    exact = [key for key in _api._lookup.load().exact if key[0] == gpu_name]
+    full = {key[:-1] for key in exact if key[-1] == "full"}
     out = []
-    for key in _api._lookup.load().exact:
+    for key in exact:
         name, layout, dtype, precision, dim, nq, lq, ld, nb, docs = key
-        if name != gpu_name:
-            continue
         if layout not in ("padded", "allpairs") or docs == "full":
             masks = ("none",)
-        else:  # ragged docs most often come with lengths; rows that did not record it, either way
-            masks = ("lengths",) if docs == "ragged" else ("none", "lengths")
+        elif docs == "ragged" and key[:-1] in full:
+            masks = ("lengths",)  # ragged docs most often come with lengths
+        else:  # full docs of this bucket route here too (or the row did not record its docs)
+            masks = ("none", "lengths")
         out += [(KernelSpec(layout, dtype, dim, precision, "none", m), Sizes(nq, lq, nb, ld)) for m in masks]
     return out
 
