@@ -281,6 +281,11 @@ def prepare_pairs_packed(
         )
     if not isinstance(max_q_len, int) or max_q_len < 0:
         raise ValueError(f"max_q_len must be a non-negative int, got {max_q_len!r}")
+    return _pairs(q, d, q_cu, d_cu, max_q_len, max_d_len, precision)
+
+
+def _pairs(q, d, q_cu, d_cu, max_q_len: int, max_d_len: int, precision: str) -> Prepared:
+    """The checked call of aligned packed pairs."""
     return Prepared(
         spec=_spec("pairs", q, precision, "none", "none"),
         q=q,
@@ -334,13 +339,15 @@ def _packed_pairs(queries, docs):
 def _offsets(q_lens: list[int], d_lens: list[int], device: torch.device) -> torch.Tensor:
     """``[2, N + 1]`` offsets of both sides on ``device``, in one small copy.
 
-    Built in an ``array`` (several times cheaper than ``torch.tensor`` of nested lists);
-    on a GPU copied from pinned memory, which is truly asynchronous where a pageable copy
-    waits for the stream; torch's caching host allocator keeps the block until the copy
-    is done.
+    Built in an ``array`` (several times cheaper than ``torch.tensor`` of nested lists),
+    int32 unless a side has 2**31 tokens or more; on a GPU copied from pinned memory,
+    which is truly asynchronous where a pageable copy waits for the stream (torch's
+    caching host allocator keeps the block until the copy is done).
     """
-    rows = array("i", [0, *accumulate(q_lens), 0, *accumulate(d_lens)])
-    cu = torch.frombuffer(rows, dtype=torch.int32).view(2, len(q_lens) + 1)
+    flat = [0, *accumulate(q_lens), 0, *accumulate(d_lens)]
+    wide = max(flat[len(q_lens)], flat[-1]) >= _I32
+    rows = array("q" if wide else "i", flat)
+    cu = torch.frombuffer(rows, dtype=torch.int64 if wide else torch.int32).view(2, len(q_lens) + 1)
     if device.type != "cuda":
         return cu.clone()  # not a view of the array
     return cu.pin_memory().to(device, non_blocking=True)
@@ -364,28 +371,12 @@ def pack_pairs(
         raise ValueError("queries and docs are empty; at least one pair is needed to pack")
     precision = _precision(precision)
     packed = _packed_pairs(queries, docs)
-    if packed is not None:
-        q_lens, d_lens, q, d = packed
-        if q.shape[0] < _I32 and d.shape[0] < _I32:
-            # Everything prepare_pairs_packed checks holds by construction here.
-            cu = _offsets(q_lens, d_lens, q.device)
-            return Prepared(
-                spec=_spec("pairs", q, precision, "none", "none"), q=q, d=d,
-                launch_kwargs=dict(nq=1, lq=max(q_lens), nb=len(q_lens), ld=max(d_lens),
-                                   q_cu=cu[0], d_cu=cu[1]),
-            )
-    first = _tensor("queries[0]", queries[0])
-    for i, (qi, di) in enumerate(zip(queries, docs)):
-        _check_pair(i, qi, di, first)
-    q_lens = [int(t.shape[0]) for t in queries]
-    d_lens = [int(t.shape[0]) for t in docs]
-    q_packed, d_packed = _cat(queries), _cat(docs)
-    dtype = torch.int32 if q_packed.shape[0] < _I32 and d_packed.shape[0] < _I32 else torch.int64
-    cu = torch.tensor([[0, *accumulate(q_lens)], [0, *accumulate(d_lens)]], dtype=dtype)
-    if q_packed.is_cuda:
-        cu = cu.pin_memory()
-    cu = cu.to(q_packed.device, non_blocking=True)
-    return prepare_pairs_packed(
-        q_packed, cu[0], d_packed, cu[1],
-        max_q_len=max(q_lens), max_d_len=max(d_lens), precision=precision, check_values=False,
-    )
+    if packed is None:  # pair by pair: the checks name what is wrong, or pass the edge cases
+        first = _tensor("queries[0]", queries[0])
+        for i, (qi, di) in enumerate(zip(queries, docs)):
+            _check_pair(i, qi, di, first)
+        packed = [int(t.shape[0]) for t in queries], [int(t.shape[0]) for t in docs], _cat(queries), _cat(docs)
+    q_lens, d_lens, q, d = packed
+    # Everything prepare_pairs_packed checks holds by construction here.
+    cu = _offsets(q_lens, d_lens, q.device)
+    return _pairs(q, d, cu[0], cu[1], max(q_lens), max(d_lens), precision)
