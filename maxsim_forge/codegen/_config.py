@@ -195,6 +195,16 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
         )
 
 
+def query_programs(layout: str, cfg: KernelConfig, nq: int, lq: int) -> int:
+    """Programs per doc of the main kernel before any doc split, as its launcher counts
+    them: query tiles over programs (``grid``, ``fold``), or one per query (``loop``)."""
+    if cfg.q_mode == "fold":
+        return -(-(nq * lq) // cfg.block_q)
+    if cfg.q_mode == "grid":
+        return -(-lq // cfg.block_q) * (1 if layout == "pairs" else nq)
+    return 1 if layout == "pairs" else nq
+
+
 def next_pow2(x: int) -> int:
     """The smallest power of two >= x (1 for x <= 1)."""
     return 1 << (x - 1).bit_length() if x > 1 else 1

@@ -8,7 +8,9 @@ too small to fill the GPU split the doc tokens (``split_d``).
 
 from __future__ import annotations
 
-from ..codegen import KernelConfig, KernelSpec, next_pow2
+from dataclasses import replace
+
+from ..codegen import KernelConfig, KernelSpec, next_pow2, query_programs
 
 # Programs per SM we aim for before splitting docs.
 _WAVES = 2
@@ -45,24 +47,11 @@ def default_config(
         block_d = min(block_d, 32)
     if ld > 0:  # no tile longer than the docs
         block_d = min(block_d, _pow2_at_least(ld, 16, 256))
-    q_progs = 1
-    if q_mode == "fold":
-        q_progs = -(-rows // block_q)
-    elif q_mode == "grid":
-        q_progs = -(-lq // block_q) * (1 if spec.layout == "pairs" else nq)
-    elif spec.layout != "pairs":
-        q_progs = nq
-    programs = max(1, q_progs * nb)
+    cfg = KernelConfig(block_q=block_q, block_d=block_d, block_k=block_k, num_warps=num_warps,
+                       num_stages=num_stages, q_mode=q_mode)
+    programs = max(1, query_programs(spec.layout, cfg, nq, lq) * nb)
     split_d = 1
     longest = max(ld, 1)
     while programs * split_d < _WAVES * sm_count and split_d < 16 and longest // (split_d * 2) >= block_d:
         split_d *= 2
-    return KernelConfig(
-        block_q=block_q,
-        block_d=block_d,
-        block_k=block_k,
-        num_warps=num_warps,
-        num_stages=num_stages,
-        q_mode=q_mode,
-        split_d=split_d,
-    )
+    return replace(cfg, split_d=split_d)

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..codegen import ConfigError, KernelConfig, KernelSpec, next_pow2, validate
+from ..codegen import ConfigError, KernelConfig, KernelSpec, next_pow2, query_programs, validate
 from .._problems import Sizes
 
 SPACE: dict[str, tuple] = {
@@ -32,12 +32,7 @@ def _rows(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
 
 
 def _programs(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
-    tiles = -(-_rows(spec, cfg, s) // cfg.block_q)
-    if cfg.q_mode == "loop":
-        tiles = 1 if spec.layout == "pairs" else s.nq
-    elif cfg.q_mode == "grid" and spec.layout != "pairs":
-        tiles *= s.nq
-    return tiles * s.nb
+    return query_programs(spec.layout, cfg, s.nq, s.lq) * s.nb
 
 
 @dataclass(frozen=True)
