@@ -31,20 +31,21 @@ def valid_tokens(count: int, length: int, lengths, mask, device) -> torch.Tensor
     return valid
 
 
-def _scores(q, q_valid, d, d_valid, absolute: bool = False) -> torch.Tensor:
-    """q [Nq, Lq, k], d [B, Ld, k] (float64) with validity masks -> [Nq, B]."""
+def padded_scores(q, q_valid, d, d_valid, *, absolute: bool = False, chunk: int = _CHUNK_ELEMENTS) -> torch.Tensor:
+    """q [Nq, Lq, k], d [B, Ld, k] with validity masks -> [Nq, B], in float64 for float64
+    inputs (the reference) and float32 otherwise (the torch baseline: products and maxima
+    in the inputs' dtype); at most ``chunk`` score elements at once."""
     nq, lq = q.shape[:2]
     nb, ld = d.shape[:2]
-    out = torch.zeros(nq, nb, dtype=torch.float64, device=q.device)
-    if nq == 0 or nb == 0 or lq == 0:
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.zeros(nq, nb, dtype=dtype, device=q.device)
+    if nq == 0 or nb == 0 or lq == 0 or ld == 0:
         return out
-    if ld == 0:
-        return out
-    step = max(1, _CHUNK_ELEMENTS // max(1, nq * lq * ld))
+    step = max(1, chunk // max(1, nq * lq * ld))
     for b0 in range(0, nb, step):
         s = torch.einsum("nqk,btk->nbqt", q, d[b0 : b0 + step])
         s = s.masked_fill(~d_valid[None, b0 : b0 + step, None, :], float("-inf"))
-        m = s.amax(dim=-1)
+        m = s.amax(dim=-1).to(dtype)
         m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
         m = m * q_valid[:, None, :]
         out[:, b0 : b0 + step] = (m.abs() if absolute else m).sum(dim=-1)
@@ -73,7 +74,7 @@ def maxsim_reference(
     q64, d64 = q.double(), d.double()
     q_valid = valid_tokens(q.shape[0], q.shape[1], q_lengths, q_mask, q.device)
     d_valid = valid_tokens(d.shape[0], d.shape[1], d_lengths, d_mask, d.device)
-    out = _scores(q64, q_valid, d64, d_valid, absolute)
+    out = padded_scores(q64, q_valid, d64, d_valid, absolute=absolute)
     return out[0] if squeeze else out
 
 
@@ -134,9 +135,10 @@ def reference_for(prep, *, absolute: bool = False) -> torch.Tensor:
 
 __all__ = [
     "maxsim_packed_reference",
-    "reference_for",
     "maxsim_pairs_reference",
     "maxsim_reference",
+    "padded_scores",
+    "reference_for",
     "unpack",
     "valid_tokens",
 ]

@@ -11,24 +11,10 @@ from collections.abc import Callable
 import torch
 
 from .._inputs import Prepared
-from ..reference import unpack, valid_tokens
+from ..reference import padded_scores, unpack, valid_tokens
 
 # Score elements one einsum may materialise.
 _CHUNK = 1 << 28
-
-
-def _padded_scores(q, q_valid, d, d_valid) -> torch.Tensor:
-    nq, lq = q.shape[:2]
-    nb, ld = d.shape[:2]
-    out = torch.empty(nq, nb, dtype=torch.float32, device=q.device)
-    step = max(1, _CHUNK // max(1, nq * lq * ld))
-    for b0 in range(0, nb, step):
-        s = torch.einsum("nqk,btk->nbqt", q, d[b0 : b0 + step])
-        s = s.masked_fill(~d_valid[None, b0 : b0 + step, None, :], float("-inf"))
-        m = s.amax(-1).float()
-        m = torch.where(torch.isneginf(m), 0.0, m) * q_valid[:, None, :]
-        out[:, b0 : b0 + step] = m.sum(-1)
-    return out
 
 
 def torch_baseline(prep: Prepared) -> Callable[[], torch.Tensor]:
@@ -54,4 +40,4 @@ def torch_baseline(prep: Prepared) -> Callable[[], torch.Tensor]:
         d_valid = valid_tokens(d.shape[0], d.shape[1], d_len, None, d.device)
     else:
         d_valid = valid_tokens(d.shape[0], d.shape[1], k.get("d_lengths"), k.get("d_mask"), d.device)
-    return lambda: _padded_scores(q, q_valid, d, d_valid)
+    return lambda: padded_scores(q, q_valid, d, d_valid, chunk=_CHUNK)
