@@ -339,7 +339,7 @@ def _packed_pairs(queries, docs):
 def _offsets(q_lens: list[int], d_lens: list[int], device: torch.device) -> torch.Tensor:
     """``[2, N + 1]`` offsets of both sides on ``device``, in one small copy.
 
-    Built in an ``array`` (several times cheaper than ``torch.tensor`` of nested lists),
+    Built in an ``array`` (cheaper in host time than ``torch.tensor`` of nested lists),
     int32 unless a side has 2**31 tokens or more; on a GPU copied from pinned memory,
     which is truly asynchronous where a pageable copy waits for the stream (torch's
     caching host allocator keeps the block until the copy is done).
