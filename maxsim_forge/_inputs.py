@@ -161,17 +161,21 @@ def _query_side(q, q_lengths, q_mask, check: bool):
             q_mask = q_mask.unsqueeze(0)
         if isinstance(q_lengths, torch.Tensor) and q_lengths.dim() == 0:
             q_lengths = q_lengths.reshape(1)
-    nq, lq = int(q.shape[0]), int(q.shape[1])
-    if q_lengths is not None and q_mask is not None:
-        raise ValueError("pass q_lengths or q_mask, not both")
-    kind = "none"
-    if q_lengths is not None:
-        q_lengths = _lengths("q_lengths", q_lengths, nq, lq, q, "q", check)
-        kind = "lengths"
-    elif q_mask is not None:
-        q_mask = _mask("q_mask", q_mask, (nq, lq), q, "q")
-        kind = "mask"
+    q_lengths, q_mask, kind = _valid_side("q", q, q_lengths, q_mask, check)
     return q, q_lengths, q_mask, kind, squeeze
+
+
+def _valid_side(name: str, x: torch.Tensor, lengths, mask, check: bool):
+    """(lengths, mask, kind) of the valid tokens of ``x[count, length, ...]``: lengths
+    ``[count]`` or a boolean mask ``[count, length]``, at most one of them."""
+    count, length = int(x.shape[0]), int(x.shape[1])
+    if lengths is not None and mask is not None:
+        raise ValueError(f"pass {name}_lengths or {name}_mask, not both")
+    if lengths is not None:
+        return _lengths(f"{name}_lengths", lengths, count, length, x, name, check), None, "lengths"
+    if mask is not None:
+        return None, _mask(f"{name}_mask", mask, (count, length), x, name), "mask"
+    return None, None, "none"
 
 
 def prepare_padded(
@@ -193,15 +197,7 @@ def prepare_padded(
     _same("q", q, "d", d)
     precision = _precision(precision)
     nb, ld = int(d.shape[0]), int(d.shape[1])
-    if d_lengths is not None and d_mask is not None:
-        raise ValueError("pass d_lengths or d_mask, not both")
-    d_kind = "none"
-    if d_lengths is not None:
-        d_lengths = _lengths("d_lengths", d_lengths, nb, ld, d, "d", check_values)
-        d_kind = "lengths"
-    elif d_mask is not None:
-        d_mask = _mask("d_mask", d_mask, (nb, ld), d, "d")
-        d_kind = "mask"
+    d_lengths, d_mask, d_kind = _valid_side("d", d, d_lengths, d_mask, check_values)
     layout = "padded" if q.shape[0] == 1 else "allpairs"
     return Prepared(
         spec=_spec(layout, q, precision, q_kind, d_kind),
