@@ -176,14 +176,17 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
                    for w in read_winners(open_db(str(p), read_only=True, immutable=True), gpu=gpu, layout=layout, dtype=dtype)]
     else:
         winners = _open(db_path).winners(gpu=gpu, layout=layout, dtype=dtype)
+    from .codegen import is_current
+
     rows = []
     for w in winners:
         cfg = KernelConfig.from_dict(w["config"])
         speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
         rows.append((w["gpu"], w["layout"], w["dtype"], w["dim"], w["nq_bucket"], w["lq_bucket"], w["ld_bucket"],
-                     w["nb_bucket"], w.get("docs") or "-", cfg.key(), f"{w['time_ms']:.4f}", speed, w["trials"]))
+                     w["nb_bucket"], w.get("docs") or "-", cfg.key(), f"{w['time_ms']:.4f}", speed, w["trials"],
+                     "yes" if is_current(w) else "stale"))
     click.echo(_table(("gpu", "layout", "dtype", "dim", "nq", "lq", "ld", "nb", "docs", "config", "ms", "vs torch",
-                       "trials"), rows))
+                       "trials", "current"), rows))
 
 
 @db.command("export")
@@ -255,9 +258,10 @@ def db_ship(sources, out) -> None:
     Example: maxsim-forge db ship h100-run1.db h100-run2.db --out maxsim_forge/tuned_db/data/NVIDIA_H100_80GB_HBM3.db
     """
     from .tuned_db import ship
+    from .tuner import stamp_kernel_hash
 
     try:
-        taken = ship(sources, out)
+        taken = ship(sources, out, prepare=stamp_kernel_hash)
     except Exception as exc:  # sqlite errors, schema errors
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {taken} winners to {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+from dataclasses import replace
 
 import jinja2
 import pytest
@@ -13,6 +14,8 @@ from maxsim_forge.codegen import (
     KernelConfig,
     KernelSpec,
     cache_dir,
+    is_current,
+    kernel_hash,
     load_source,
     render,
     source_key,
@@ -133,6 +136,37 @@ def test_template_edit_changes_cache_key(tmp_path):
     assert template_hash() != template_hash(env)
     # And the same template renders to the same key (the cache is content-addressed).
     assert source_key(render(spec, cfg)) == source_key(original)
+
+
+def _env(folder):
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True)
+
+
+@pytest.mark.parametrize("layout", ("padded", "pairs"))
+def test_kernel_hash_follows_the_code_not_the_comments(tmp_path, layout):
+    cfg = KernelConfig(block_q=16, block_d=32, block_k=64, num_warps=2, num_stages=2)
+    text = (TEMPLATE_DIR / MAXSIM_FWD).read_text()
+    (tmp_path / "comment").mkdir()
+    (tmp_path / "comment" / MAXSIM_FWD).write_text(
+        text.replace("# ---- launcher", "# ---- launcher (edited)\n\n{% if SPLIT %}\n# a new knob's block\n{% endif %}"))
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / MAXSIM_FWD).write_text(text.replace("m_i = tl.where(m_i == float(\"-inf\"), 0.0, m_i)",
+                                                             "m_i = tl.where(m_i == float(\"-inf\"), 1.0, m_i)"))
+    base = kernel_hash(layout, "fp16", 64, "native", cfg)
+    assert kernel_hash(layout, "fp16", 64, "native", cfg, _env(tmp_path / "comment")) == base
+    assert template_hash(_env(tmp_path / "comment")) != template_hash()
+    assert kernel_hash(layout, "fp16", 64, "native", cfg, _env(tmp_path / "code")) != base
+    # Every knob and every part of the family enters it.
+    assert kernel_hash(layout, "bf16", 64, "native", cfg) != base
+    assert kernel_hash(layout, "fp16", 64, "native", replace(cfg, num_stages=3)) != base
+    # A row is current by its kernel hash; one without is judged by its template hash.
+    row = {"layout": layout, "dtype": "fp16", "dim": 64, "precision": "native", "config": cfg.to_dict()}
+    assert is_current({**row, "kernel_hash": base, "template_hash": "0" * 16})
+    assert not is_current({**row, "kernel_hash": "f" * 16, "template_hash": template_hash()})
+    assert is_current({**row, "kernel_hash": "", "template_hash": template_hash()})
+    assert not is_current({**row, "kernel_hash": "", "template_hash": "0" * 16})
+    assert not is_current({**row, "config": {"block_q": 3}, "kernel_hash": base})
 
 
 def test_strict_undefined_catches_missing_values(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import maxsim_forge as mf
-from maxsim_forge.codegen import KernelConfig, template_hash
+from maxsim_forge.codegen import KernelConfig, kernel_hash, template_hash
 from maxsim_forge.reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
 from maxsim_forge.runtime import Lookup, reset
 from maxsim_forge.runtime._keys import gpu_info
@@ -176,6 +176,28 @@ def test_stale_template_rows_are_ignored(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
         assert mf.explain(q, d).source == "heuristic"
     assert "another template version" in caplog.text
+
+
+def test_rows_stay_valid_while_their_kernels_do(tmp_path, caplog):
+    q, d = _call()
+    user, shipped = TunedDB(tmp_path / "user.db"), TunedDB(tmp_path / "shipped.db")
+    key = _winner(user, CFG_A)
+    _winner(shipped, CFG_B)
+    g = _gpu()
+    # A row of an older template whose kernels are unchanged (its kernel hash matches) is used.
+    current = kernel_hash("padded", "fp16", 128, "native", CFG_A)
+    user.put_winner(key, {**user.winner(key), "template_hash": "0" * 16, "kernel_hash": current})
+    reset(Lookup(user_path=user.path, shipped_paths=[shipped.path]))
+    assert (mf.explain(q, d).config, mf.explain(q, d).source) == (CFG_A.to_dict(), "user-db")
+    # One whose kernels changed is skipped, reported once, and does not hide the shipped
+    # row of the same bucket.
+    user.put_winner(key, {**user.winner(key), "kernel_hash": "f" * 16})
+    reset(Lookup(user_path=user.path, shipped_paths=[shipped.path]))
+    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
+        dec = mf.explain(q, d)
+        mf.explain(q, d[:2])
+    assert (dec.config, dec.source) == (CFG_B.to_dict(), "shipped-db")
+    assert caplog.text.count("another template version") == 1 and g.name in str(key)
 
 
 @pytest.mark.parametrize("problem", ("missing", "corrupt", "newer"))

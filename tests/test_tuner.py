@@ -12,11 +12,20 @@ import torch
 from click.testing import CliRunner
 
 from maxsim_forge.cli import main
-from maxsim_forge.codegen import KernelConfig
+from maxsim_forge.codegen import KernelConfig, is_current, kernel_hash, template_hash
 from maxsim_forge.runtime import default_config
-from maxsim_forge.tuned_db import BucketKey, TunedDB, open_db
+from maxsim_forge.tuned_db import BucketKey, TunedDB, open_db, read_winners
 from maxsim_forge.tuned_db._schema import SCHEMA_VERSION, migrate, version
-from maxsim_forge.tuner import PRESETS, RESTRICTIONS, Bucket, check_static, make_storage, tune, tune_on_device
+from maxsim_forge.tuner import (
+    PRESETS,
+    RESTRICTIONS,
+    Bucket,
+    check_static,
+    make_storage,
+    stale_winners,
+    tune,
+    tune_on_device,
+)
 from maxsim_forge.tuner import _compile, _verify
 
 TINY = [Bucket("padded", "fp16", 32, 8, 20, 3, d_mask="lengths", name="tiny"),
@@ -181,6 +190,36 @@ def test_previous_schema_version_migrates(tmp_path):
     assert old_key.docs == "" and old_key.label().endswith("nb1024 any-docs")
     db.put_winner(replace(old_key, docs="full"), {"config": json.dumps(KernelConfig().to_dict()), "time_ms": 0.2})
     assert sorted(w["docs"] for w in db.winners()) == ["", "full"]
+    # Rows from before kernel hashes have none: they are judged by their template hash.
+    assert [w["kernel_hash"] for w in db.winners()] == ["", ""]
+    assert not any(is_current(w) for w in db.winners())
+    db.put_winner(old_key, {**row, "template_hash": template_hash()})
+    assert is_current(db.winner(old_key))
+
+
+def test_winners_record_their_kernel_hash_and_ship_stamps_older_rows(tmp_path):
+    src = tmp_path / "run.db"
+    tune(TINY[:1], db_path=src, trials=2, progress=False)
+    (w,) = TunedDB(src).winners()
+    cfg = KernelConfig.from_dict(w["config"])
+    assert w["kernel_hash"] == kernel_hash(w["layout"], w["dtype"], w["dim"], w["precision"], cfg)
+    assert is_current(w) and not stale_winners([w])
+    # A row stored before kernel hashes, of the current template, is stamped when shipped;
+    # one of another template is shipped as it is, and stays stale.
+    db = TunedDB(src)
+    key = BucketKey.from_row(w)
+    data = {k: v for k, v in w.items() if k not in key.as_row()}
+    db.put_winner(key, {**data, "kernel_hash": ""})
+    other = replace(key, nb_bucket=key.nb_bucket * 2)
+    db.put_winner(other, {**data, "kernel_hash": "", "template_hash": "0" * 16})
+    out = tmp_path / "shipped.db"
+    result = CliRunner().invoke(main, ["db", "ship", str(src), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["nb_bucket"]: r for r in read_winners(open_db(str(out), read_only=True))}
+    assert rows[key.nb_bucket]["kernel_hash"] == w["kernel_hash"]
+    assert rows[other.nb_bucket]["kernel_hash"] == "" and stale_winners(list(rows.values())) == [rows[other.nb_bucket]]
+    shown = CliRunner().invoke(main, ["db", "show", "--db", str(out)]).output
+    assert "stale" in shown and "yes" in shown
 
 
 def test_newer_schema_is_refused(tmp_path):

@@ -17,7 +17,16 @@ from ._config import (
     smem_bytes,
     validate,
 )
-from ._render import environment, interpreting, render, source_key, template_hash, variant_name
+from ._render import (
+    environment,
+    interpreting,
+    is_current,
+    kernel_hash,
+    render,
+    source_key,
+    template_hash,
+    variant_name,
+)
 
 __all__ = [
     "DTYPES",
@@ -30,6 +39,8 @@ __all__ = [
     "cache_dir",
     "environment",
     "interpreting",
+    "is_current",
+    "kernel_hash",
     "load_source",
     "load_variant",
     "next_pow2",

@@ -9,7 +9,7 @@ import os
 import jinja2
 
 from ..templates import MAXSIM_FWD, TEMPLATE_DIR
-from ._config import KernelConfig, KernelSpec, num_k_chunks, validate
+from ._config import MASK_KINDS, ConfigError, KernelConfig, KernelSpec, num_k_chunks, validate
 
 _TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 _SHAPES = {
@@ -39,9 +39,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def template_values(spec: KernelSpec, cfg: KernelConfig) -> dict:
-    """Every value the template needs, derived here so the template does no arithmetic."""
+def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | None = None) -> dict:
+    """Every value the template needs, derived here so the template does no arithmetic.
+
+    ``interpret`` renders for Triton's interpreter (default: whether it is on)."""
     dtype = spec.dtype
+    interpret = interpreting() if interpret is None else interpret
     return {
         "VARIANT": variant_name(spec, cfg),
         "LAYOUT": spec.layout,
@@ -68,7 +71,7 @@ def template_values(spec: KernelSpec, cfg: KernelConfig) -> dict:
         "INPUT_PRECISION": spec.precision if dtype == "fp32" else "",
         # Triton's interpreter multiplies bf16 tiles wrongly (triton 3.9): there, bf16
         # operands go to fp32 first, which is exact (bf16 x bf16 fits fp32's mantissa).
-        "UPCAST_DOT": dtype == "bf16" and interpreting(),
+        "UPCAST_DOT": dtype == "bf16" and interpret,
         # Atomic sums need a zeroed output; a split or a plain store writes every slot.
         "ZERO_INIT": cfg.q_mode in ("grid", "fold") and cfg.split_d == 1,
         "SHAPES_DOC": _SHAPES[spec.layout],
@@ -97,6 +100,55 @@ def template_hash(env: jinja2.Environment | None = None) -> str:
     env = env or environment()
     source, _, _ = env.loader.get_source(env, MAXSIM_FWD)
     return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def kernel_hash(layout: str, dtype: str, dim: int, precision: str, cfg: KernelConfig,
+                env: jinja2.Environment | None = None) -> str:
+    """Hash of the kernels a tuned config runs: the variant rendered for the GPU with
+    every mask kind its layout takes, comments and blank lines left out.
+
+    A tuned winner stores it; the winner stays valid for as long as this hash is
+    unchanged, so a template edit that leaves a variant's code as it was (a new knob
+    whose default renders the old code, a comment) keeps the databases tuned before it.
+    """
+    if env is None:
+        return _kernel_hash(layout, dtype, dim, precision, cfg)
+    return _kernel_hash.__wrapped__(layout, dtype, dim, precision, cfg, env)
+
+
+@functools.lru_cache(maxsize=4096)
+def _kernel_hash(layout: str, dtype: str, dim: int, precision: str, cfg: KernelConfig,
+                 env: jinja2.Environment | None = None) -> str:
+    template = (env or environment()).get_template(MAXSIM_FWD)
+    digest = hashlib.sha256()
+    for q_mask in MASK_KINDS:
+        for d_mask in MASK_KINDS:
+            spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask)
+            try:
+                spec.validate()
+            except ConfigError:
+                continue  # a mask kind this layout does not take
+            source = template.render(**template_values(spec, cfg, interpret=False))
+            for line in source.splitlines():
+                line = line.rstrip()
+                if line and not line.lstrip().startswith("#"):
+                    digest.update(line.encode() + b"\n")
+            digest.update(b"\f")
+    return digest.hexdigest()[:16]
+
+
+def is_current(row: dict) -> bool:
+    """Whether a tuned database row still describes the kernels this package generates:
+    by its kernel hash, or, for rows stored before kernel hashes, by the template's."""
+    stored = row.get("kernel_hash")
+    if not stored:
+        return row.get("template_hash") == template_hash()
+    try:
+        cfg = row["config"]
+        cfg = KernelConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+        return stored == kernel_hash(row["layout"], row["dtype"], row["dim"], row["precision"], cfg)
+    except (ConfigError, TypeError, KeyError):
+        return False
 
 
 def source_key(source: str) -> str:

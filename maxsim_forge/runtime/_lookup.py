@@ -2,8 +2,9 @@
 
 The databases are read once, into dictionaries; a bucket's decision is then memoised
 by the dispatcher, so a call costs a dictionary lookup. A database that is missing,
-corrupt, from a newer schema or tuned with another template is reported once and
-skipped.
+corrupt or from a newer schema is reported once and skipped; a row whose kernels this
+version no longer generates (another template version) is reported once and skipped
+when a lookup reaches it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..codegen import ConfigError, KernelConfig, KernelSpec, template_hash, validate
+from ..codegen import ConfigError, KernelConfig, KernelSpec, is_current, validate
 from ..tuned_db import BucketKey, SchemaError, open_db, read_winners, shipped_db_paths, user_db_path
 from ._heuristics import default_config
 from ._keys import GpuInfo
@@ -38,6 +39,8 @@ class Entry:
     source: str
     gpu: str
     docs: str = "full"
+    # What the row was tuned with: codegen.is_current judges it when a lookup reaches it.
+    stamp: tuple = ()
 
 
 def bucket_distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
@@ -61,10 +64,12 @@ class Lookup:
         self._shipped_paths = shipped_paths
         self._lock = threading.Lock()
         self._loaded = False
-        self.exact: dict[tuple, Entry] = {}
+        # Per GPU and bucket, its rows in lookup order: the user's, then the shipped ones.
+        self.exact: dict[tuple, list[Entry]] = defaultdict(list)
         self.family: dict[tuple, list[Entry]] = defaultdict(list)
         self.arch: dict[tuple, list[Entry]] = defaultdict(list)
         self.reports: list[str] = []
+        self._current: dict[Entry, bool] = {}
 
     # ---- loading (once)
     def load(self) -> Lookup:
@@ -73,13 +78,12 @@ class Lookup:
         with self._lock:
             if self._loaded:
                 return self
-            current = template_hash()
             user = self._user_path if self._user_path is not None else user_db_path()
             explicit = self._user_path is not None or bool(os.environ.get("MAXSIM_FORGE_DB"))
-            self._load_one(user, USER_DB, current, report_missing=explicit)
+            self._load_one(user, USER_DB, report_missing=explicit)
             shipped = self._shipped_paths if self._shipped_paths is not None else shipped_db_paths()
             for path in shipped:
-                self._load_one(path, SHIPPED_DB, current, report_missing=True)
+                self._load_one(path, SHIPPED_DB, report_missing=True)
             self._loaded = True
         return self
 
@@ -87,7 +91,7 @@ class Lookup:
         self.reports.append(message)
         log.warning("maxsim-forge: %s", message)
 
-    def _load_one(self, path: Path, source: str, current_hash: str, *, report_missing: bool) -> None:
+    def _load_one(self, path: Path, source: str, *, report_missing: bool) -> None:
         path = Path(path)
         if not path.exists():
             if report_missing:
@@ -102,22 +106,31 @@ class Lookup:
         except (sqlite3.DatabaseError, SchemaError) as exc:
             self._report(f"{source} {path} cannot be read ({exc}); using the next source")
             return
-        stale = 0
         for row in rows:
-            if row.get("template_hash") not in (None, current_hash):
-                stale += 1
-                continue
             try:
                 cfg = KernelConfig.from_dict(row["config"])
             except (ConfigError, TypeError):
                 continue
-            entry = Entry(tuple(row[b] for b in _BUCKETS), cfg, source, row["gpu"], row.get("docs") or "")
+            stamp = (str(path), row["layout"], row["dtype"], row["dim"], row["precision"],
+                     row.get("kernel_hash") or "", row.get("template_hash") or "")
+            entry = Entry(tuple(row[b] for b in _BUCKETS), cfg, source, row["gpu"], row.get("docs") or "", stamp)
             family = (row["layout"], row["dtype"], row["precision"], row["dim"])
-            self.exact.setdefault((row["gpu"], *family, *entry.buckets, entry.docs), entry)
+            self.exact[(row["gpu"], *family, *entry.buckets, entry.docs)].append(entry)
             self.family[(row["gpu"], *family)].append(entry)
             self.arch[(row["cc"], *family)].append(entry)
-        if stale:
-            self._report(f"{source} {path}: {stale} rows were tuned with another template version; ignored")
+
+    def _usable(self, entry: Entry, spec: KernelSpec, gpu: GpuInfo) -> bool:
+        """The entry still runs the kernels it was timed with, and fits this device."""
+        current = self._current.get(entry)
+        if current is None:
+            path, layout, dtype, dim, precision, khash, thash = entry.stamp
+            current = is_current({"layout": layout, "dtype": dtype, "dim": dim, "precision": precision,
+                                  "config": entry.config, "kernel_hash": khash, "template_hash": thash})
+            self._current[entry] = current
+            if not current:
+                self._report(f"{entry.source} {path}: the row for {layout}/{dtype}/d{dim} "
+                             f"{entry.config.key()} was tuned with another template version; ignored")
+        return current and _fits(spec, entry.config, gpu)
 
     # ---- deciding
     def decide(self, spec: KernelSpec, key: BucketKey, gpu: GpuInfo, sizes: dict) -> tuple[KernelConfig, str]:
@@ -127,15 +140,15 @@ class Lookup:
         buckets = (key.nq_bucket, key.lq_bucket, key.ld_bucket, key.nb_bucket)
         # The bucket itself: tuned on docs like these, else by a row that did not record them.
         for docs in (key.docs, ""):
-            entry = self.exact.get((gpu.name, *family, *buckets, docs))
-            if entry is not None and _fits(spec, entry.config, gpu):
-                return entry.config, entry.source
+            for entry in self.exact.get((gpu.name, *family, *buckets, docs), ()):
+                if self._usable(entry, spec, gpu):
+                    return entry.config, entry.source
         for pool, source in ((self.family.get((gpu.name, *family), ()), NEAREST),
                              (self.arch.get((gpu.cc, *family), ()), SAME_ARCH)):
             ranked = sorted(pool, key=lambda e: (bucket_distance(e.buckets, buckets) + docs_distance(e.docs, key.docs),
                                                  e.source != USER_DB))
             for candidate in ranked:
-                if _fits(spec, candidate.config, gpu):
+                if self._usable(candidate, spec, gpu):
                     return candidate.config, source
         return default_config(spec, **sizes, sm_count=gpu.sm_count), HEURISTIC
 

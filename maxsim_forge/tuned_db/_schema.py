@@ -57,10 +57,19 @@ def _m3_docs(db: sqlite_utils.Database) -> None:
         db["winners"].transform(pk=list(WINNER_KEY))
 
 
+def _m4_kernel_hash(db: sqlite_utils.Database) -> None:
+    # Version 4: a winner records the hash of the kernels it timed (codegen.kernel_hash),
+    # so it stays valid across template edits that leave its kernels unchanged. Rows
+    # stored before say "" and are judged by their template hash.
+    if "kernel_hash" not in db["winners"].columns_dict:
+        db["winners"].add_column("kernel_hash", str, not_null_default="")
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _m1_initial),
     ("0002_provenance", _m2_provenance),
     ("0003_docs", _m3_docs),
+    ("0004_kernel_hash", _m4_kernel_hash),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

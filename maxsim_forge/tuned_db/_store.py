@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,22 +160,25 @@ def merge_rows(db: TunedDB, rows: Iterable[dict]) -> int:
     return taken
 
 
-def merge_db(db: TunedDB, other_path: str | Path) -> int:
-    """Merge another database's winners into ``db``, keeping the faster winner per key."""
+def merge_db(db: TunedDB, other_path: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
+    """Merge another database's winners into ``db``, keeping the faster winner per key;
+    ``prepare`` maps each row first."""
     other = open_db(str(other_path), read_only=True)
-    return merge_rows(db, read_winners(other))
+    rows = read_winners(other)
+    return merge_rows(db, map(prepare, rows) if prepare else rows)
 
 
-def ship(sources: Iterable[str | Path], out: str | Path) -> int:
+def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
     """Write a database fit to ship in the package: the faster winner per key of
-    ``sources``, no trials, one file (no WAL) that opens read-only anywhere."""
+    ``sources`` (each row mapped by ``prepare`` first), no trials, one file (no WAL)
+    that opens read-only anywhere."""
     out = Path(out)
     if out.exists():
         out.unlink()
     db = TunedDB(out)
     taken = 0
     for src in sources:
-        taken += merge_db(db, src)
+        taken += merge_db(db, src, prepare=prepare)
     with db.db.conn:
         db.db.execute("DELETE FROM trials")
     db.db.execute("PRAGMA journal_mode = DELETE")

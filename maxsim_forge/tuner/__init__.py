@@ -8,7 +8,7 @@ from __future__ import annotations
 from ._presets import PRESETS, Bucket, load_buckets, resolve
 from ._run import TuneReport, make_storage, summary_rows, tune, tune_on_device
 from ._space import RESTRICTIONS, SPACE, check_static, valid_configs
-from ._verify import verify_winners
+from ._verify import stale_winners, stamp_kernel_hash, verify_winners
 
 __all__ = [
     "PRESETS",
@@ -24,5 +24,7 @@ __all__ = [
     "tune",
     "tune_on_device",
     "valid_configs",
+    "stale_winners",
+    "stamp_kernel_hash",
     "verify_winners",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from ..codegen import interpreting
+from ..codegen import interpreting, is_current
 from ..runtime._keys import INTERPRETER, gpu_info
 from ..tuned_db import TunedDB, user_db_path
 from ._presets import Bucket
@@ -43,9 +43,10 @@ class TuneReport:
 
 
 def _is_done(db: TunedDB, tuner: BucketTuner) -> bool:
-    """A bucket with a winner for the current template is finished (``--resume``)."""
+    """A bucket whose winner still runs the kernels it was timed with is finished
+    (``--resume``)."""
     row = db.winner(tuner.key)
-    return bool(row) and row.get("template_hash") == tuner.hash
+    return bool(row) and is_current(row)
 
 
 def tune_on_device(

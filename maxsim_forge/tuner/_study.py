@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from .. import __version__
 from .._problems import Problem, synth
-from ..codegen import KernelConfig, load_variant, template_hash
+from ..codegen import KernelConfig, is_current, kernel_hash, load_variant, template_hash
 from ..runtime import default_config
 from ..runtime._keys import GpuInfo, bucket_key
 from ..tuned_db import BucketKey, TunedDB
@@ -143,7 +143,7 @@ class BucketTuner:
         if not study.get_trials(deepcopy=False):
             seeds = []
             current = self.db.winner(self.key)
-            if current is not None and current.get("template_hash") == self.hash:
+            if current is not None and is_current(current):
                 seeds.append(KernelConfig.from_dict(current["config"]))
             seeds.append(default_config(self.spec, **self.problem.prep.sizes, sm_count=self.gpu.sm_count))
             if exhaustive:
@@ -266,6 +266,7 @@ class BucketTuner:
             "config": best.to_dict(), "time_ms": best_t, "baseline_ms": baseline,
             "speedup": baseline / best_t if best_t else None, "near_best": near, "trials": result.trials,
             "seed": self.opts.seed, "template_hash": self.hash, "sm_count": self.gpu.sm_count,
+            "kernel_hash": kernel_hash(self.spec.layout, self.spec.dtype, self.spec.dim, self.spec.precision, best),
             "smem_limit": self.gpu.smem_limit, "triton_version": _triton_version(),
             "torch_version": torch.__version__, "package_version": __version__,
         })

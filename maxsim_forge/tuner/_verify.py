@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._problems import Sizes, relative_error, synth, tolerance
-from ..codegen import KernelConfig, KernelSpec, load_variant
+from ..codegen import KernelConfig, KernelSpec, is_current, kernel_hash, load_variant, template_hash
 from ..tuned_db import BucketKey, TunedDB
 from ._compile import MISMATCH, OK, classify
 
@@ -55,3 +55,18 @@ def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return rows
+
+
+def stamp_kernel_hash(row: dict) -> dict:
+    """A winner stored without a kernel hash, tuned with the current template, gets the
+    hash of its kernels (what the template renders for it now); any other row is
+    returned as it is."""
+    if row.get("kernel_hash") or row.get("template_hash") != template_hash():
+        return row
+    cfg = KernelConfig.from_dict(row["config"])
+    return {**row, "kernel_hash": kernel_hash(row["layout"], row["dtype"], row["dim"], row["precision"], cfg)}
+
+
+def stale_winners(rows: list[dict]) -> list[dict]:
+    """The rows whose kernels this version no longer generates: lookups skip them."""
+    return [row for row in rows if not is_current(row)]
