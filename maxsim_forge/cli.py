@@ -107,18 +107,20 @@ def _table(headers: tuple[str, ...], rows: list[tuple]) -> str:
               help="JSON or YAML file with a list of buckets instead of a preset.")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp16", "bf16", "fp32"]),
               help="Only these dtypes (repeatable).")
+@click.option("--only", multiple=True,
+              help="Only buckets whose label contains this text, e.g. 'colbert-full fp16 d96' (repeatable).")
 @click.option("--trials", type=int, default=24, show_default=True, help="Optuna trials per bucket.")
 @click.option("--time-budget", type=float, default=None, help="Seconds for the whole run; later buckets are skipped.")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
               help="Database to write (default: MAXSIM_FORGE_DB or the user cache).")
-@click.option("--resume", is_flag=True, help="Skip buckets that already have a winner for this template.")
+@click.option("--resume", is_flag=True, help="Skip buckets whose winner still runs the kernels it was timed with.")
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs to tune on, one worker process each.")
 @click.option("--workers", type=int, default=None, help="Compile processes per GPU (default: cores - 1).")
 @click.option("--storage", default=None,
               help="Optuna storage URL shared by several processes or machines: journal:PATH, sqlite:///F, postgresql://...")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sampler and the random inputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def tune(preset, shapes, dtypes, trials, time_budget, db_path, resume, gpus, workers, storage, seed, quiet) -> None:
+def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, gpus, workers, storage, seed, quiet) -> None:
     """Tune kernel variants for this GPU and store the winners.
 
     Example: maxsim-forge tune --preset quick --db tuned.db
@@ -128,7 +130,7 @@ def tune(preset, shapes, dtypes, trials, time_budget, db_path, resume, gpus, wor
     from .tuner import tune as run_tune
 
     try:
-        buckets = resolve(preset, shapes, tuple(dtypes))
+        buckets = resolve(preset, shapes, tuple(dtypes), tuple(only))
     except (ValueError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     if interpreted:

@@ -263,6 +263,19 @@ def test_export_import_merge_keep_faster(tmp_path):
     assert result.exit_code == 1 and "not a maxsim-forge export" in result.output
 
 
+def test_only_picks_buckets_by_label():
+    from maxsim_forge.tuner import resolve
+
+    picked = resolve("default", None, only=("colbert-full fp16 d96", "image-query bf16"))
+    assert {(b.name, b.dtype) for b in picked} == {("colbert-full", "fp16"), ("image-query", "bf16")}
+    assert {b.dim for b in picked if b.name == "colbert-full"} == {96} and len(picked) == 4
+    assert [b.nb for b in resolve("default", None, ("bf16",), ("n16000",))] == [16000] * 10
+    with pytest.raises(ValueError, match="matches no bucket; labels look like"):
+        resolve("default", None, only=("no such bucket",))
+    result = CliRunner().invoke(main, ["tune", "--preset", "default", "--only", "nope", "--db", "x.db"])
+    assert result.exit_code == 1 and "only=['nope'] matches no bucket" in result.output
+
+
 def test_tune_cli_quick_preset_in_interpreter_says_so(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the interpreter message is for machines without CUDA")

@@ -115,7 +115,10 @@ def load_buckets(path: str | Path) -> list[Bucket]:
     return out
 
 
-def resolve(preset: str | None, shapes: str | Path | None, dtypes: tuple[str, ...] = ()) -> list[Bucket]:
+def resolve(preset: str | None, shapes: str | Path | None, dtypes: tuple[str, ...] = (),
+            only: tuple[str, ...] = ()) -> list[Bucket]:
+    """The buckets of a preset or a file, for ``dtypes`` if given, and of those only the
+    ones whose label contains one of ``only`` (e.g. ``"colbert-full fp16 d96"``)."""
     if shapes:
         buckets = load_buckets(shapes)
     else:
@@ -125,4 +128,12 @@ def resolve(preset: str | None, shapes: str | Path | None, dtypes: tuple[str, ..
         buckets = list(PRESETS[name])
     if dtypes:
         buckets = [b for b in buckets if b.dtype in dtypes] or [replace(b, dtype=dt) for b in buckets for dt in dtypes]
+    if only:
+        chosen = [b for b in buckets if any(part in b.label() for part in only)]
+        if not chosen:
+            raise ValueError(
+                f"only={list(only)} matches no bucket; labels look like {buckets[0].label()!r}" if buckets
+                else f"only={list(only)}: there are no buckets to choose from"
+            )
+        buckets = chosen
     return buckets
