@@ -96,6 +96,19 @@ def test_invalid_knob_is_named(changes, knob):
         render(KernelSpec("allpairs", "fp16", 128), KernelConfig(**changes))
 
 
+def test_exact_k_takes_uneven_dims_only():
+    spec = KernelSpec("padded", "fp16", 96)
+    render(spec, KernelConfig(block_k=128, exact_k=True))
+    for dim, block_k in ((128, 128), (96, 64), (100, 128), (320, 256)):
+        with pytest.raises(ConfigError, match="exact_k=True takes a dim"):
+            render(KernelSpec("padded", "fp16", dim), KernelConfig(block_k=block_k, exact_k=True))
+    with pytest.raises(ConfigError, match="exact_k=1; accepted: True, False"):
+        render(spec, KernelConfig(block_k=128, exact_k=1))
+    # A later knob at its default leaves the key of earlier configs as it was.
+    assert KernelConfig().key() == "q32-d64-k128-w4-s3-loop-x1"
+    assert KernelConfig(block_k=128, exact_k=True).key().endswith("-x1-exact")
+
+
 def test_shared_memory_estimate_rejects_big_tiles():
     spec = KernelSpec("padded", "fp32", 256)
     cfg = KernelConfig(block_q=128, block_d=128, block_k=256, num_warps=8, num_stages=4)

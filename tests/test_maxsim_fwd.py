@@ -7,11 +7,12 @@ on CPU tensors (marker ``gpu`` selects this suite on a GPU machine).
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
 
-from maxsim_forge.codegen import ConfigError, KernelConfig, validate
+from maxsim_forge.codegen import ConfigError, KernelConfig, next_pow2, validate
 from maxsim_forge.reference import reference_for
 from maxsim_forge.runtime import default_config, launch_prepared
 
@@ -83,6 +84,26 @@ def test_odd_shapes(layout, lq, ld, dim):
     other = KernelConfig(block_q=16, block_d=32, block_k=min(64, heuristic.block_k),
                          q_mode="grid", split_d=2)
     _check(prep, ref, other, tol, "grid+split")
+
+
+EXACT = [
+    KernelConfig(block_q=16, block_d=16, block_k=0, num_warps=2, num_stages=1, q_mode="loop", split_d=1, exact_k=True),
+    KernelConfig(block_q=32, block_d=32, block_k=0, num_warps=4, num_stages=3, q_mode="grid", split_d=2, exact_k=True),
+    KernelConfig(block_q=64, block_d=16, block_k=0, num_warps=4, num_stages=2, q_mode="fold", split_d=1, exact_k=True),
+]
+
+
+@pytest.mark.parametrize("dtype, precision, tol", TOLERANCES)
+@pytest.mark.parametrize("dim", (48, 96, 112))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_exact_feature_tiles(layout, dim, dtype, precision, tol):
+    # 48 = 32 + 16, 96 = 64 + 32, 112 = 64 + 32 + 16: each part its own dot, no padding.
+    kinds = {"padded": ("mask", "lengths"), "allpairs": ("lengths", "mask")}.get(layout, ("none", "none"))
+    prep, ref = make_case(layout, dtype, nq=3, lq=33, nb=4, ld=41, dim=dim, q_kind=kinds[0],
+                          d_kind=kinds[1], precision=precision)
+    for cfg in EXACT:
+        if _runs(layout, cfg):
+            _check(prep, ref, replace(cfg, block_k=next_pow2(dim)), tol, "exact_k")
 
 
 @pytest.mark.parametrize("q_kind", ("none", "lengths", "mask"))

@@ -91,6 +91,9 @@ class KernelConfig:
       into one long row set, tiles over programs, per-query segmented atomic sum).
     - ``split_d``: doc tokens split over this many programs; a second kernel takes
       the max over the splits and the sum (for batches too small to fill the GPU).
+    - ``exact_k``: a dim that is no power of two is covered by power-of-two feature
+      tiles that sum to it (96 = 64 + 32) instead of one ``block_k`` tile padded with
+      zeros; ``block_k`` is then the dim rounded up to a power of two.
     """
 
     block_q: int = 32
@@ -100,6 +103,7 @@ class KernelConfig:
     num_stages: int = 3
     q_mode: str = "loop"
     split_d: int = 1
+    exact_k: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> KernelConfig:
@@ -113,9 +117,10 @@ class KernelConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
+        # Knobs added later appear only away from their default, so earlier keys stay.
         return (
             f"q{self.block_q}-d{self.block_d}-k{self.block_k}-w{self.num_warps}"
-            f"-s{self.num_stages}-{self.q_mode}-x{self.split_d}"
+            f"-s{self.num_stages}-{self.q_mode}-x{self.split_d}{'-exact' if self.exact_k else ''}"
         )
 
 
@@ -124,11 +129,27 @@ def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not supported; accepted: {', '.join(accepted)}")
 
 
+def k_width(spec: KernelSpec, cfg: KernelConfig) -> int:
+    """Features a doc or query tile holds: the dim with ``exact_k``, else ``block_k``."""
+    return spec.dim if cfg.exact_k else cfg.block_k
+
+
+def k_chunks(spec: KernelSpec, cfg: KernelConfig) -> list[tuple[int, int]]:
+    """(first feature, width) of each feature tile of ``exact_k``: the dim's binary
+    digits from the largest, e.g. 96 -> [(0, 64), (64, 32)]."""
+    out, off = [], 0
+    for bit in reversed(range(spec.dim.bit_length())):
+        if spec.dim >> bit & 1:
+            out.append((off, 1 << bit))
+            off += 1 << bit
+    return out
+
+
 def smem_bytes(spec: KernelSpec, cfg: KernelConfig) -> int:
     """Shared memory a variant needs: doc tiles per pipeline stage plus the query tile."""
     esize = ELEMENT_BYTES[spec.dtype]
-    doc = cfg.block_d * cfg.block_k * esize * max(cfg.num_stages, 1)
-    query = cfg.block_q * cfg.block_k * esize
+    doc = cfg.block_d * k_width(spec, cfg) * esize * max(cfg.num_stages, 1)
+    query = cfg.block_q * k_width(spec, cfg) * esize
     if num_k_chunks(spec, cfg) > 1:
         query *= max(cfg.num_stages, 1)  # re-loaded per chunk, so pipelined too
     return doc + query
@@ -139,8 +160,8 @@ def registers_per_thread(spec: KernelSpec, cfg: KernelConfig) -> int:
     threads = 32 * cfg.num_warps
     esize = ELEMENT_BYTES[spec.dtype]
     score = cfg.block_q * cfg.block_d  # fp32 accumulator
-    query = cfg.block_q * cfg.block_k * esize // 4
-    doc = cfg.block_d * cfg.block_k * esize // 4
+    query = cfg.block_q * k_width(spec, cfg) * esize // 4
+    doc = cfg.block_d * k_width(spec, cfg) * esize // 4
     return (score + query + doc) // threads + cfg.block_q // 8 + 40
 
 
@@ -167,6 +188,15 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
             f"block_k={cfg.block_k} exceeds dim {spec.dim} rounded up to a power of two "
             f"({max(16, next_pow2(spec.dim))}); it would only load padding"
         )
+    if not isinstance(cfg.exact_k, bool):
+        raise ConfigError(f"exact_k={cfg.exact_k!r}; accepted: True, False")
+    if cfg.exact_k:
+        whole = max(16, next_pow2(spec.dim))
+        if spec.dim % 16 or spec.dim == whole or cfg.block_k != whole or whole > 256:
+            raise ConfigError(
+                f"exact_k=True takes a dim that is a multiple of 16 but no power of two, up to 256, "
+                f"with block_k the dim rounded up ({whole}); got dim {spec.dim}, block_k={cfg.block_k}"
+            )
     if cfg.num_warps not in (1, 2, 4, 8, 16):
         raise ConfigError(f"num_warps={cfg.num_warps!r}; accepted: 1, 2, 4, 8, 16")
     if not isinstance(cfg.num_stages, int) or not 1 <= cfg.num_stages <= 6:

@@ -9,7 +9,7 @@ import os
 import jinja2
 
 from ..templates import MAXSIM_FWD, TEMPLATE_DIR
-from ._config import MASK_KINDS, ConfigError, KernelConfig, KernelSpec, num_k_chunks, validate
+from ._config import MASK_KINDS, ConfigError, KernelConfig, KernelSpec, k_chunks, num_k_chunks, validate
 
 _TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 _SHAPES = {
@@ -54,6 +54,10 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         "BLOCK_K": cfg.block_k,
         "NUM_K": num_k_chunks(spec, cfg),
         "SPLIT_K": num_k_chunks(spec, cfg) > 1,
+        "EXACT_K": cfg.exact_k,
+        "K_CHUNKS": k_chunks(spec, cfg) if cfg.exact_k else [],
+        # The query tile(s) held in registers and passed to each doc tile.
+        "Q_ARGS": ", ".join(f"q{i}" for i in range(len(k_chunks(spec, cfg)))) if cfg.exact_k else "q",
         "EVEN_K": spec.dim % cfg.block_k == 0,
         "NUM_WARPS": cfg.num_warps,
         "NUM_STAGES": cfg.num_stages,

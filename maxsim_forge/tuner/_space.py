@@ -24,6 +24,7 @@ SPACE: dict[str, tuple] = {
     "num_stages": (1, 2, 3, 4),
     "q_mode": ("loop", "grid", "fold"),
     "split_d": (1, 2, 4, 8, 16),
+    "exact_k": (False, True),
 }
 
 
@@ -58,6 +59,12 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "block_k_splits_dim_evenly",
         "a split dim with a partial last chunk spends a whole dot on padding",
         lambda spec, cfg, s, sms: cfg.block_k >= spec.dim or spec.dim % cfg.block_k == 0,
+    ),
+    Restriction(
+        "exact_k_for_uneven_dims",
+        "exact feature tiles only differ from one padded tile for a dim that is no power of two",
+        lambda spec, cfg, s, sms: not cfg.exact_k or (spec.dim % 16 == 0 and spec.dim != next_pow2(spec.dim)
+                                                      and spec.dim <= 256),
     ),
     Restriction(
         "block_q_fits_rows",
