@@ -5,6 +5,7 @@ The tuner checks every candidate on a fresh one of these before timing it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,22 @@ class Problem:
         """The largest sum of absolute row maxima: what kernel errors are measured against."""
         ref = reference_for(self.prep, absolute=True)
         return float(ref.abs().max()) if ref.numel() else 1.0
+
+
+def first_docs(prep: Prepared, nb: int) -> Prepared:
+    """The same call on its first ``nb`` docs (pairs: its first ``nb`` pairs), as views:
+    no data is copied, and the other docs stay allocated but unread."""
+    k = dict(prep.launch_kwargs)
+    nb = max(0, min(nb, k["nb"]))
+    k["nb"] = nb
+    for name in ("q_cu", "d_cu"):
+        if k.get(name) is not None:
+            k[name] = k[name][: nb + 1]
+    for name in ("d_lengths", "d_mask"):
+        if k.get(name) is not None:
+            k[name] = k[name][:nb]
+    d = prep.d if prep.spec.layout in ("packed", "pairs") else prep.d[:nb]
+    return dataclasses.replace(prep, d=d, launch_kwargs=k)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor, scale: float) -> float:

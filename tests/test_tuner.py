@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from maxsim_forge.cli import main
 from maxsim_forge.codegen import KernelConfig, is_current, kernel_hash, template_hash
 from maxsim_forge.runtime import default_config
+from maxsim_forge.runtime._keys import INTERPRETER
 from maxsim_forge.tuned_db import BucketKey, TunedDB, open_db, read_winners
 from maxsim_forge.tuned_db._schema import SCHEMA_VERSION, migrate, version
 from maxsim_forge.tuner import (
@@ -343,3 +344,61 @@ def test_shapes_file_and_its_errors(tmp_path):
     shapes.write_text(json.dumps([{"layout": "diagonal", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 16, "nb": 3}]))
     result = CliRunner().invoke(main, ["tune", "--shapes", str(shapes), "--db", str(tmp_path / "t.db")])
     assert result.exit_code == 1 and "layout='diagonal'" in result.output
+
+
+@pytest.mark.parametrize("layout", ("padded", "allpairs", "packed", "pairs"))
+def test_first_docs_is_the_same_call_on_fewer_docs(layout):
+    from cases import make_case
+
+    from maxsim_forge._problems import first_docs
+    from maxsim_forge.runtime import launch_prepared
+
+    d_kind = "lengths" if layout == "padded" else "mask" if layout == "allpairs" else "none"
+    prep, ref = make_case(layout, "fp16", nq=2, lq=9, nb=7, ld=20, dim=32, d_kind=d_kind)
+    cfg = KernelConfig(block_q=16, block_d=16, block_k=32)
+    part = first_docs(prep, 4)
+    assert part.launch_kwargs["nb"] == 4 and prep.launch_kwargs["nb"] == 7
+    out = launch_prepared(part, cfg)
+    want = ref[:4] if layout == "pairs" else ref[..., :4]
+    torch.testing.assert_close(out.reshape(want.shape).double().cpu(), want.cpu(), rtol=1e-5, atol=1e-4)
+    assert part.d.data_ptr() == prep.d.data_ptr(), "a view, not a copy"
+
+
+def test_candidates_are_timed_across_the_bucket_and_seeded_by_family_winners(tmp_path, monkeypatch):
+    from maxsim_forge.tuner import _study
+
+    gpu = INTERPRETER if not torch.cuda.is_available() else None
+    small = Bucket("padded", "fp16", 32, 8, 20, 16, d_mask="lengths", name="spread")
+    tune([small], db_path=tmp_path / "t.db", trials=2, progress=False)
+    db = TunedDB(tmp_path / "t.db")
+    (first,) = db.winners()
+    tuner = _study.BucketTuner(replace(small, nb=64), db, gpu or _gpu_info(), _study.TuneOptions(device=_device()))
+    # 64 docs: bucket 64 spans 33 to 64 docs; the low end is timed too, scaled to 64.
+    sizes = [(p.launch_kwargs["nb"], f) for p, f in tuner.timed]
+    assert sizes == [(64, 1.0), (33, 64 / 33)]
+    assert tuner.timed[1][0].d.shape[0] == 33
+    timed = []
+    monkeypatch.setattr(_study, "time_fn", lambda fn, device: timed.append(fn) or _Timing(2.0))
+    assert tuner._time(KernelConfig(block_q=16, block_d=16, block_k=32)) == pytest.approx(2.0 * (64 / 33) ** 0.5)
+    assert len(timed) == 2
+    monkeypatch.undo()
+    # The winner of the bucket next door is among the seeds of this one's study.
+    tuner.valid = {KernelConfig.from_dict(first["config"])}
+    assert tuner._family_winners() == [KernelConfig.from_dict(first["config"])]
+    tuner.valid = set()
+    assert tuner._family_winners() == []
+
+
+class _Timing:
+    def __init__(self, ms):
+        self.median_ms = ms
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gpu_info():
+    from maxsim_forge.runtime._keys import gpu_info
+
+    return gpu_info(torch.device("cuda"))

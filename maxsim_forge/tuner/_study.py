@@ -5,6 +5,7 @@ and store the winner."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -14,10 +15,12 @@ import torch
 from optuna.trial import TrialState
 
 from .. import __version__
-from .._problems import Problem, synth
+from .._inputs import Prepared
+from .._problems import Problem, first_docs, synth
 from ..codegen import KernelConfig, is_current, kernel_hash, load_variant, template_hash
 from ..runtime import default_config
-from ..runtime._keys import GpuInfo, bucket_key
+from ..runtime._keys import GpuInfo, bucket, bucket_key
+from ..runtime._lookup import bucket_distance, docs_distance
 from ..tuned_db import BucketKey, TunedDB
 from . import _compile
 from ._baseline import torch_baseline
@@ -37,6 +40,8 @@ REFINE_AT = 0.5
 # Candidates re-timed before a winner is committed, and the band kept beside it.
 RETIME_TOP = 3
 NEAR_BEST = 1.03
+# Winners of the nearest tuned buckets of the same family that seed a study.
+FAMILY_SEEDS = 3
 
 
 @dataclass
@@ -100,9 +105,25 @@ class BucketTuner:
         self.spec = shapes.prep.spec
         self.key = bucket_key(shapes.prep, gpu)
         self._problem: Problem | None = None
+        self._timed: list[tuple[Prepared, float]] | None = None
         self.hash = template_hash()
         self.seen: dict[str, tuple[str, float | None]] = {}
         self.told: set[int] = set()
+
+    @property
+    def timed(self) -> list[tuple[Prepared, float]]:
+        """What a candidate is timed on, each with the factor that scales its time to the
+        bucket's representative size: the representative problem, and its first docs at
+        the low end of the bucket's doc-count range (a bucket spans n/2 + 1 to n docs,
+        n a power of two), so the winner is good across the range, not at one end."""
+        if self._timed is None:
+            prep = self.problem.prep
+            nb = prep.launch_kwargs["nb"]
+            low = bucket(nb) // 2 + 1
+            self._timed = [(prep, 1.0)]
+            if 1.5 * low <= nb:
+                self._timed.append((first_docs(prep, low), nb / low))
+        return self._timed
 
     @property
     def problem(self) -> Problem:
@@ -119,9 +140,14 @@ class BucketTuner:
         return status, msg if status != OK else ""
 
     def _time(self, cfg: KernelConfig) -> float:
+        """Median ms at the representative size, averaged (geometric mean) with the
+        low end of the bucket's range scaled to that size."""
         module = load_variant(self.spec, cfg, smem_limit=self.gpu.smem_limit)
-        prep = self.problem.prep
-        return time_fn(lambda: module.launch(prep.q, prep.d, **prep.launch_kwargs), device=self.opts.device).median_ms
+        scaled = []
+        for prep, factor in self.timed:
+            t = time_fn(lambda p=prep: module.launch(p.q, p.d, **p.launch_kwargs), device=self.opts.device).median_ms
+            scaled.append(max(t * factor, 1e-9))
+        return math.exp(sum(math.log(t) for t in scaled) / len(scaled))
 
     def _record(self, study_id: str, number: int, cfg: KernelConfig, status: str, t: float | None, msg: str) -> None:
         self.db.add_trial(self.key, study=study_id, number=number, config=cfg.to_dict(), config_key=cfg.key(),
@@ -146,6 +172,7 @@ class BucketTuner:
             if current is not None and is_current(current):
                 seeds.append(KernelConfig.from_dict(current["config"]))
             seeds.append(default_config(self.spec, **self.problem.prep.sizes, sm_count=self.gpu.sm_count))
+            seeds += self._family_winners()
             if exhaustive:
                 seeds += space
             for cfg in dict.fromkeys(seeds):
@@ -176,6 +203,22 @@ class BucketTuner:
                 bar.set_postfix_str(f"best {best:.4f} ms" if best is not None else "no winner yet")
                 bar.refresh()
         return self._commit(study, name)
+
+    def _family_winners(self) -> list[KernelConfig]:
+        """Winners of the nearest other tuned buckets of this family on this GPU that are
+        valid here: what worked next door is worth one trial."""
+        k = self.key
+        here = (k.nq_bucket, k.lq_bucket, k.ld_bucket, k.nb_bucket)
+        rows = [r for r in self.db.winners(gpu=k.gpu, layout=k.layout, dtype=k.dtype, precision=k.precision, dim=k.dim)
+                if BucketKey.from_row(r) != k and is_current(r)]
+        rows.sort(key=lambda r: bucket_distance((r["nq_bucket"], r["lq_bucket"], r["ld_bucket"], r["nb_bucket"]), here)
+                  + docs_distance(r.get("docs") or "", k.docs))
+        out: list[KernelConfig] = []
+        for r in rows:
+            cfg = KernelConfig.from_dict(r["config"])
+            if cfg in self.valid and cfg not in out:
+                out.append(cfg)
+        return out[:FAMILY_SEEDS]
 
     def _enqueue_neighbours(self, study: optuna.Study, limit: int) -> None:
         timed = [(v, key) for key, (status, v) in self.seen.items() if status == OK and v is not None]
