@@ -107,6 +107,9 @@ def test_exact_k_takes_uneven_dims_only():
     # A later knob at its default leaves the key of earlier configs as it was.
     assert KernelConfig().key() == "q32-d64-k128-w4-s3-loop-x1"
     assert KernelConfig(block_k=128, exact_k=True).key().endswith("-x1-exact")
+    assert KernelConfig(overlap_max=True).key().endswith("-x1-overlap")
+    with pytest.raises(ConfigError, match="overlap_max='yes'; accepted: True, False"):
+        render(spec, KernelConfig(block_k=128, overlap_max="yes"))
 
 
 def test_shared_memory_estimate_rejects_big_tiles():

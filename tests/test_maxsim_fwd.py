@@ -106,6 +106,28 @@ def test_exact_feature_tiles(layout, dim, dtype, precision, tol):
             _check(prep, ref, replace(cfg, block_k=next_pow2(dim)), tol, "exact_k")
 
 
+OVERLAP = [
+    KernelConfig(block_q=32, block_d=16, block_k=64, num_warps=4, num_stages=2, q_mode="loop", overlap_max=True),
+    KernelConfig(block_q=64, block_d=16, block_k=32, num_warps=4, num_stages=3, q_mode="grid", split_d=2,
+                 overlap_max=True),
+    KernelConfig(block_q=256, block_d=16, block_k=64, num_warps=8, num_stages=1, q_mode="fold", overlap_max=True),
+    KernelConfig(block_q=32, block_d=16, block_k=128, num_warps=4, num_stages=2, exact_k=True, overlap_max=True),
+]
+
+
+@pytest.mark.parametrize("dtype, precision, tol", TOLERANCES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_overlapped_row_max(layout, dtype, precision, tol):
+    # Docs of 0 to 3 full tiles and a partial one: the first and last tiles of the
+    # overlapped loop, and the tail after it.
+    kinds = {"padded": ("lengths", "mask"), "allpairs": ("mask", "lengths")}.get(layout, ("none", "none"))
+    prep, ref = make_case(layout, dtype, nq=3, lq=40, nb=5, ld=61, dim=96, q_kind=kinds[0], d_kind=kinds[1],
+                          precision=precision)
+    for cfg in OVERLAP:
+        if _runs(layout, cfg):
+            _check(prep, ref, cfg, tol, "overlap_max")
+
+
 @pytest.mark.parametrize("q_kind", ("none", "lengths", "mask"))
 @pytest.mark.parametrize("d_kind", ("none", "lengths", "mask"))
 @pytest.mark.parametrize("layout", ("padded", "allpairs"))

@@ -94,6 +94,9 @@ class KernelConfig:
     - ``exact_k``: a dim that is no power of two is covered by power-of-two feature
       tiles that sum to it (96 = 64 + 32) instead of one ``block_k`` tile padded with
       zeros; ``block_k`` is then the dim rounded up to a power of two.
+    - ``overlap_max``: each doc tile's dot is issued before the previous tile's row max
+      is taken (two score tiles live at once), so the tensor cores need not wait for
+      the max: for long docs, where the kernel is bound by the dots.
     """
 
     block_q: int = 32
@@ -104,6 +107,7 @@ class KernelConfig:
     q_mode: str = "loop"
     split_d: int = 1
     exact_k: bool = False
+    overlap_max: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> KernelConfig:
@@ -121,6 +125,7 @@ class KernelConfig:
         return (
             f"q{self.block_q}-d{self.block_d}-k{self.block_k}-w{self.num_warps}"
             f"-s{self.num_stages}-{self.q_mode}-x{self.split_d}{'-exact' if self.exact_k else ''}"
+            f"{'-overlap' if self.overlap_max else ''}"
         )
 
 
@@ -159,7 +164,7 @@ def registers_per_thread(spec: KernelSpec, cfg: KernelConfig) -> int:
     """A rough per-thread register estimate: score tile, query tile, row state, overhead."""
     threads = 32 * cfg.num_warps
     esize = ELEMENT_BYTES[spec.dtype]
-    score = cfg.block_q * cfg.block_d  # fp32 accumulator
+    score = cfg.block_q * cfg.block_d * (2 if cfg.overlap_max else 1)  # fp32 accumulator(s)
     query = cfg.block_q * k_width(spec, cfg) * esize // 4
     doc = cfg.block_d * k_width(spec, cfg) * esize // 4
     return (score + query + doc) // threads + cfg.block_q // 8 + 40
@@ -188,8 +193,9 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
             f"block_k={cfg.block_k} exceeds dim {spec.dim} rounded up to a power of two "
             f"({max(16, next_pow2(spec.dim))}); it would only load padding"
         )
-    if not isinstance(cfg.exact_k, bool):
-        raise ConfigError(f"exact_k={cfg.exact_k!r}; accepted: True, False")
+    for name in ("exact_k", "overlap_max"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ConfigError(f"{name}={getattr(cfg, name)!r}; accepted: True, False")
     if cfg.exact_k:
         whole = max(16, next_pow2(spec.dim))
         if spec.dim % 16 or spec.dim == whole or cfg.block_k != whole or whole > 256:

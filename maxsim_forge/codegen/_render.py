@@ -55,6 +55,7 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         "NUM_K": num_k_chunks(spec, cfg),
         "SPLIT_K": num_k_chunks(spec, cfg) > 1,
         "EXACT_K": cfg.exact_k,
+        "OVERLAP_MAX": cfg.overlap_max,
         "K_CHUNKS": k_chunks(spec, cfg) if cfg.exact_k else [],
         # The query tile(s) held in registers and passed to each doc tile.
         "Q_ARGS": ", ".join(f"q{i}" for i in range(len(k_chunks(spec, cfg)))) if cfg.exact_k else "q",

@@ -17,7 +17,7 @@ from ..codegen import ConfigError, KernelConfig, KernelSpec, next_pow2, query_pr
 from .._problems import Sizes
 
 SPACE: dict[str, tuple] = {
-    "block_q": (16, 32, 64, 128),
+    "block_q": (16, 32, 64, 128, 256),
     "block_d": (16, 32, 64, 128),
     "block_k": (32, 64, 128, 256),
     "num_warps": (2, 4, 8),
@@ -25,6 +25,7 @@ SPACE: dict[str, tuple] = {
     "q_mode": ("loop", "grid", "fold"),
     "split_d": (1, 2, 4, 8, 16),
     "exact_k": (False, True),
+    "overlap_max": (False, True),
 }
 
 
@@ -65,6 +66,13 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "exact feature tiles only differ from one padded tile for a dim that is no power of two",
         lambda spec, cfg, s, sms: not cfg.exact_k or (spec.dim % 16 == 0 and spec.dim != next_pow2(spec.dim)
                                                       and spec.dim <= 256),
+    ),
+    Restriction(
+        "overlap_needs_doc_tiles",
+        "overlapping one tile's dot with the previous tile's max needs several doc tiles per "
+        "program, and pays only where the dots dominate (32 or more query rows per tile)",
+        lambda spec, cfg, s, sms: not cfg.overlap_max or (s.ld >= 4 * cfg.block_d * cfg.split_d
+                                                          and cfg.block_q >= 32),
     ),
     Restriction(
         "block_q_fits_rows",
