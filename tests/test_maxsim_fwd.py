@@ -31,6 +31,7 @@ CORNERS = [
     KernelConfig(block_q=16, block_d=16, block_k=128, num_warps=1, num_stages=4, q_mode="grid", split_d=16),
     KernelConfig(block_q=128, block_d=16, block_k=16, num_warps=4, num_stages=1, q_mode="fold", split_d=16),
     KernelConfig(block_q=32, block_d=64, block_k=64, num_warps=4, num_stages=2, q_mode="loop", split_d=2),
+    KernelConfig(block_q=32, block_d=256, block_k=128, num_warps=8, num_stages=3, q_mode="loop", split_d=1),
 ]
 
 
