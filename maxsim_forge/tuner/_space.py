@@ -17,8 +17,8 @@ from ..codegen import ConfigError, KernelConfig, KernelSpec, next_pow2, query_pr
 from .._problems import Sizes
 
 SPACE: dict[str, tuple] = {
-    "block_q": (16, 32, 64, 128, 256),
-    "block_d": (16, 32, 64, 128, 256),
+    "block_q": (16, 32, 64, 128),
+    "block_d": (16, 32, 64, 128),
     "block_k": (32, 64, 128, 256),
     "num_warps": (2, 4, 8),
     "num_stages": (1, 2, 3, 4),

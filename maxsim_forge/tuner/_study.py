@@ -42,6 +42,9 @@ RETIME_TOP = 3
 NEAR_BEST = 1.03
 # Winners of the nearest tuned buckets of the same family that seed a study.
 FAMILY_SEEDS = 3
+# Proposals asked per trial of the budget at most: the sampler may keep proposing
+# configs that are pruned statically or were measured already, which cost nothing.
+MAX_ASKS = 4
 
 
 @dataclass
@@ -92,6 +95,14 @@ def study_name(gpu: GpuInfo, key: BucketKey) -> str:
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def spent(study: optuna.Study) -> int:
+    """Trials of the budget used, by every process sharing the study: distinct configs
+    that were compiled (then checked and timed, or failed). A proposal pruned by the
+    static checks, or one measured before, costs nothing and does not count."""
+    return len({t.user_attrs.get("config_key") for t in _finished(study)
+                if t.user_attrs.get("status", OK) != PRUNED_STATIC})
 
 
 class BucketTuner:
@@ -182,23 +193,24 @@ class BucketTuner:
                 self.seen[t.user_attrs["config_key"]] = (t.user_attrs.get("status", OK), t.value)
         target = min(opts.trials, len(space)) if exhaustive else opts.trials
         batch = max(1, opts.workers)
-        while len(_finished(study)) < target:
+        asks = 0
+        while spent(study) < target and asks < MAX_ASKS * target:
             if opts.deadline is not None and time.monotonic() > opts.deadline:
                 break
-            want = min(batch, target - len(_finished(study)))
+            want = min(batch, target - spent(study))
             asked = [study.ask() for _ in range(want)]
+            asks += want
             try:
                 self._evaluate(study, asked)
             finally:  # every asked trial is told: none is left running
                 for trial in asked:
                     if trial.number not in self.told:
                         self._tell(study, trial, state=TrialState.FAIL)
-            done = len(_finished(study))
+            done = spent(study)
             if not exhaustive and REFINE_AT * target <= done < target:
                 self._enqueue_neighbours(study, min(batch, target - done))
             if bar is not None:
-                done = len(_finished(study))
-                bar.n = min(done, target)
+                bar.n = min(spent(study), target)
                 best = _best(study)
                 bar.set_postfix_str(f"best {best:.4f} ms" if best is not None else "no winner yet")
                 bar.refresh()
@@ -290,7 +302,7 @@ class BucketTuner:
     def _commit(self, study: optuna.Study, name: str) -> BucketResult:
         result = BucketResult(self.bucket, self.key)
         finished = _finished(study)
-        result.trials = len(finished)
+        result.trials = spent(study)
         ok = {}
         for t in finished:
             if t.state == TrialState.COMPLETE and t.user_attrs.get("status") == OK:
