@@ -156,7 +156,7 @@ def test_two_processes_share_one_journal_study(tmp_path):
     finished = [t for t in trials if t.state in (states.COMPLETE, states.PRUNED)]
     # The budget counts distinct configs compiled by both processes together (static
     # prunes and repeats are free); the last round of each may overshoot by one.
-    assert 10 <= spent(optuna.load_study(study_name=summary.study_name, storage=storage)) <= 11
+    assert 10 <= spent(optuna.load_study(study_name=summary.study_name, storage=storage)) <= 11 <= len(finished) + 1
     # Besides finished trials, only queued refinement proposals nobody asked for remain.
     assert all(t.state in (states.COMPLETE, states.PRUNED, states.WAITING) for t in trials)
     assert len(TunedDB(db_path).winners()) == 1
