@@ -30,7 +30,7 @@ CORNERS = {
     "block_k": (16, 128),
     "num_warps": (1, 8),
     "num_stages": (1, 4),
-    "q_mode": ("loop", "grid", "fold"),
+    "q_mode": ("loop", "grid", "fold", "tile"),
     "split_d": (1, 16),
 }
 SPECS = [

@@ -32,6 +32,11 @@ CORNERS = [
     KernelConfig(block_q=128, block_d=16, block_k=16, num_warps=4, num_stages=1, q_mode="fold", split_d=16),
     KernelConfig(block_q=32, block_d=64, block_k=64, num_warps=4, num_stages=2, q_mode="loop", split_d=2),
     KernelConfig(block_q=32, block_d=256, block_k=128, num_warps=8, num_stages=3, q_mode="loop", split_d=1),
+    # lq 33: several tiles (atomic sum into a zeroed output), one tile (plain store), one
+    # tile with the doc split.
+    KernelConfig(block_q=16, block_d=32, block_k=64, num_warps=2, num_stages=2, q_mode="tile", split_d=1),
+    KernelConfig(block_q=64, block_d=64, block_k=128, num_warps=4, num_stages=3, q_mode="tile", split_d=1),
+    KernelConfig(block_q=64, block_d=16, block_k=32, num_warps=4, num_stages=2, q_mode="tile", split_d=4),
 ]
 
 
@@ -198,15 +203,16 @@ def test_fp32_precisions_differ_only_within_tf32_tolerance(device):
     _check(prep, ref, KernelConfig(block_q=16, block_d=32, block_k=64), 3e-3, "tf32")
 
 
+@pytest.mark.parametrize("q_mode", ("grid", "tile"))
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_repeat_launches_of_one_variant_stay_correct(layout):
+def test_repeat_launches_of_one_variant_stay_correct(layout, q_mode):
     # After the first launch a variant is launched directly (codegen/_launcher.py): each
     # later call must still specialise right on sizes, pointer alignment and the index
     # dtype of its extents.
     from maxsim_forge.codegen import load_variant
 
     cfg = KernelConfig(block_q=32, block_d=32, block_k=64, num_warps=4, num_stages=2,
-                       q_mode="grid", split_d=2)
+                       q_mode=q_mode, split_d=2 if q_mode == "grid" else 1)
     calls = [(2, 33, 4, 57), (3, 1, 1, 1), (2, 33, 5, 300), (1, 7, 9, 16), (2, 33, 4, 57)]
     module, first = None, None
     for i, (nq, lq, nb, ld) in enumerate(calls):

@@ -15,7 +15,7 @@ LAYOUTS = ("padded", "allpairs", "packed", "pairs")
 DTYPES = ("fp16", "bf16", "fp32")
 PRECISIONS = ("tf32", "ieee")
 MASK_KINDS = ("none", "lengths", "mask")
-Q_MODES = ("loop", "grid", "fold")
+Q_MODES = ("loop", "grid", "fold", "tile")
 
 # Hopper's per-block opt-in limit; used when the caller gives no device limit.
 DEFAULT_SMEM_LIMIT = 232_448
@@ -88,7 +88,10 @@ class KernelConfig:
       ``block_k``: embedding features per dot (below the dim, the dim is split).
     - ``q_mode``: ``loop`` (one program walks all tiles of a query; plain store),
       ``grid`` (query tiles over programs; atomic sum), ``fold`` (all queries folded
-      into one long row set, tiles over programs, per-query segmented atomic sum).
+      into one long row set, tiles over programs, per-query segmented atomic sum),
+      ``tile`` (query tiles over programs like ``grid``, each in straight-line code with
+      no loop around the doc loop; a plain store where a query is one tile, else an
+      atomic sum).
     - ``split_d``: doc tokens split over this many programs; a second kernel takes
       the max over the splits and the sum (for batches too small to fill the GPU).
     - ``exact_k``: a dim that is no power of two is covered by power-of-two feature
@@ -236,7 +239,7 @@ def query_programs(layout: str, cfg: KernelConfig, nq: int, lq: int) -> int:
     them: query tiles over programs (``grid``, ``fold``), or one per query (``loop``)."""
     if cfg.q_mode == "fold":
         return -(-(nq * lq) // cfg.block_q)
-    if cfg.q_mode == "grid":
+    if cfg.q_mode in ("grid", "tile"):
         return -(-lq // cfg.block_q) * (1 if layout == "pairs" else nq)
     return 1 if layout == "pairs" else nq
 

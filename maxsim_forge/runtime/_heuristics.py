@@ -1,7 +1,7 @@
 """The heuristic default config: the last lookup source, good enough to never be slow.
 
 It follows what the tuner finds on Hopper for each regime: a query that fits one
-tile walks the doc once (``loop``); long queries spread their tiles over programs
+tile walks the doc once in straight-line code (``tile``); long queries spread their tiles over programs
 (``grid``); several shared queries fold into one row set (``fold``); and batches
 too small to fill the GPU split the doc tokens (``split_d``).
 """
@@ -41,8 +41,11 @@ def default_config(
     elif lq > 64:
         q_mode, block_q, block_d, num_warps, num_stages = "grid", 128 if lq >= 256 else 64, 64, 4, 3
     else:
+        # One query tile per program, in straight-line code (no loop around the doc
+        # loop): on an H200 at ColBERT B 10k, 3.7% to 21% faster than the loop for doc
+        # tiles of 32 to 128 tokens, level at 16.
         block_q = _pow2_at_least(lq, 16, 64)
-        q_mode, block_d, num_warps, num_stages = "loop", 32, 2 if block_q <= 32 else 4, 3
+        q_mode, block_d, num_warps, num_stages = "tile", 32, 2 if block_q <= 32 else 4, 3
     if spec.dtype == "fp32" or block_k > 128:
         block_d = min(block_d, 32)
     if ld > 0:  # no tile longer than the docs

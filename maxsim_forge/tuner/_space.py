@@ -22,7 +22,7 @@ SPACE: dict[str, tuple] = {
     "block_k": (32, 64, 128, 256),
     "num_warps": (2, 4, 8),
     "num_stages": (1, 2, 3, 4),
-    "q_mode": ("loop", "grid", "fold"),
+    "q_mode": ("loop", "grid", "fold", "tile"),
     "split_d": (1, 2, 4, 8, 16),
     "exact_k": (False, True),
     "overlap_max": (False, True),
@@ -99,6 +99,12 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "a query that fits one tile gains nothing from spreading tiles over programs, "
         "and pays for an atomic sum",
         lambda spec, cfg, s, sms: cfg.q_mode != "grid" or s.lq > cfg.block_q,
+    ),
+    Restriction(
+        "tile_for_one_query_tile",
+        "straight-line tiles are for queries that fit one tile (a plain store); longer "
+        "queries spread their tiles with grid, which skips the tiles past a short query",
+        lambda spec, cfg, s, sms: cfg.q_mode != "tile" or s.lq <= cfg.block_q,
     ),
     Restriction(
         "split_needs_doc_tiles",
