@@ -385,6 +385,17 @@ def test_candidates_are_timed_across_the_bucket_and_seeded_by_family_winners(tmp
     assert tuner._time(KernelConfig(block_q=16, block_d=16, block_k=32)) == pytest.approx(2.0 * (64 / 33) ** 0.5)
     assert len(timed) == 2
     monkeypatch.undo()
+    # A study's seeds include the straight-line twin of each one-tile loop seed.
+    loop = KernelConfig(block_q=16, block_d=16, block_k=32, num_warps=2, num_stages=2, q_mode="loop")
+    monkeypatch.setattr(_study, "default_config", lambda *a, **k: loop)
+    study_tuner = _study.BucketTuner(replace(small, lq=8), db, gpu or _gpu_info(), _study.TuneOptions(device=_device()))
+    enqueued = []
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", lambda self, params, **k: enqueued.append(params))
+    monkeypatch.setattr(_study, "spent", lambda study: 10**6)  # seed, then stop before any trial
+    monkeypatch.setattr(_study.BucketTuner, "_commit", lambda self, study, name: None)
+    study_tuner.run()
+    assert replace(loop, q_mode="tile").to_dict() in enqueued and loop.to_dict() in enqueued
+    monkeypatch.undo()
     # The winner of the bucket next door is among the seeds of this one's study.
     tuner.valid = {KernelConfig.from_dict(first["config"])}
     assert tuner._family_winners() == [KernelConfig.from_dict(first["config"])]

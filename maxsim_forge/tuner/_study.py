@@ -4,6 +4,7 @@ and store the winner."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -184,6 +185,10 @@ class BucketTuner:
                 seeds.append(KernelConfig.from_dict(current["config"]))
             seeds.append(default_config(self.spec, **self.problem.prep.sizes, sm_count=self.gpu.sm_count))
             seeds += self._family_winners()
+            # A loop config of one query tile has a straight-line twin (q_mode tile), which
+            # was faster in most buckets where both ran: try the twin of every seed.
+            seeds += [twin for cfg in seeds if cfg.q_mode == "loop"
+                      and (twin := dataclasses.replace(cfg, q_mode="tile")) in self.valid]
             if exhaustive:
                 seeds += space
             for cfg in dict.fromkeys(seeds):
