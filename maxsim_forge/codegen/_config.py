@@ -142,6 +142,12 @@ def k_width(spec: KernelSpec, cfg: KernelConfig) -> int:
     return spec.dim if cfg.exact_k else cfg.block_k
 
 
+def exact_k_fits(dim: int) -> bool:
+    """Whether exact feature tiles (``exact_k``) differ from one padded tile for ``dim``:
+    a multiple of 16 that is no power of two, up to 256."""
+    return dim <= 256 and dim % 16 == 0 and dim != next_pow2(dim)
+
+
 def k_chunks(spec: KernelSpec, cfg: KernelConfig) -> list[tuple[int, int]]:
     """(first feature, width) of each feature tile of ``exact_k``: the dim's binary
     digits from the largest, e.g. 96 -> [(0, 64), (64, 32)]."""
@@ -201,7 +207,7 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
             raise ConfigError(f"{name}={getattr(cfg, name)!r}; accepted: True, False")
     if cfg.exact_k:
         whole = max(16, next_pow2(spec.dim))
-        if spec.dim % 16 or spec.dim == whole or cfg.block_k != whole or whole > 256:
+        if not exact_k_fits(spec.dim) or cfg.block_k != whole:
             raise ConfigError(
                 f"exact_k=True takes a dim that is a multiple of 16 but no power of two, up to 256, "
                 f"with block_k the dim rounded up ({whole}); got dim {spec.dim}, block_k={cfg.block_k}"

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..codegen import ConfigError, KernelConfig, KernelSpec, next_pow2, query_programs, validate
+from ..codegen import ConfigError, KernelConfig, KernelSpec, exact_k_fits, next_pow2, query_programs, validate
 from .._problems import Sizes
 
 SPACE: dict[str, tuple] = {
@@ -64,8 +64,7 @@ RESTRICTIONS: tuple[Restriction, ...] = (
     Restriction(
         "exact_k_for_uneven_dims",
         "exact feature tiles only differ from one padded tile for a dim that is no power of two",
-        lambda spec, cfg, s, sms: not cfg.exact_k or (spec.dim % 16 == 0 and spec.dim != next_pow2(spec.dim)
-                                                      and spec.dim <= 256),
+        lambda spec, cfg, s, sms: not cfg.exact_k or exact_k_fits(spec.dim),
     ),
     Restriction(
         "overlap_needs_doc_tiles",
