@@ -31,6 +31,13 @@ def valid_tokens(count: int, length: int, lengths, mask, device) -> torch.Tensor
     return valid
 
 
+def masked_max(s: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max over ``dim`` of the entries where ``valid`` (broadcast to ``s``) holds; 0 where
+    none does. Overwrites ``s``."""
+    m = s.masked_fill_(~valid, float("-inf")).amax(dim=dim)
+    return m.masked_fill_(torch.isneginf(m), 0.0)
+
+
 def padded_scores(q, q_valid, d, d_valid, *, absolute: bool = False, chunk: int = _CHUNK_ELEMENTS) -> torch.Tensor:
     """q [Nq, Lq, k], d [B, Ld, k] with validity masks -> [Nq, B], in float64 for float64
     inputs (the reference) and float32 otherwise (the torch baseline: products and maxima
@@ -44,9 +51,7 @@ def padded_scores(q, q_valid, d, d_valid, *, absolute: bool = False, chunk: int 
     step = max(1, chunk // max(1, nq * lq * ld))
     for b0 in range(0, nb, step):
         s = torch.einsum("nqk,btk->nbqt", q, d[b0 : b0 + step])
-        s = s.masked_fill(~d_valid[None, b0 : b0 + step, None, :], float("-inf"))
-        m = s.amax(dim=-1).to(dtype)
-        m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+        m = masked_max(s, d_valid[None, b0 : b0 + step, None, :], dim=-1).to(dtype)
         m = m * q_valid[:, None, :]
         out[:, b0 : b0 + step] = (m.abs() if absolute else m).sum(dim=-1)
     return out
@@ -136,6 +141,7 @@ def reference_for(prep, *, absolute: bool = False) -> torch.Tensor:
 __all__ = [
     "maxsim_packed_reference",
     "maxsim_pairs_reference",
+    "masked_max",
     "maxsim_reference",
     "padded_scores",
     "reference_for",

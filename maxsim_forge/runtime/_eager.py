@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._inputs import Prepared
-from ..reference import valid_tokens
+from ..reference import masked_max, valid_tokens
 
 # Score elements (float32) materialised at once: 256 MiB.
 _CHUNK = 1 << 26
@@ -37,12 +37,6 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         except (TypeError, RuntimeError):  # a torch without out_dtype
             pass
     return op(a.float(), b.float())
-
-
-def _masked_max(s: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
-    """Max over ``dim`` of the valid entries; 0 where none is valid."""
-    m = s.masked_fill_(~valid, float("-inf")).amax(dim=dim)
-    return m.masked_fill_(torch.isneginf(m), 0.0)
 
 
 def _gather(x: torch.Tensor, cu: torch.Tensor, start: int, stop: int, length: int):
@@ -82,7 +76,7 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
             b1 = min(nb, b0 + step)
             qp, q_valid = _gather(q, k["q_cu"], b0, b1, lq)
             dp, d_valid = _gather(d, k["d_cu"], b0, b1, ld)
-            m = _masked_max(_mm_f32(qp, dp.transpose(1, 2)), d_valid[:, None, :], dim=2)  # [n, Lq]
+            m = masked_max(_mm_f32(qp, dp.transpose(1, 2)), d_valid[:, None, :], dim=2)  # [n, Lq]
             out[b0:b1] = (m * q_valid).sum(dim=1)
         return out
     out = torch.zeros(nq, nb, dtype=torch.float32, device=q.device)
@@ -103,7 +97,7 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
                                    _part(k.get("d_mask"), b0, b1), d.device)
         # Every query token against every doc token of the chunk in one matmul.
         s = _mm_f32(dp.reshape(-1, dim), qt).view(b1 - b0, ld, nq, lq)
-        m = _masked_max(s, d_valid[:, :, None, None], dim=1)  # [n, nq, lq]
+        m = masked_max(s, d_valid[:, :, None, None], dim=1)  # [n, nq, lq]
         out[:, b0:b1] = (m * q_valid).sum(dim=2).t()
     return out
 
