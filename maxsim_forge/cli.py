@@ -7,7 +7,7 @@ import os
 
 import click
 
-from .codegen import DTYPES, LAYOUTS, MASK_KINDS, ConfigError, KernelConfig, KernelSpec
+from .codegen import DTYPES, LAYOUTS, MASK_KINDS, ConfigError, KernelConfig, KernelSpec, is_current
 
 
 def _use_interpreter_without_cuda() -> bool:
@@ -178,8 +178,6 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
                    for w in read_winners(open_db(str(p), read_only=True, immutable=True), gpu=gpu, layout=layout, dtype=dtype)]
     else:
         winners = _open(db_path).winners(gpu=gpu, layout=layout, dtype=dtype)
-    from .codegen import is_current
-
     rows = []
     for w in winners:
         cfg = KernelConfig.from_dict(w["config"])

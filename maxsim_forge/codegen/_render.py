@@ -45,6 +45,7 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
     ``interpret`` renders for Triton's interpreter (default: whether it is on)."""
     dtype = spec.dtype
     interpret = interpreting() if interpret is None else interpret
+    chunks = k_chunks(spec, cfg) if cfg.exact_k else []
     return {
         "VARIANT": variant_name(spec, cfg),
         "LAYOUT": spec.layout,
@@ -56,9 +57,9 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         "SPLIT_K": num_k_chunks(spec, cfg) > 1,
         "EXACT_K": cfg.exact_k,
         "OVERLAP_MAX": cfg.overlap_max,
-        "K_CHUNKS": k_chunks(spec, cfg) if cfg.exact_k else [],
+        "K_CHUNKS": chunks,
         # The query tile(s) held in registers and passed to each doc tile.
-        "Q_ARGS": ", ".join(f"q{i}" for i in range(len(k_chunks(spec, cfg)))) if cfg.exact_k else "q",
+        "Q_ARGS": ", ".join(f"q{i}" for i in range(len(chunks))) if chunks else "q",
         "EVEN_K": spec.dim % cfg.block_k == 0,
         "NUM_WARPS": cfg.num_warps,
         "NUM_STAGES": cfg.num_stages,
@@ -100,6 +101,7 @@ def render(
     return template.render(**template_values(spec, cfg))
 
 
+@functools.lru_cache(maxsize=8)
 def template_hash(env: jinja2.Environment | None = None) -> str:
     """Hash of the template text: stored with every tuned result, so an edit invalidates it."""
     env = env or environment()
