@@ -42,8 +42,10 @@ def default_config(
         q_mode, block_q, block_d, num_warps, num_stages = "grid", 128 if lq >= 256 else 64, 64, 4, 3
     else:
         # One query tile per program, in straight-line code (no loop around the doc
-        # loop): on an H200 at ColBERT B 10k, 3.7% to 21% faster than the loop for doc
-        # tiles of 32 to 128 tokens, level at 16.
+        # loop). ColBERT B 10k on an H200: a single static tile instead of the loop was
+        # 4% to 28% faster with doc tiles of 32 to 128 tokens, level at 16; on an H100
+        # the tuner's best tile config beat its best loop config in 6 of 9 buckets
+        # (0.4% to 5.6%), level in 2 (BENCHMARKS.md).
         block_q = _pow2_at_least(lq, 16, 64)
         q_mode, block_d, num_warps, num_stages = "tile", 32, 2 if block_q <= 32 else 4, 3
     if spec.dtype == "fp32" or block_k > 128:
