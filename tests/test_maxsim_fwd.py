@@ -134,6 +134,31 @@ def test_overlapped_row_max(layout, dtype, precision, tol):
             _check(prep, ref, cfg, tol, "overlap_max")
 
 
+MASKED_LOOP = [
+    KernelConfig(block_q=64, block_d=16, block_k=128, num_warps=4, num_stages=3, q_mode="tile", masked_loop=True),
+    KernelConfig(block_q=16, block_d=32, block_k=64, num_warps=2, num_stages=2, q_mode="loop", masked_loop=True),
+    KernelConfig(block_q=16, block_d=16, block_k=32, num_warps=4, num_stages=2, q_mode="grid", split_d=2,
+                 masked_loop=True),
+    KernelConfig(block_q=64, block_d=16, block_k=128, num_warps=4, num_stages=1, q_mode="fold", exact_k=True,
+                 masked_loop=True),
+    KernelConfig(block_q=32, block_d=16, block_k=128, num_warps=4, num_stages=2, q_mode="tile", exact_k=True,
+                 overlap_max=True, masked_loop=True),
+]
+
+
+@pytest.mark.parametrize("dtype, precision, tol", TOLERANCES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_masked_doc_loop(layout, dtype, precision, tol):
+    # Docs of 0 to 3 full tiles and a partial one, all in the one masked loop; with a
+    # doc split, chunks that end in a partial tile and chunks that are empty.
+    kinds = {"padded": ("mask", "lengths"), "allpairs": ("lengths", "mask")}.get(layout, ("none", "none"))
+    prep, ref = make_case(layout, dtype, nq=3, lq=40, nb=5, ld=61, dim=96, q_kind=kinds[0], d_kind=kinds[1],
+                          precision=precision)
+    for cfg in MASKED_LOOP:
+        if _runs(layout, cfg):
+            _check(prep, ref, cfg, tol, "masked_loop")
+
+
 @pytest.mark.parametrize("q_kind", ("none", "lengths", "mask"))
 @pytest.mark.parametrize("d_kind", ("none", "lengths", "mask"))
 @pytest.mark.parametrize("layout", ("padded", "allpairs"))

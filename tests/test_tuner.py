@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from maxsim_forge.cli import main
-from maxsim_forge.codegen import KernelConfig, is_current, kernel_hash, template_hash
+from maxsim_forge.codegen import KernelConfig, KernelSpec, is_current, kernel_hash, template_hash
 from maxsim_forge.runtime import default_config
 from maxsim_forge.runtime._keys import INTERPRETER
 from maxsim_forge.tuned_db import BucketKey, TunedDB, open_db, read_winners
@@ -37,6 +37,25 @@ TINY = [Bucket("padded", "fp16", 32, 8, 20, 3, d_mask="lengths", name="tiny"),
 def test_every_restriction_has_a_reason():
     assert len({r.name for r in RESTRICTIONS}) == len(RESTRICTIONS)
     assert all(r.reason and len(r.reason) > 20 for r in RESTRICTIONS)
+
+
+def test_one_masked_loop_only_where_a_doc_can_end_mid_tile():
+    from maxsim_forge._problems import Sizes
+
+    cfg = KernelConfig(block_q=32, block_d=64, block_k=128, q_mode="tile", masked_loop=True)
+    sizes = dict(sm_count=132, smem_limit=232_448)
+    assert "masked_loop_needs_a_partial_tile" in check_static(KernelSpec("padded", "fp16", 128), cfg,
+                                                              Sizes(1, 32, 1000, 256), **sizes)
+    for spec, ld in ((KernelSpec("padded", "fp16", 128), 300), (KernelSpec("padded", "fp16", 128, d_mask="lengths"), 256),
+                     (KernelSpec("packed", "fp16", 128), 256)):
+        assert check_static(spec, cfg, Sizes(1, 32, 1000, ld), **sizes) is None, (spec, ld)
+    # The heuristic's straight-line tiles take the masked loop exactly where docs can end mid-tile.
+    for spec, ld, masked in ((KernelSpec("padded", "fp16", 128), 300, True), (KernelSpec("padded", "fp16", 128), 256, False),
+                             (KernelSpec("padded", "fp16", 128, d_mask="lengths"), 256, True),
+                             (KernelSpec("pairs", "bf16", 96), 128, True)):
+        pick = default_config(spec, nq=1, lq=32, nb=1000, ld=ld)
+        assert (pick.q_mode, pick.masked_loop) == ("tile", masked), (spec, ld, pick)
+    assert not default_config(KernelSpec("padded", "fp16", 128), nq=1, lq=1024, nb=1000, ld=300).masked_loop
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -395,6 +414,9 @@ def test_candidates_are_timed_across_the_bucket_and_seeded_by_family_winners(tmp
     monkeypatch.setattr(_study.BucketTuner, "_commit", lambda self, study, name: None)
     study_tuner.run()
     assert replace(loop, q_mode="tile").to_dict() in enqueued and loop.to_dict() in enqueued
+    # Docs with lengths end mid-tile: each seed's one-masked-loop twin is tried too.
+    for cfg in (loop, replace(loop, q_mode="tile")):
+        assert replace(cfg, masked_loop=True).to_dict() in enqueued
     monkeypatch.undo()
     # The winner of the bucket next door is among the seeds of this one's study.
     tuner.valid = {KernelConfig.from_dict(first["config"])}

@@ -100,6 +100,9 @@ class KernelConfig:
     - ``overlap_max``: each doc tile's dot is issued before the previous tile's row max
       is taken (two score tiles live at once), so the tensor cores need not wait for
       the max: for long docs, where the kernel is bound by the dots.
+    - ``masked_loop``: every doc tile, the partial last one included, goes through one
+      masked loop, so the software pipeline prefetches the last tile with the others;
+      by default full tiles run unmasked and the partial tile follows the loop.
     """
 
     block_q: int = 32
@@ -111,6 +114,7 @@ class KernelConfig:
     split_d: int = 1
     exact_k: bool = False
     overlap_max: bool = False
+    masked_loop: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> KernelConfig:
@@ -128,7 +132,7 @@ class KernelConfig:
         return (
             f"q{self.block_q}-d{self.block_d}-k{self.block_k}-w{self.num_warps}"
             f"-s{self.num_stages}-{self.q_mode}-x{self.split_d}{'-exact' if self.exact_k else ''}"
-            f"{'-overlap' if self.overlap_max else ''}"
+            f"{'-overlap' if self.overlap_max else ''}{'-mloop' if self.masked_loop else ''}"
         )
 
 
@@ -146,6 +150,13 @@ def exact_k_fits(dim: int) -> bool:
     """Whether exact feature tiles (``exact_k``) differ from one padded tile for ``dim``:
     a multiple of 16 that is no power of two, up to 256."""
     return dim <= 256 and dim % 16 == 0 and dim != next_pow2(dim)
+
+
+def partial_doc_tiles(spec: KernelSpec, ld: int, block_d: int) -> bool:
+    """Whether docs of ``spec`` with padded (or longest) length ``ld`` can end mid-tile,
+    which is where one masked loop (``masked_loop``) differs from full tiles and a tail:
+    docs given by lengths, masks or offsets, or a length that is no multiple of ``block_d``."""
+    return spec.d_mask != "none" or spec.layout in ("packed", "pairs") or ld % block_d != 0
 
 
 def k_chunks(spec: KernelSpec, cfg: KernelConfig) -> list[tuple[int, int]]:
@@ -202,7 +213,7 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
             f"block_k={cfg.block_k} exceeds dim {spec.dim} rounded up to a power of two "
             f"({max(16, next_pow2(spec.dim))}); it would only load padding"
         )
-    for name in ("exact_k", "overlap_max"):
+    for name in ("exact_k", "overlap_max", "masked_loop"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}={getattr(cfg, name)!r}; accepted: True, False")
     if cfg.exact_k:

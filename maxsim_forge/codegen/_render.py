@@ -57,6 +57,7 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         "SPLIT_K": num_k_chunks(spec, cfg) > 1,
         "EXACT_K": cfg.exact_k,
         "OVERLAP_MAX": cfg.overlap_max,
+        "MASKED_LOOP": cfg.masked_loop,
         "K_CHUNKS": chunks,
         # The query tile(s) held in registers and passed to each doc tile.
         "Q_ARGS": ", ".join(f"q{i}" for i in range(len(chunks))) if chunks else "q",

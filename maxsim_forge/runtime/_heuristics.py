@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..codegen import KernelConfig, KernelSpec, exact_k_fits, next_pow2, query_programs
+from ..codegen import KernelConfig, KernelSpec, exact_k_fits, next_pow2, partial_doc_tiles, query_programs
 
 # Programs per SM we aim for before splitting docs.
 _WAVES = 2
@@ -54,8 +54,13 @@ def default_config(
         block_d = min(block_d, _pow2_at_least(ld, 16, 256))
     # A dim that is no power of two takes exact feature tiles (96 = 64 + 32): on an H100
     # they were 0.8 to 4.9% faster at dim 96 and 16k docs, and level at 1k.
+    # Where docs end mid-tile, a straight-line tile takes its doc in one masked loop: on
+    # an H100 that twin was faster at the median of 12 or 13 tile configs in 6 of 7
+    # bench cases (by 0.3% to 3.8%), level in the seventh (BENCHMARKS.md).
+    masked_loop = q_mode == "tile" and partial_doc_tiles(spec, ld, block_d)
     cfg = KernelConfig(block_q=block_q, block_d=block_d, block_k=block_k, num_warps=num_warps,
-                       num_stages=num_stages, q_mode=q_mode, exact_k=exact_k_fits(spec.dim))
+                       num_stages=num_stages, q_mode=q_mode, exact_k=exact_k_fits(spec.dim),
+                       masked_loop=masked_loop)
     programs = max(1, query_programs(spec.layout, cfg, nq, lq) * nb)
     split_d = 1
     longest = max(ld, 1)

@@ -13,7 +13,9 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..codegen import ConfigError, KernelConfig, KernelSpec, exact_k_fits, next_pow2, query_programs, validate
+from ..codegen import (
+    ConfigError, KernelConfig, KernelSpec, exact_k_fits, next_pow2, partial_doc_tiles, query_programs, validate,
+)
 from .._problems import Sizes
 
 SPACE: dict[str, tuple] = {
@@ -26,6 +28,7 @@ SPACE: dict[str, tuple] = {
     "split_d": (1, 2, 4, 8, 16),
     "exact_k": (False, True),
     "overlap_max": (False, True),
+    "masked_loop": (False, True),
 }
 
 
@@ -72,6 +75,12 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "program, and pays only where the dots dominate (32 or more query rows per tile)",
         lambda spec, cfg, s, sms: not cfg.overlap_max or (s.ld >= 4 * cfg.block_d * cfg.split_d
                                                           and cfg.block_q >= 32),
+    ),
+    Restriction(
+        "masked_loop_needs_a_partial_tile",
+        "one masked loop only differs from full tiles then a masked tail where a doc can end "
+        "mid-tile (lengths, masks, packed docs, or a doc length that is no multiple of block_d)",
+        lambda spec, cfg, s, sms: not cfg.masked_loop or partial_doc_tiles(spec, s.ld, cfg.block_d),
     ),
     Restriction(
         "block_q_fits_rows",

@@ -189,6 +189,10 @@ class BucketTuner:
             # was faster in most buckets where both ran: try the twin of every seed.
             seeds += [twin for cfg in seeds if cfg.q_mode == "loop"
                       and (twin := dataclasses.replace(cfg, q_mode="tile")) in self.valid]
+            # Where docs end mid-tile, the same config with its partial tile pipelined in
+            # one masked loop.
+            seeds += [twin for cfg in seeds if not cfg.masked_loop
+                      and (twin := dataclasses.replace(cfg, masked_loop=True)) in self.valid]
             if exhaustive:
                 seeds += space
             for cfg in dict.fromkeys(seeds):
