@@ -141,7 +141,8 @@ def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, gpu
                           resume=resume, storage_url=storage, gpus=gpus, workers=workers, progress=not quiet)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"\n{report.device}: {len(report.results)} buckets in {report.wall_s:.1f} s")
+    n = len(report.results)
+    click.echo(f"\n{report.device}: {n} bucket{'' if n == 1 else 's'} in {report.wall_s:.1f} s")
     click.echo(_table(("bucket", "best config", "ms", "torch ms", "speedup", "trials", "device"), summary_rows(report)))
 
 

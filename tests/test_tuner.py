@@ -359,6 +359,7 @@ def test_shapes_file_and_its_errors(tmp_path):
     result = CliRunner().invoke(main, ["tune", "--shapes", str(shapes), "--trials", "2", "--quiet",
                                        "--db", str(tmp_path / "t.db")])
     assert result.exit_code == 0, result.output
+    assert ": 1 bucket in " in result.output
     assert TunedDB(tmp_path / "t.db").winners()[0]["layout"] == "pairs"
     shapes.write_text(json.dumps([{"layout": "pairs", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 16, "batch": 3}]))
     result = CliRunner().invoke(main, ["tune", "--shapes", str(shapes), "--db", str(tmp_path / "t.db")])
