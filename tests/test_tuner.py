@@ -24,6 +24,7 @@ from maxsim_forge.tuner import (
     check_static,
     make_storage,
     stale_winners,
+    summary_rows,
     tune,
     tune_on_device,
 )
@@ -114,8 +115,21 @@ def test_tune_end_to_end_then_show_then_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(_study, "synth", lambda *a, **k: made.append(k["device"]) or real_synth(*a, **k))
     again = tune(TINY, db_path=db_path, trials=5, seed=1, resume=True, progress=False)
     assert all(r.skipped for r in again.results)
+    assert [row[1] for row in summary_rows(again)] == ["(kept)", "(kept)"]
     assert len(TunedDB(db_path).trials()) == n_trials
     assert made == ["meta"] * len(TINY)
+
+
+def test_time_budget_stops_between_buckets_and_says_which_were_not_reached(tmp_path):
+    # The budget is spent before the first bucket's first trial: it is cut, the next
+    # one not started, and neither is reported as failed.
+    report = tune(TINY, db_path=tmp_path / "t.db", trials=2, time_budget_s=1e-6, progress=False)
+    assert [r.skipped for r in report.results] == [True, True]
+    assert [row[1] for row in summary_rows(report)] == ["(cut: time budget)", "(not reached: time budget)"]
+    assert TunedDB(tmp_path / "t.db").winners() == []
+    # With time left, every bucket is tuned.
+    report = tune(TINY, db_path=tmp_path / "t.db", trials=2, time_budget_s=3600, progress=False)
+    assert all(r.config is not None and not r.skipped for r in report.results)
 
 
 def test_forced_failures_are_stored_and_never_win(tmp_path, monkeypatch):

@@ -90,7 +90,7 @@ def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, progress
         if resume and _is_done(db, tuner):
             row = db.winner(tuner.key)
             results.append(BucketResult(bucket, tuner.key, None, row["time_ms"], row.get("baseline_ms"),
-                                        row.get("trials") or 0, skipped=True))
+                                        row.get("trials") or 0, skipped=True, why="kept"))
             continue
         bar = None
         if progress:
@@ -98,12 +98,17 @@ def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, progress
 
             bar = tqdm(total=opts.trials, desc=bucket.label(), leave=True, dynamic_ncols=True)
         try:
-            results.append(tuner.run(bar))
+            result = tuner.run(bar)
         finally:
             if bar is not None:
                 bar.close()
-        if opts.deadline is not None and time.monotonic() > opts.deadline:
-            results += [BucketResult(b, None, skipped=True) for b in buckets[len(results):]]
+        late = opts.deadline is not None and time.monotonic() > opts.deadline
+        if late and result.config is None:  # cut before any candidate was timed
+            result.skipped, result.why = True, "cut: time budget"
+        results.append(result)
+        if late:
+            results += [BucketResult(b, None, skipped=True, why="not reached: time budget")
+                        for b in buckets[len(results):]]
             break
     return results
 
@@ -162,7 +167,7 @@ def summary_rows(report: TuneReport) -> list[tuple[str, ...]]:
     for r in report.results:
         rows.append((
             r.bucket.label(),
-            r.config.key() if r.config else ("(kept)" if r.skipped else "(none passed)"),
+            r.config.key() if r.config else (f"({r.why or 'skipped'})" if r.skipped else "(none passed)"),
             f"{r.time_ms:.4f}" if r.time_ms else "-",
             f"{r.baseline_ms:.4f}" if r.baseline_ms else "-",
             f"{r.speedup:.2f}x" if r.speedup else "-",
