@@ -121,19 +121,6 @@ OVERLAP = [
 ]
 
 
-@pytest.mark.parametrize("dtype, precision, tol", TOLERANCES)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_overlapped_row_max(layout, dtype, precision, tol):
-    # Docs of 0 to 3 full tiles and a partial one: the first and last tiles of the
-    # overlapped loop, and the tail after it.
-    kinds = {"padded": ("lengths", "mask"), "allpairs": ("mask", "lengths")}.get(layout, ("none", "none"))
-    prep, ref = make_case(layout, dtype, nq=3, lq=40, nb=5, ld=61, dim=96, q_kind=kinds[0], d_kind=kinds[1],
-                          precision=precision)
-    for cfg in OVERLAP:
-        if _runs(layout, cfg):
-            _check(prep, ref, cfg, tol, "overlap_max")
-
-
 MASKED_LOOP = [
     KernelConfig(block_q=64, block_d=16, block_k=128, num_warps=4, num_stages=3, q_mode="tile", masked_loop=True),
     KernelConfig(block_q=16, block_d=32, block_k=64, num_warps=2, num_stages=2, q_mode="loop", masked_loop=True),
@@ -145,18 +132,28 @@ MASKED_LOOP = [
                  overlap_max=True, masked_loop=True),
 ]
 
+# Per doc-loop knob: its configs and the (query, doc) mask kinds of the padded and
+# allpairs layouts (the others take extents from offsets).
+DOC_LOOP_KNOBS = {
+    "overlap_max": (OVERLAP, ("lengths", "mask"), ("mask", "lengths")),
+    "masked_loop": (MASKED_LOOP, ("mask", "lengths"), ("lengths", "mask")),
+}
 
+
+@pytest.mark.parametrize("knob", sorted(DOC_LOOP_KNOBS))
 @pytest.mark.parametrize("dtype, precision, tol", TOLERANCES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_one_masked_doc_loop(layout, dtype, precision, tol):
-    # Docs of 0 to 3 full tiles and a partial one, all in the one masked loop; with a
-    # doc split, chunks that end in a partial tile and chunks that are empty.
-    kinds = {"padded": ("mask", "lengths"), "allpairs": ("lengths", "mask")}.get(layout, ("none", "none"))
+def test_doc_loop_knobs(layout, dtype, precision, tol, knob):
+    # Docs of 0 to 3 full tiles and a partial one: the first and last tiles of the
+    # overlapped loop and the tail after it, or every tile in the one masked loop; with
+    # a doc split, chunks that end in a partial tile and chunks that are empty.
+    configs, padded_kinds, allpairs_kinds = DOC_LOOP_KNOBS[knob]
+    kinds = {"padded": padded_kinds, "allpairs": allpairs_kinds}.get(layout, ("none", "none"))
     prep, ref = make_case(layout, dtype, nq=3, lq=40, nb=5, ld=61, dim=96, q_kind=kinds[0], d_kind=kinds[1],
                           precision=precision)
-    for cfg in MASKED_LOOP:
+    for cfg in configs:
         if _runs(layout, cfg):
-            _check(prep, ref, cfg, tol, "masked_loop")
+            _check(prep, ref, cfg, tol, knob)
 
 
 @pytest.mark.parametrize("q_kind", ("none", "lengths", "mask"))
