@@ -48,6 +48,15 @@ def default_config(
         # (0.4% to 5.6%), level in 2 (BENCHMARKS.md).
         block_q = _pow2_at_least(lq, 16, 64)
         q_mode, block_d, num_warps, num_stages = "tile", 32, 2 if block_q <= 32 else 4, 3
+        # Doc tiles by programs per SM. With two warps, three stages and the masked loop,
+        # on an H100 (benchmarks/results/masked-loop-h100-2026-11-27.json): 16 tokens won
+        # at B 1k (ColBERT, ColPali; about 8 programs per SM), 64 at B 4k to 50k (ColBERT
+        # full, ragged and dim 96, packed), by 1% to 2% over 32.
+        per_sm = nq * nb / max(sm_count, 1)
+        if 1 <= per_sm <= 8:
+            block_d = 16
+        elif per_sm >= 16:
+            block_d = 64
     if spec.dtype == "fp32" or block_k > 128:
         block_d = min(block_d, 32)
     if ld > 0:  # no tile longer than the docs
