@@ -114,13 +114,17 @@ def _table(headers: tuple[str, ...], rows: list[tuple]) -> str:
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
               help="Database to write (default: MAXSIM_FORGE_DB or the user cache).")
 @click.option("--resume", is_flag=True, help="Skip buckets whose winner still runs the kernels it was timed with.")
+@click.option("--refresh", is_flag=True,
+              help="Like --resume, but tune again the buckets whose winner was found in an older search space "
+                   "(knobs added since); their winner is among the new study's seeds.")
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs to tune on, one worker process each.")
 @click.option("--workers", type=int, default=None, help="Compile processes per GPU (default: cores - 1).")
 @click.option("--storage", default=None,
               help="Optuna storage URL shared by several processes or machines: journal:PATH, sqlite:///F, postgresql://...")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sampler and the random inputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, gpus, workers, storage, seed, quiet) -> None:
+def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, refresh, gpus, workers, storage, seed,
+         quiet) -> None:
     """Tune kernel variants for this GPU and store the winners.
 
     Example: maxsim-forge tune --preset quick --db tuned.db
@@ -138,7 +142,7 @@ def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, gpu
                    "(the pipeline runs end to end; its timings mean nothing).")
     try:
         report = run_tune(buckets, db_path=db_path, trials=trials, seed=seed, time_budget_s=time_budget,
-                          resume=resume, storage_url=storage, gpus=gpus, workers=workers, progress=not quiet)
+                          resume=resume, refresh=refresh, storage_url=storage, gpus=gpus, workers=workers, progress=not quiet)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     n = len(report.results)
@@ -173,6 +177,7 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
     Example: maxsim-forge db show --layout padded --dtype fp16
     """
     from .tuned_db import open_db, read_winners, shipped_db_paths
+    from .tuner import space_hash
 
     if shipped:
         winners = [w for p in shipped_db_paths()
@@ -185,9 +190,9 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
         speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
         rows.append((w["gpu"], w["layout"], w["dtype"], w["dim"], w["nq_bucket"], w["lq_bucket"], w["ld_bucket"],
                      w["nb_bucket"], w.get("docs") or "-", cfg.key(), f"{w['time_ms']:.4f}", speed, w["trials"],
-                     "yes" if is_current(w) else "stale"))
+                     "yes" if is_current(w) else "stale", "current" if w.get("space_hash") == space_hash() else "older"))
     click.echo(_table(("gpu", "layout", "dtype", "dim", "nq", "lq", "ld", "nb", "docs", "config", "ms", "vs torch",
-                       "trials", "current"), rows))
+                       "trials", "current", "space"), rows))
 
 
 @db.command("export")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 from dataclasses import replace
@@ -229,9 +230,47 @@ def test_previous_schema_version_migrates(tmp_path):
     assert sorted(w["docs"] for w in db.winners()) == ["", "full"]
     # Rows from before kernel hashes have none: they are judged by their template hash.
     assert [w["kernel_hash"] for w in db.winners()] == ["", ""]
+    # ... and no search-space hash: an older space, as far as --refresh is concerned.
+    assert [w["space_hash"] for w in db.winners()] == ["", ""]
     assert not any(is_current(w) for w in db.winners())
     db.put_winner(old_key, {**row, "template_hash": template_hash()})
     assert is_current(db.winner(old_key))
+
+
+def test_refresh_tunes_again_the_buckets_found_in_an_older_search_space(tmp_path, monkeypatch):
+    from maxsim_forge.tuner import _study, space_hash
+
+    db_path = tmp_path / "t.db"
+    tune(TINY, db_path=db_path, trials=2, progress=False)
+    db = TunedDB(db_path)
+    assert [w["space_hash"] for w in db.winners()] == [space_hash()] * 2
+    older = next(w for w in db.winners() if w["layout"] == "padded")
+    key = BucketKey.from_row(older)
+    db.put_winner(key, {**{k: v for k, v in older.items() if k not in key.as_row()}, "space_hash": ""})
+    shown = {line.split()[1]: line.split()[-1] for line in
+             CliRunner().invoke(main, ["db", "show", "--db", str(db_path)]).output.splitlines()[2:]}
+    assert shown == {"padded": "older", "allpairs": "current"}
+    # --resume keeps both; --refresh tunes the older one again, its winner first among the seeds.
+    assert all(r.skipped for r in tune(TINY, db_path=db_path, trials=2, resume=True, progress=False).results)
+    enqueued = []
+    real_enqueue = optuna.Study.enqueue_trial
+    monkeypatch.setattr(optuna.Study, "enqueue_trial",
+                        lambda self, params, **k: enqueued.append(params) or real_enqueue(self, params, **k))
+    result = CliRunner().invoke(main, ["tune", "--shapes", str(_shapes_file(tmp_path, TINY)), "--trials", "2",
+                                       "--refresh", "--quiet", "--db", str(db_path)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("tiny")}
+    assert "(kept)" in rows["tiny-multi"] and "(kept)" not in rows["tiny"], result.output
+    assert enqueued[0] == older["config"]
+    assert [w["space_hash"] for w in TunedDB(db_path).winners()] == [space_hash()] * 2
+    # A new space is a new study: a persistent storage does not resume the old one.
+    assert _study.study_name(INTERPRETER, key).endswith("|" + space_hash())
+
+
+def _shapes_file(tmp_path, buckets):
+    path = tmp_path / "shapes.json"
+    path.write_text(json.dumps([dataclasses.asdict(b) for b in buckets]))
+    return path
 
 
 def test_winners_record_their_kernel_hash_and_ship_stamps_older_rows(tmp_path):

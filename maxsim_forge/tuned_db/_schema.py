@@ -65,11 +65,20 @@ def _m4_kernel_hash(db: sqlite_utils.Database) -> None:
         db["winners"].add_column("kernel_hash", str, not_null_default="")
 
 
+def _m5_space_hash(db: sqlite_utils.Database) -> None:
+    # Version 5: a winner records the hash of the search space it was found in
+    # (tuner.space_hash), so a run with --refresh tunes again the buckets found before the
+    # space grew. Rows stored before say "" (an older space).
+    if "space_hash" not in db["winners"].columns_dict:
+        db["winners"].add_column("space_hash", str, not_null_default="")
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _m1_initial),
     ("0002_provenance", _m2_provenance),
     ("0003_docs", _m3_docs),
     ("0004_kernel_hash", _m4_kernel_hash),
+    ("0005_space_hash", _m5_space_hash),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ._presets import PRESETS, Bucket, load_buckets, resolve
 from ._run import TuneReport, make_storage, summary_rows, tune, tune_on_device
-from ._space import RESTRICTIONS, SPACE, check_static, valid_configs
+from ._space import RESTRICTIONS, SPACE, check_static, space_hash, valid_configs
 from ._verify import stale_winners, stamp_kernel_hash, verify_winners
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "load_buckets",
     "make_storage",
     "resolve",
+    "space_hash",
     "summary_rows",
     "tune",
     "tune_on_device",

@@ -17,6 +17,7 @@ from ..runtime._keys import INTERPRETER, gpu_info
 from ..tuned_db import TunedDB, user_db_path
 from ._presets import Bucket
 from ._compile import CompilePool
+from ._space import space_hash
 from ._study import BucketResult, BucketTuner, TuneOptions, study_name
 
 
@@ -42,11 +43,11 @@ class TuneReport:
     wall_s: float
 
 
-def _is_done(db: TunedDB, tuner: BucketTuner) -> bool:
+def _is_done(db: TunedDB, tuner: BucketTuner, *, refresh: bool = False) -> bool:
     """A bucket whose winner still runs the kernels it was timed with is finished
-    (``--resume``)."""
+    (``--resume``); with ``refresh``, only if it was also found in this package's search space."""
     row = db.winner(tuner.key)
-    return bool(row) and is_current(row)
+    return bool(row) and is_current(row) and (not refresh or row.get("space_hash") == space_hash())
 
 
 def tune_on_device(
@@ -57,6 +58,7 @@ def tune_on_device(
     seed: int = 0,
     time_budget_s: float | None = None,
     resume: bool = False,
+    refresh: bool = False,
     storage_url: str | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -75,19 +77,20 @@ def tune_on_device(
     db = TunedDB(db_path)
     with CompilePool(workers) as pool:
         opts.pool = pool
-        results = _tune_buckets(buckets, db, gpu, opts, resume=resume, progress=progress)
+        results = _tune_buckets(buckets, db, gpu, opts, resume=resume, refresh=refresh, progress=progress)
     where = f"cuda:{os.environ.get('CUDA_VISIBLE_DEVICES', '0')}" if on_gpu else "interpreter"
     for r in results:
         r.device = where
     return results
 
 
-def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, progress: bool) -> list[BucketResult]:
+def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, refresh: bool = False,
+                  progress: bool) -> list[BucketResult]:
     results = []
     for bucket in buckets:
         bucket = bucket if opts.device.startswith("cuda") else bucket.tiny()
         tuner = BucketTuner(bucket, db, gpu, opts)
-        if resume and _is_done(db, tuner):
+        if (resume or refresh) and _is_done(db, tuner, refresh=refresh):
             row = db.winner(tuner.key)
             results.append(BucketResult(bucket, tuner.key, None, row["time_ms"], row.get("baseline_ms"),
                                         row.get("trials") or 0, skipped=True, why="kept"))
@@ -127,6 +130,7 @@ def tune(
     seed: int = 0,
     time_budget_s: float | None = None,
     resume: bool = False,
+    refresh: bool = False,
     storage_url: str | None = None,
     gpus: int = 1,
     workers: int | None = None,
@@ -134,13 +138,17 @@ def tune(
 ) -> TuneReport:
     """Tune every bucket; with ``gpus > 1``, one worker process per GPU, buckets dealt round-robin.
 
+    ``resume`` skips buckets whose winner still runs the kernels it was timed with;
+    ``refresh`` does too, except those whose winner was found in an older search space,
+    which are tuned again with their winner among the seeds.
+
     Without CUDA the same pipeline runs through Triton's interpreter on shrunk buckets.
     """
     t0 = time.monotonic()
     db_path = Path(db_path) if db_path else user_db_path()
     on_gpu = torch.cuda.is_available() and not interpreting()
     kwargs = dict(db_path=db_path, trials=trials, seed=seed, time_budget_s=time_budget_s, resume=resume,
-                  storage_url=storage_url, workers=workers, progress=progress)
+                  refresh=refresh, storage_url=storage_url, workers=workers, progress=progress)
     TunedDB(db_path)  # create and migrate once, before workers race to
     if gpus <= 1:
         results = tune_on_device(buckets, **kwargs)

@@ -8,7 +8,10 @@ register limits come from :func:`maxsim_forge.codegen.validate`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import itertools
+import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -130,6 +133,17 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         lambda spec, cfg, s, sms: cfg.block_q * cfg.block_d < 128 * 128 or cfg.num_warps >= 4,
     ),
 )
+
+
+@functools.lru_cache(maxsize=1)
+def space_hash() -> str:
+    """Hash of the search space: every knob's values and the restrictions by name.
+
+    A winner stores it; ``tune --refresh`` tunes again the buckets whose winner was found
+    in another space (a knob added since), seeded with that winner."""
+    text = json.dumps({"space": {k: list(v) for k, v in SPACE.items()},
+                       "restrictions": [r.name for r in RESTRICTIONS]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def check_static(
