@@ -17,7 +17,7 @@ from ..runtime._keys import INTERPRETER, gpu_info
 from ..tuned_db import TunedDB, user_db_path
 from ._presets import Bucket
 from ._compile import CompilePool
-from ._space import space_hash
+from ._space import in_current_space
 from ._study import BucketResult, BucketTuner, TuneOptions, study_name
 
 
@@ -47,7 +47,7 @@ def _is_done(db: TunedDB, tuner: BucketTuner, *, refresh: bool = False) -> bool:
     """A bucket whose winner still runs the kernels it was timed with is finished
     (``--resume``); with ``refresh``, only if it was also found in this package's search space."""
     row = db.winner(tuner.key)
-    return bool(row) and is_current(row) and (not refresh or row.get("space_hash") == space_hash())
+    return bool(row) and is_current(row) and (not refresh or in_current_space(row))
 
 
 def tune_on_device(

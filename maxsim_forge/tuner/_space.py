@@ -146,6 +146,11 @@ def space_hash() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def in_current_space(row: dict) -> bool:
+    """Whether a tuned database row was found in this package's search space."""
+    return row.get("space_hash") == space_hash()
+
+
 def check_static(
     spec: KernelSpec, cfg: KernelConfig, sizes: Sizes, *, sm_count: int, smem_limit: int | None
 ) -> str | None:

@@ -68,7 +68,7 @@ class BucketResult:
     baseline_ms: float | None = None
     trials: int = 0
     skipped: bool = False
-    why: str = ""  # why a skipped bucket was not tuned: "kept" (resume) or "time budget"
+    why: str = ""  # why a skipped bucket was not tuned: "kept", "cut: time budget", "not reached: time budget"
     device: str = ""  # where it was tuned: "cuda:0", or the physical GPU a worker was given
 
     @property
