@@ -109,6 +109,9 @@ def test_exact_k_takes_uneven_dims_only():
     assert KernelConfig(block_k=128, exact_k=True).key().endswith("-x1-exact")
     assert KernelConfig(overlap_max=True).key().endswith("-x1-overlap")
     assert KernelConfig(overlap_max=True, masked_loop=True).key().endswith("-x1-overlap-mloop")
+    assert KernelConfig(masked_loop=True, defer_max=True).key().endswith("-x1-mloop-defer")
+    with pytest.raises(ConfigError, match="defer_max=None; accepted: True, False"):
+        render(spec, KernelConfig(block_k=128, defer_max=None))
     with pytest.raises(ConfigError, match="masked_loop=1; accepted: True, False"):
         render(spec, KernelConfig(block_k=128, masked_loop=1))
     with pytest.raises(ConfigError, match="overlap_max='yes'; accepted: True, False"):

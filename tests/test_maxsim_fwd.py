@@ -132,11 +132,21 @@ MASKED_LOOP = [
                  overlap_max=True, masked_loop=True),
 ]
 
+DEFER_MAX = [
+    KernelConfig(block_q=64, block_d=16, block_k=128, num_warps=4, num_stages=3, q_mode="grid", defer_max=True),
+    KernelConfig(block_q=256, block_d=16, block_k=64, num_warps=8, num_stages=2, q_mode="fold", defer_max=True),
+    KernelConfig(block_q=64, block_d=16, block_k=32, num_warps=4, num_stages=2, q_mode="loop", split_d=2,
+                 masked_loop=True, defer_max=True),
+    KernelConfig(block_q=64, block_d=16, block_k=128, num_warps=4, num_stages=1, q_mode="tile", exact_k=True,
+                 defer_max=True),
+]
+
 # Per doc-loop knob: its configs and the (query, doc) mask kinds of the padded and
 # allpairs layouts (the others take extents from offsets).
 DOC_LOOP_KNOBS = {
     "overlap_max": (OVERLAP, ("lengths", "mask"), ("mask", "lengths")),
     "masked_loop": (MASKED_LOOP, ("mask", "lengths"), ("lengths", "mask")),
+    "defer_max": (DEFER_MAX, ("lengths", "mask"), ("mask", "lengths")),
 }
 
 

@@ -41,6 +41,21 @@ def test_every_restriction_has_a_reason():
     assert all(r.reason and len(r.reason) > 20 for r in RESTRICTIONS)
 
 
+def test_deferred_row_max_only_for_tall_tiles_over_several_doc_tiles():
+    from maxsim_forge._problems import Sizes
+
+    spec, sizes = KernelSpec("padded", "fp16", 128), dict(sm_count=132, smem_limit=232_448)
+    cfg = KernelConfig(block_q=128, block_d=64, block_k=128, num_warps=8, num_stages=3, q_mode="grid", defer_max=True)
+    assert check_static(spec, cfg, Sizes(1, 1024, 1000, 1024), **sizes) is None
+    assert "defer_needs_doc_tiles" in check_static(spec, cfg, Sizes(1, 1024, 1000, 64), **sizes)
+    assert "defer_needs_doc_tiles" in check_static(spec, replace(cfg, block_q=32), Sizes(1, 32, 1000, 1024), **sizes)
+    assert "defer_or_overlap" in check_static(spec, replace(cfg, overlap_max=True), Sizes(1, 1024, 1000, 1024), **sizes)
+    # The running max is a second score tile in the register estimate.
+    big = KernelConfig(block_q=256, block_d=64, block_k=128, num_warps=8, num_stages=3, q_mode="grid")
+    assert check_static(spec, big, Sizes(1, 1024, 1000, 1024), **sizes) is None
+    assert "registers" in check_static(spec, replace(big, defer_max=True), Sizes(1, 1024, 1000, 1024), **sizes)
+
+
 def test_one_masked_loop_only_where_a_doc_can_end_mid_tile():
     from maxsim_forge._problems import Sizes
 

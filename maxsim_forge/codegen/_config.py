@@ -103,6 +103,9 @@ class KernelConfig:
     - ``masked_loop``: every doc tile, the partial last one included, goes through one
       masked loop, so the software pipeline prefetches the last tile with the others;
       by default full tiles run unmasked and the partial tile follows the loop.
+    - ``defer_max``: the doc loop keeps a running element-wise max of the score tiles and
+      takes the row max once, after the loop, instead of a row max (a reduction across
+      threads) per doc tile: for long docs and tall query tiles, where the dots dominate.
     """
 
     block_q: int = 32
@@ -115,6 +118,7 @@ class KernelConfig:
     exact_k: bool = False
     overlap_max: bool = False
     masked_loop: bool = False
+    defer_max: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> KernelConfig:
@@ -133,6 +137,7 @@ class KernelConfig:
             f"q{self.block_q}-d{self.block_d}-k{self.block_k}-w{self.num_warps}"
             f"-s{self.num_stages}-{self.q_mode}-x{self.split_d}{'-exact' if self.exact_k else ''}"
             f"{'-overlap' if self.overlap_max else ''}{'-mloop' if self.masked_loop else ''}"
+            f"{'-defer' if self.defer_max else ''}"
         )
 
 
@@ -184,7 +189,8 @@ def registers_per_thread(spec: KernelSpec, cfg: KernelConfig) -> int:
     """A rough per-thread register estimate: score tile, query tile, row state, overhead."""
     threads = 32 * cfg.num_warps
     esize = ELEMENT_BYTES[spec.dtype]
-    score = cfg.block_q * cfg.block_d * (2 if cfg.overlap_max else 1)  # fp32 accumulator(s)
+    # fp32 score tiles: the dot's, the previous one (overlap_max), the running max (defer_max)
+    score = cfg.block_q * cfg.block_d * (1 + cfg.overlap_max + cfg.defer_max)
     query = cfg.block_q * k_width(spec, cfg) * esize // 4
     doc = cfg.block_d * k_width(spec, cfg) * esize // 4
     return (score + query + doc) // threads + cfg.block_q // 8 + 40
@@ -213,7 +219,7 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
             f"block_k={cfg.block_k} exceeds dim {spec.dim} rounded up to a power of two "
             f"({max(16, next_pow2(spec.dim))}); it would only load padding"
         )
-    for name in ("exact_k", "overlap_max", "masked_loop"):
+    for name in ("exact_k", "overlap_max", "masked_loop", "defer_max"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}={getattr(cfg, name)!r}; accepted: True, False")
     if cfg.exact_k:

@@ -58,6 +58,7 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         "EXACT_K": cfg.exact_k,
         "OVERLAP_MAX": cfg.overlap_max,
         "MASKED_LOOP": cfg.masked_loop,
+        "DEFER_MAX": cfg.defer_max,
         "K_CHUNKS": chunks,
         # The query tile(s) held in registers and passed to each doc tile.
         "Q_ARGS": ", ".join(f"q{i}" for i in range(len(chunks))) if chunks else "q",

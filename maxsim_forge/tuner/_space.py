@@ -22,7 +22,7 @@ from ..codegen import (
 from .._problems import Sizes
 
 SPACE: dict[str, tuple] = {
-    "block_q": (16, 32, 64, 128),
+    "block_q": (16, 32, 64, 128, 256),
     "block_d": (16, 32, 64, 128),
     "block_k": (32, 64, 128, 256),
     "num_warps": (2, 4, 8),
@@ -32,6 +32,7 @@ SPACE: dict[str, tuple] = {
     "exact_k": (False, True),
     "overlap_max": (False, True),
     "masked_loop": (False, True),
+    "defer_max": (False, True),
 }
 
 
@@ -84,6 +85,19 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "one masked loop only differs from full tiles then a masked tail where a doc can end "
         "mid-tile (lengths, masks, packed docs, or a doc length that is no multiple of block_d)",
         lambda spec, cfg, s, sms: not cfg.masked_loop or partial_doc_tiles(spec, s.ld, cfg.block_d),
+    ),
+    Restriction(
+        "defer_needs_doc_tiles",
+        "a running max of the score tiles only saves row maxes where a program walks several doc "
+        "tiles, and pays only where the dots dominate (64 or more query rows per tile)",
+        lambda spec, cfg, s, sms: not cfg.defer_max or (s.ld >= 2 * cfg.block_d * cfg.split_d
+                                                        and cfg.block_q >= 64),
+    ),
+    Restriction(
+        "defer_or_overlap",
+        "deferring the row max and overlapping it with the next dot are two ways to take the "
+        "max off the dots' path; together they hold three score tiles",
+        lambda spec, cfg, s, sms: not (cfg.defer_max and cfg.overlap_max),
     ),
     Restriction(
         "block_q_fits_rows",
