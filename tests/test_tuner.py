@@ -86,6 +86,21 @@ def test_heuristic_default_passes_static_checks_for_every_preset_bucket(preset):
         assert check_static(spec, cfg, Sizes(b.nq, b.lq, b.nb, b.ld), sm_count=132, smem_limit=232_448) is None, (b, cfg)
 
 
+@pytest.mark.parametrize("smem_limit", (232_448, 166_912, 101_376))  # H100, A100, Ada
+@pytest.mark.parametrize("dtype", ("fp16", "fp32"))
+def test_heuristic_default_fits_the_devices_shared_memory(smem_limit, dtype):
+    from maxsim_forge.codegen import validate
+
+    for dim in (32, 96, 128, 256, 384):
+        for layout, nq, lq in (("padded", 1, 32), ("padded", 1, 300), ("padded", 1, 1024), ("allpairs", 16, 32)):
+            spec = KernelSpec(layout, dtype, dim)
+            cfg = default_config(spec, nq=nq, lq=lq, nb=1000, ld=1024, sm_count=132, smem_limit=smem_limit)
+            validate(spec, cfg, smem_limit=smem_limit)  # raises ConfigError if it does not fit
+    # Hopper keeps the 256-row tile for long half-precision queries.
+    big = default_config(KernelSpec("padded", "fp16", 128), nq=1, lq=1024, nb=1000, ld=1024)
+    assert (big.block_q, big.num_warps, big.q_mode) == (256, 8, "grid")
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_bucket_has_a_key_of_its_own(preset):
     # Two buckets of a preset under one key would overwrite each other's winner.

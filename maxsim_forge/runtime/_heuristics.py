@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..codegen import KernelConfig, KernelSpec, exact_k_fits, next_pow2, partial_doc_tiles, query_programs
+from ..codegen import (
+    ConfigError, KernelConfig, KernelSpec, exact_k_fits, next_pow2, partial_doc_tiles, query_programs, validate,
+)
 
 # Programs per SM we aim for before splitting docs.
 _WAVES = 2
@@ -22,13 +24,16 @@ def _pow2_at_least(x: int, lo: int, hi: int) -> int:
 
 
 def default_config(
-    spec: KernelSpec, *, nq: int, lq: int, nb: int, ld: int, sm_count: int = 132
+    spec: KernelSpec, *, nq: int, lq: int, nb: int, ld: int, sm_count: int = 132,
+    smem_limit: int | None = None,
 ) -> KernelConfig:
     """A config that is valid for ``spec`` and reasonable for these sizes.
 
     The regimes follow the exhaustive sweeps on an H100 (benchmarks/bench_tuner.py):
     the whole dim in one tile; short queries walk the doc with small doc tiles on two
-    warps; folded queries and long queries use 128-row tiles against 64-token doc tiles.
+    warps; folded queries use 128-row tiles and queries of 256 tokens or more 256-row
+    tiles, against 64-token doc tiles. The tile shrinks until it fits ``smem_limit``
+    (default: Hopper's) and the register estimate.
     """
     if spec.dim <= 256:
         block_k = _pow2_at_least(spec.dim, 16, 256)
@@ -38,6 +43,15 @@ def default_config(
     rows = nq * lq if folded else lq
     if folded and rows >= 64:
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1
+    elif lq >= 256 and spec.dtype != "fp32" and block_k <= 128:
+        # Long queries: 256-row tiles on eight warps halve the doc reads per row. Image as
+        # query (Lq 1024 x Ld 1024, B 1k) on an H200: 0.4615 ms against 0.5080 ms for the
+        # best 128-row tile without defer_max, 0.4851 ms with it
+        # (benchmarks/results/bigtile-h200-2026-11-27.json).
+        # A query of one such tile runs it in straight-line code (the tuner's pick for
+        # Lq 256 in bf16 on the H200).
+        q_mode = "tile" if lq <= 256 else "grid"
+        block_q, block_d, num_warps, num_stages = 256, 64, 8, 3
     elif lq > 64:
         q_mode, block_q, block_d, num_warps, num_stages = "grid", 128 if lq >= 256 else 64, 64, 4, 3
     else:
@@ -70,9 +84,33 @@ def default_config(
     cfg = KernelConfig(block_q=block_q, block_d=block_d, block_k=block_k, num_warps=num_warps,
                        num_stages=num_stages, q_mode=q_mode, exact_k=exact_k_fits(spec.dim),
                        masked_loop=masked_loop)
+    cfg = _fit(spec, cfg, smem_limit)
     programs = max(1, query_programs(spec.layout, cfg, nq, lq) * nb)
     split_d = 1
     longest = max(ld, 1)
-    while programs * split_d < _WAVES * sm_count and split_d < 16 and longest // (split_d * 2) >= block_d:
+    while programs * split_d < _WAVES * sm_count and split_d < 16 and longest // (split_d * 2) >= cfg.block_d:
         split_d *= 2
     return replace(cfg, split_d=split_d)
+
+
+def _fit(spec: KernelSpec, cfg: KernelConfig, smem_limit: int | None) -> KernelConfig:
+    """``cfg`` made smaller until it passes the device checks: fewer pipeline stages, then
+    shorter query tiles (with fewer warps), then shorter doc tiles."""
+    while True:
+        try:
+            validate(spec, cfg, smem_limit=smem_limit)
+            return cfg
+        except ConfigError:
+            pass
+        if cfg.num_stages > 2:
+            cfg = replace(cfg, num_stages=cfg.num_stages - 1)
+        elif cfg.block_q > 64:
+            cfg = replace(cfg, block_q=cfg.block_q // 2, num_warps=max(4, cfg.num_warps // 2))
+        elif cfg.block_d > 16:
+            cfg = replace(cfg, block_d=cfg.block_d // 2)
+        elif cfg.num_stages > 1:
+            cfg = replace(cfg, num_stages=1)
+        elif cfg.block_q > 16:
+            cfg = replace(cfg, block_q=cfg.block_q // 2)
+        else:
+            return cfg  # the smallest tile: the launch reports what does not fit

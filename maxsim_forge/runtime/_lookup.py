@@ -150,7 +150,7 @@ class Lookup:
             for candidate in ranked:
                 if self._usable(candidate, spec, gpu):
                     return candidate.config, source
-        return default_config(spec, **sizes, sm_count=gpu.sm_count), HEURISTIC
+        return default_config(spec, **sizes, sm_count=gpu.sm_count, smem_limit=gpu.smem_limit), HEURISTIC
 
 
 def _fits(spec: KernelSpec, cfg: KernelConfig, gpu: GpuInfo) -> bool:
