@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 
@@ -179,11 +180,17 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
     from .tuned_db import open_db, read_winners, shipped_db_paths
     from .tuner import in_current_space
 
+    from .tuned_db import user_db_path
+
     if shipped:
         winners = [w for p in shipped_db_paths()
                    for w in read_winners(open_db(str(p), read_only=True, immutable=True), gpu=gpu, layout=layout, dtype=dtype)]
     else:
-        winners = _open(db_path).winners(gpu=gpu, layout=layout, dtype=dtype)
+        # A read: the file is opened read-only, never created, migrated or switched to WAL.
+        path = Path(db_path or user_db_path())
+        if not path.is_file():
+            raise click.ClickException(f"no tuned database at {path}; `maxsim-forge tune` writes one")
+        winners = read_winners(open_db(str(path), read_only=True), gpu=gpu, layout=layout, dtype=dtype)
     rows = []
     for w in winners:
         cfg = KernelConfig.from_dict(w["config"])

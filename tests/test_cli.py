@@ -9,6 +9,7 @@ import click
 from click.testing import CliRunner
 
 from maxsim_forge.cli import main
+from maxsim_forge.tuned_db import shipped_db_paths
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -79,3 +80,19 @@ def test_db_show_shipped():
     result = CliRunner().invoke(main, ["db", "show", "--shipped", "--gpu", "NVIDIA_H100_80GB_HBM3"])
     assert result.exit_code == 0, result.output
     assert "NVIDIA_H100_80GB_HBM3" in result.output and "fold" in result.output and "NVIDIA_H200 " not in result.output
+
+
+def test_db_show_reads_without_writing(tmp_path):
+    # Showing a database leaves its file as it was (no WAL switch, no migration), and a
+    # missing one is an error, not a new empty file.
+    shipped = next(p for p in shipped_db_paths() if "H100" in p.name)
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(shipped.read_bytes())
+    result = CliRunner().invoke(main, ["db", "show", "--db", str(copy)])
+    assert result.exit_code == 0 and "fold" in result.output, result.output
+    assert copy.read_bytes() == shipped.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db"]
+    missing = tmp_path / "missing.db"
+    result = CliRunner().invoke(main, ["db", "show", "--db", str(missing)])
+    assert result.exit_code == 1 and f"no tuned database at {missing}" in result.output
+    assert not missing.exists()
