@@ -3,7 +3,7 @@ persistent grid whose programs keep their query tile and run one flattened loop 
 (doc, doc tile); the row max per tile or deferred to the doc's end. Every doc tile is
 masked here, unlike the template's full tiles.
 
-    python benchmarks/explore_persistent.py        # on a GPU; OUT=dir writes persist.json
+    python benchmarks/explore_persistent.py [image-query,16q]   # on a GPU; OUT=dir writes persist.json
     TRITON_INTERPRET=1 python benchmarks/explore_persistent.py   # checks, tiny shapes
 
 Result on an H100 (image-query): benchmarks/results/persistent-grid-h100-2026-11-27.log.
@@ -11,6 +11,7 @@ Result on an H100 (image-query): benchmarks/results/persistent-grid-h100-2026-11
 import itertools
 import json
 import os
+import sys
 
 import torch
 import triton
@@ -120,7 +121,10 @@ def main():
         {"image-query": (1, 40, 37, 5), "16q": (3, 8, 29, 4)}
     res = {}
     from maxsim_forge.tuner._timing import time_fn
+    only = sys.argv[1].split(",") if len(sys.argv) > 1 else list(cases)
     for name, (nq, lq, ld, nb) in cases.items():
+        if name not in only:
+            continue
         g = torch.Generator().manual_seed(0)
         q = torch.randn(nq, lq, 128, generator=g).to(DEV, torch.float16)
         d = torch.randn(nb, ld, 128, generator=g).to(DEV, torch.float16)
@@ -129,6 +133,7 @@ def main():
         t = (lambda fn: time_fn(fn, device="cuda", rep_ms=200).median_ms) if cuda else (lambda fn: 0.0)
         rows = {}
         if cuda:
+            os.environ["MAXSIM_FORGE_COMPILE"] = "blocking"  # time the kernel, not torch while it compiles
             import maxsim_forge as mf
             from maxsim_forge.bench import make_inputs, CASES, _flash, _lik
             qq = q[0] if nq == 1 else q
@@ -140,8 +145,8 @@ def main():
                     f = mk(x); f(); rows[pn] = t(f)
                 except Exception as e:
                     rows[pn] = repr(e)[:60]
-        tiles = [(128, 64, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8), (256, 128, 8)] + \
-            ([(64, 64, 4)] if nq > 1 else [(128, 128, 4)])
+        tiles = [(128, 64, 4), (128, 64, 8), (256, 64, 8)] if nq > 1 else \
+            [(128, 64, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8), (256, 128, 8), (128, 128, 4)]
         grid = [(bq, bd, w, st) for bq, bd, w in tiles for st in (2, 3)] if cuda else [(16, 16, 4, 2), (32, 16, 4, 1)]
         kinds = [("grid", 1), ("persist", 1), ("persist", 2)] if cuda else [("grid", 1), ("persist", 1)]
         for (bq, bd, w, st), defer, (kind, lps) in itertools.product(grid, (False, True), kinds):
