@@ -79,6 +79,17 @@ def test_fold_only_for_shared_queries():
         render(KernelSpec("pairs", "fp16", 128), KernelConfig(q_mode="fold"))
 
 
+def test_persistent_grid_only_for_shared_queries_over_padded_docs():
+    ast.parse(render(KernelSpec("allpairs", "fp16", 128, d_mask="lengths"), KernelConfig(q_mode="persist")))
+    with pytest.raises(ConfigError, match="q_mode='persist' contradicts layout 'padded'"):
+        render(KernelSpec("padded", "fp16", 128), KernelConfig(q_mode="persist"))
+    with pytest.raises(ConfigError, match="q_mode='persist' contradicts layout 'packed': its loop counts doc tiles"):
+        render(KernelSpec("packed", "fp16", 128), KernelConfig(q_mode="persist"))
+    with pytest.raises(ConfigError, match="split_d must be 1; got split_d=2"):
+        render(KernelSpec("allpairs", "fp16", 128), KernelConfig(q_mode="persist", split_d=2))
+    assert KernelConfig(q_mode="persist").key() == "q32-d64-k128-w4-s3-persist-x1"
+
+
 @pytest.mark.parametrize(
     "changes, knob",
     [

@@ -37,10 +37,15 @@ CORNERS = [
     KernelConfig(block_q=16, block_d=32, block_k=64, num_warps=2, num_stages=2, q_mode="tile", split_d=1),
     KernelConfig(block_q=64, block_d=64, block_k=128, num_warps=4, num_stages=3, q_mode="tile", split_d=1),
     KernelConfig(block_q=64, block_d=16, block_k=32, num_warps=4, num_stages=2, q_mode="tile", split_d=4),
+    # the persistent grid (padded docs, several queries): one chunk, then the dim split
+    KernelConfig(block_q=128, block_d=16, block_k=128, num_warps=8, num_stages=4, q_mode="persist"),
+    KernelConfig(block_q=16, block_d=64, block_k=16, num_warps=1, num_stages=1, q_mode="persist"),
 ]
 
 
 def _runs(layout: str, cfg: KernelConfig) -> bool:
+    if cfg.q_mode == "persist":
+        return layout == "allpairs"
     return not (cfg.q_mode == "fold" and layout in ("padded", "pairs"))
 
 
@@ -164,6 +169,34 @@ def test_doc_loop_knobs(layout, dtype, precision, tol, knob):
     for cfg in configs:
         if _runs(layout, cfg):
             _check(prep, ref, cfg, tol, knob)
+
+
+PERSIST = [
+    KernelConfig(block_q=64, block_d=16, block_k=128, num_warps=4, num_stages=2, q_mode="persist"),
+    KernelConfig(block_q=256, block_d=16, block_k=64, num_warps=8, num_stages=1, q_mode="persist", defer_max=True),
+    KernelConfig(block_q=32, block_d=16, block_k=128, num_warps=2, num_stages=3, q_mode="persist", exact_k=True),
+]
+
+
+@pytest.mark.parametrize("kinds", (("lengths", "mask"), ("mask", "lengths"), ("none", "none")))
+@pytest.mark.parametrize("dtype, precision, tol", TOLERANCES)
+def test_persistent_grid(dtype, precision, tol, kinds):
+    # Each program keeps a query tile and walks docs lane, lane + lanes, ...: more docs
+    # than lanes (several per program, unevenly), docs of 0 to 3 full tiles and a partial
+    # one, query tiles that cross query boundaries; the grid is query tiles x lanes.
+    from maxsim_forge.codegen import load_variant
+
+    prep, ref = make_case("allpairs", dtype, nq=3, lq=40, nb=11, ld=61, dim=96, q_kind=kinds[0], d_kind=kinds[1],
+                          precision=precision)
+    kw = prep.launch_kwargs
+    for cfg in PERSIST:
+        _check(prep, ref, cfg, tol, "persist")
+        module = load_variant(prep.spec, cfg)
+        _, steps = module._plan(prep.q, prep.d, kw["nq"], kw["lq"], kw["nb"], kw["ld"], None, None, kw["q_lengths"],
+                                kw["q_mask"], kw["d_lengths"], kw["d_mask"], None)
+        q_tiles = -(-kw["nq"] * kw["lq"] // cfg.block_q)
+        lanes = max(1, min(kw["nb"], module._sm_count(prep.q.device) * module.PERSIST_PER_SM // q_tiles))
+        assert [grid for _, grid, _ in steps] == [(q_tiles * lanes,)], cfg.key()
 
 
 @pytest.mark.parametrize("q_kind", ("none", "lengths", "mask"))

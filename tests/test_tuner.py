@@ -56,6 +56,20 @@ def test_deferred_row_max_only_for_tall_tiles_over_several_doc_tiles():
     assert "registers" in check_static(spec, replace(big, defer_max=True), Sizes(1, 1024, 1000, 1024), **sizes)
 
 
+def test_persistent_grid_only_for_folded_queries_over_padded_docs():
+    from maxsim_forge._problems import Sizes
+
+    sizes = dict(sm_count=132, smem_limit=232_448)
+    cfg = KernelConfig(block_q=256, block_d=64, block_k=128, num_warps=8, num_stages=3, q_mode="persist")
+    many = Sizes(16, 32, 1000, 300)
+    assert check_static(KernelSpec("allpairs", "fp16", 128), cfg, many, **sizes) is None
+    # 256 rows need the folded row set: 16 queries of 32 tokens, not one.
+    assert "block_q_fits_rows" in check_static(KernelSpec("allpairs", "fp16", 128), cfg, Sizes(1, 32, 1000, 300), **sizes)
+    for other in (replace(cfg, masked_loop=True), replace(cfg, overlap_max=True)):
+        assert "persist_for_folded_queries" in check_static(KernelSpec("allpairs", "fp16", 128), other, many, **sizes)
+    assert "persist_for_folded_queries" in check_static(KernelSpec("packed", "fp16", 128), cfg, many, **sizes)
+
+
 def test_one_masked_loop_only_where_a_doc_can_end_mid_tile():
     from maxsim_forge._problems import Sizes
 
@@ -501,6 +515,13 @@ def test_candidates_are_timed_across_the_bucket_and_seeded_by_family_winners(tmp
     # Docs with lengths end mid-tile: each seed's one-masked-loop twin is tried too.
     for cfg in (loop, replace(loop, q_mode="tile")):
         assert replace(cfg, masked_loop=True).to_dict() in enqueued
+    # Folded queries over padded docs: each fold seed's persistent twin is tried too.
+    fold = KernelConfig(block_q=32, block_d=16, block_k=32, num_warps=2, num_stages=2, q_mode="fold")
+    monkeypatch.setattr(_study, "default_config", lambda *a, **k: fold)
+    multi = Bucket("allpairs", "fp16", 32, 8, 20, 16, nq=3, name="multi")
+    enqueued.clear()
+    _study.BucketTuner(multi, db, gpu or _gpu_info(), _study.TuneOptions(device=_device())).run()
+    assert fold.to_dict() in enqueued and replace(fold, q_mode="persist").to_dict() in enqueued
     monkeypatch.undo()
     # The winner of the bucket next door is among the seeds of this one's study.
     tuner.valid = {KernelConfig.from_dict(first["config"])}

@@ -15,7 +15,7 @@ LAYOUTS = ("padded", "allpairs", "packed", "pairs")
 DTYPES = ("fp16", "bf16", "fp32")
 PRECISIONS = ("tf32", "ieee")
 MASK_KINDS = ("none", "lengths", "mask")
-Q_MODES = ("loop", "grid", "fold", "tile")
+Q_MODES = ("loop", "grid", "fold", "tile", "persist")
 
 # Hopper's per-block opt-in limit; used when the caller gives no device limit.
 DEFAULT_SMEM_LIMIT = 232_448
@@ -91,7 +91,9 @@ class KernelConfig:
       into one long row set, tiles over programs, per-query segmented atomic sum),
       ``tile`` (query tiles over programs like ``grid``, each in straight-line code with
       no loop around the doc loop; a plain store where a query is one tile, else an
-      atomic sum).
+      atomic sum); ``persist`` (padded docs and several queries, folded like ``fold``, on
+      a persistent grid of about two programs per SM: each keeps its query tile and walks
+      its share of the docs in one flattened loop over (doc, doc tile), every tile masked).
     - ``split_d``: doc tokens split over this many programs; a second kernel takes
       the max over the splits and the sum (for batches too small to fill the GPU).
     - ``exact_k``: a dim that is no power of two is covered by power-of-two feature
@@ -234,10 +236,19 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
     if not isinstance(cfg.num_stages, int) or not 1 <= cfg.num_stages <= 6:
         raise ConfigError(f"num_stages={cfg.num_stages!r}; accepted: 1 to 6")
     _choice("q_mode", cfg.q_mode, Q_MODES)
-    if cfg.q_mode == "fold" and spec.layout in ("padded", "pairs"):
+    if cfg.q_mode in ("fold", "persist") and spec.layout in ("padded", "pairs"):
         raise ConfigError(
-            f"q_mode='fold' contradicts layout {spec.layout!r}: folding needs several "
+            f"q_mode={cfg.q_mode!r} contradicts layout {spec.layout!r}: folding needs several "
             "shared queries (layouts allpairs, packed)"
+        )
+    if cfg.q_mode == "persist" and spec.layout != "allpairs":
+        raise ConfigError(
+            f"q_mode='persist' contradicts layout {spec.layout!r}: its loop counts doc tiles from "
+            "the padded doc length, which only layout allpairs has (packed docs may pass none)"
+        )
+    if cfg.q_mode == "persist" and cfg.split_d != 1:
+        raise ConfigError(
+            f"q_mode='persist' walks whole docs, so split_d must be 1; got split_d={cfg.split_d!r}"
         )
     if not isinstance(cfg.split_d, int) or not _is_pow2(cfg.split_d) or cfg.split_d > 64:
         raise ConfigError(f"split_d={cfg.split_d!r} must be a power of two from 1 to 64")
@@ -259,8 +270,9 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
 
 def query_programs(layout: str, cfg: KernelConfig, nq: int, lq: int) -> int:
     """Programs per doc of the main kernel before any doc split, as its launcher counts
-    them: query tiles over programs (``grid``, ``fold``), or one per query (``loop``)."""
-    if cfg.q_mode == "fold":
+    them: query tiles over programs (``grid``, ``fold``), or one per query (``loop``).
+    ``persist`` counts its query tiles; its grid is about two programs per SM in all."""
+    if cfg.q_mode in ("fold", "persist"):
         return -(-(nq * lq) // cfg.block_q)
     if cfg.q_mode in ("grid", "tile"):
         return -(-lq // cfg.block_q) * (1 if layout == "pairs" else nq)

@@ -59,6 +59,7 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         "OVERLAP_MAX": cfg.overlap_max,
         "MASKED_LOOP": cfg.masked_loop,
         "DEFER_MAX": cfg.defer_max,
+        "PERSIST": cfg.q_mode == "persist",
         "K_CHUNKS": chunks,
         # The query tile(s) held in registers and passed to each doc tile.
         "Q_ARGS": ", ".join(f"q{i}" for i in range(len(chunks))) if chunks else "q",
@@ -81,7 +82,7 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         # operands go to fp32 first, which is exact (bf16 x bf16 fits fp32's mantissa).
         "UPCAST_DOT": dtype == "bf16" and interpret,
         # Atomic sums need a zeroed output; a split or a plain store writes every slot.
-        "ZERO_INIT": cfg.q_mode in ("grid", "fold") and cfg.split_d == 1,
+        "ZERO_INIT": cfg.q_mode in ("grid", "fold", "persist") and cfg.split_d == 1,
         "SHAPES_DOC": _SHAPES[spec.layout],
     }
 

@@ -27,7 +27,7 @@ SPACE: dict[str, tuple] = {
     "block_k": (32, 64, 128, 256),
     "num_warps": (2, 4, 8),
     "num_stages": (1, 2, 3, 4),
-    "q_mode": ("loop", "grid", "fold", "tile"),
+    "q_mode": ("loop", "grid", "fold", "tile", "persist"),
     "split_d": (1, 2, 4, 8, 16),
     "exact_k": (False, True),
     "overlap_max": (False, True),
@@ -37,7 +37,7 @@ SPACE: dict[str, tuple] = {
 
 
 def _rows(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
-    return s.nq * s.lq if cfg.q_mode == "fold" else s.lq
+    return s.nq * s.lq if cfg.q_mode in ("fold", "persist") else s.lq
 
 
 def _programs(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
@@ -113,6 +113,15 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "fold_needs_several_queries",
         "folding only pays with several shared queries",
         lambda spec, cfg, s, sms: cfg.q_mode != "fold" or (s.nq > 1 and spec.layout in ("allpairs", "packed")),
+    ),
+    Restriction(
+        "persist_for_folded_queries",
+        "the persistent grid keeps a tile of folded query rows across padded docs: several "
+        "shared queries (layout allpairs), whole docs (no split); its one loop masks every "
+        "tile, so overlap_max and masked_loop, which shape the per-doc loop, do not apply",
+        lambda spec, cfg, s, sms: cfg.q_mode != "persist" or (
+            s.nq > 1 and spec.layout == "allpairs" and cfg.split_d == 1
+            and not cfg.overlap_max and not cfg.masked_loop),
     ),
     Restriction(
         "loop_for_short_rows",

@@ -190,6 +190,10 @@ class BucketTuner:
             # was faster in most buckets where both ran: try the twin of every seed.
             seeds += [twin for cfg in seeds if cfg.q_mode == "loop"
                       and (twin := dataclasses.replace(cfg, q_mode="tile")) in self.valid]
+            # Folded queries: the same tiles on the persistent grid, which keeps each query
+            # tile across docs.
+            seeds += [twin for cfg in seeds if cfg.q_mode == "fold"
+                      and (twin := dataclasses.replace(cfg, q_mode="persist")) in self.valid]
             # Where docs end mid-tile, the same config with its partial tile pipelined in
             # one masked loop.
             seeds += [twin for cfg in seeds if not cfg.masked_loop
