@@ -18,9 +18,9 @@ TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.flo
 
 
 def tolerance(spec: KernelSpec) -> float:
-    """Max error a kernel may show against float64, relative to the sum of absolute row
-    maxima (:func:`relative_error`): products of fp16/bf16 inputs are exact in fp32,
-    tf32 rounds its inputs to 10 mantissa bits."""
+    """Max error a kernel may show against float64, relative to the magnitude of the terms
+    it adds up (the reference with ``absolute=True``; :func:`relative_error`): products
+    of fp16/bf16 inputs are exact in fp32, tf32 rounds its inputs to 10 mantissa bits."""
     return 3e-3 if spec.dtype == "fp32" and spec.precision == "tf32" else 1e-5
 
 
@@ -47,7 +47,8 @@ class Problem:
         return ref[None] if self.prep.squeeze else ref
 
     def scale(self) -> float:
-        """The largest sum of absolute row maxima: what kernel errors are measured against."""
+        """The largest magnitude of the terms a score adds up (the reference with
+        ``absolute=True``): what kernel errors are measured against."""
         ref = reference_for(self.prep, absolute=True)
         return float(ref.abs().max()) if ref.numel() else 1.0
 

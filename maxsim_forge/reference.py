@@ -4,9 +4,10 @@
 - a masked doc token never wins a max; a masked query token adds 0;
 - a doc with no valid token scores 0 (never -inf, never NaN).
 
-Every function takes ``absolute=True`` to return instead the sum of the *absolute*
-row maxima, sum_i |max_j <q_i, d_j>|: the magnitude of the terms a kernel adds up.
-Kernel errors are judged relative to it, so a score that cancels to near zero is not
+Every function takes ``absolute=True`` to return instead the same sum over the
+*absolute* products, sum_i max_j sum_k |q_ik| |d_jk|: the magnitude of every term a
+kernel adds up, which bounds its rounding error. Kernel errors are judged relative to
+it, so a score that cancels to near zero, in a dot product or in the row sum, is not
 held to a tighter bound than the terms it is made of.
 """
 
@@ -49,6 +50,8 @@ def padded_scores(q, q_valid, d, d_valid, *, absolute: bool = False, chunk: int 
     if nq == 0 or nb == 0 or lq == 0 or ld == 0:
         return out
     step = max(1, chunk // max(1, nq * lq * ld))
+    if absolute:  # the magnitude of the products: every score element is >= 0
+        q, d = q.abs(), d.abs()
     for b0 in range(0, nb, step):
         s = torch.einsum("nqk,btk->nbqt", q, d[b0 : b0 + step])
         m = masked_max(s, d_valid[None, b0 : b0 + step, None, :], dim=-1).to(dtype)

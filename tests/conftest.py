@@ -43,8 +43,8 @@ def poisoned(shape, device=DEVICE) -> torch.Tensor:
 def assert_scores(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "", scale=None) -> None:
     """max|out - ref| / scale <= tol; on failure say how big, how many and where.
 
-    ``scale`` is the sum of absolute row maxima (``reference(..., absolute=True)``) where a
-    test has it; else max|ref|.
+    ``scale`` is the magnitude of the terms each score adds up
+    (``reference(..., absolute=True)``) where a test has it; else max|ref|.
     """
     assert out.dtype == torch.float32, f"{what}: output dtype {out.dtype}, expected float32"
     assert tuple(out.shape) == tuple(ref.shape), f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"

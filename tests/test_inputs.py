@@ -110,3 +110,17 @@ def test_two_dim_query_accepts_scalar_length_and_1d_mask():
     prep = prepare_padded(_q(3, 8), _q(2, 5, 8), q_mask=torch.tensor([True, False, True]))
     assert prep.launch_kwargs["q_mask"].shape == (1, 3)
     assert prep.spec.layout == "padded" and prep.spec.q_mask == "mask"
+
+
+def test_reference_scale_is_the_magnitude_of_the_products():
+    # A dot product that cancels to 0 still has terms of size 2: errors are judged
+    # against that, per row the largest over the doc's valid tokens, summed over rows.
+    from maxsim_forge.reference import maxsim_pairs_reference, maxsim_reference
+
+    q = torch.tensor([[1.0, -1.0], [0.5, 0.5]], dtype=torch.float64)
+    d = torch.tensor([[[1.0, 1.0], [-3.0, 0.0], [9.0, 9.0]]], dtype=torch.float64)
+    lengths = torch.tensor([2])
+    assert maxsim_reference(q, d, d_lengths=lengths).tolist() == [0.0 + 1.0]  # row maxima 0 and 1
+    # row 0: max(|1|+|-1|, 3 + 0) = 3; row 1: max(1, 1.5) = 1.5; the masked token (9, 9) never counts
+    assert maxsim_reference(q, d, d_lengths=lengths, absolute=True).tolist() == [4.5]
+    assert maxsim_pairs_reference([q], [d[0, :2]], absolute=True).tolist() == [4.5]
