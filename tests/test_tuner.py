@@ -41,6 +41,28 @@ def test_every_restriction_has_a_reason():
     assert all(r.reason and len(r.reason) > 20 for r in RESTRICTIONS)
 
 
+@pytest.mark.parametrize("spec, sizes", [
+    (KernelSpec("allpairs", "fp16", 128), (16, 32, 1000, 300)),
+    (KernelSpec("pairs", "bf16", 96), (1, 32, 64, 300)),
+    (KernelSpec("packed", "fp32", 320, "ieee"), (3, 40, 5, 61)),
+], ids=("allpairs", "pairs", "packed-fp32"))
+def test_enumeration_matches_every_config_checked_one_by_one(spec, sizes, monkeypatch):
+    # The space is walked knob by knob, each rule checked once its knobs are chosen: the
+    # same configs, in the same order, as checking every config of the product.
+    from maxsim_forge._problems import Sizes
+    from maxsim_forge.tuner import _space
+    from maxsim_forge.tuner._space import all_configs, valid_configs
+
+    s = Sizes(*sizes)
+    brute = [c for c in all_configs() if check_static(spec, c, s, sm_count=132, smem_limit=232_448) is None]
+    assert valid_configs(spec, s, sm_count=132, smem_limit=232_448) == brute
+    # A rule that reads a knob it does not declare fails loudly, never prunes by accident.
+    wrong = replace(_space.RESTRICTIONS[0], knobs=("block_k",), allows=lambda spec, cfg, s, sms: cfg.num_warps > 0)
+    monkeypatch.setattr(_space, "RESTRICTIONS", (wrong, *_space.RESTRICTIONS[1:]))
+    with pytest.raises(AttributeError, match="num_warps"):
+        valid_configs(spec, s, sm_count=132)
+
+
 def test_deferred_row_max_only_for_tall_tiles_over_several_doc_tiles():
     from maxsim_forge._problems import Sizes
 

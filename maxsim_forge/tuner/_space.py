@@ -46,9 +46,13 @@ def _programs(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
 
 @dataclass(frozen=True)
 class Restriction:
+    """A rule of the space. ``knobs`` names every config field ``allows`` may read: the
+    enumeration checks the rule as soon as those are chosen, pruning whole subtrees."""
+
     name: str
     reason: str
     allows: Callable[[KernelSpec, KernelConfig, Sizes, int], bool]
+    knobs: tuple[str, ...] = ()
 
 
 RESTRICTIONS: tuple[Restriction, ...] = (
@@ -56,22 +60,26 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "block_k_fits_dim",
         "a feature tile wider than the dim (rounded up to a power of two) only loads padding",
         lambda spec, cfg, s, sms: cfg.block_k <= max(16, next_pow2(spec.dim)),
+        knobs=("block_k",),
     ),
     Restriction(
         "block_k_whole_dim_when_it_fits",
         "a dim that fits one tile (<= 256) is not split: each extra chunk re-loads the query "
         "tile (on H100 the whole-dim tile led every exhaustively timed bucket)",
         lambda spec, cfg, s, sms: spec.dim > 256 or cfg.block_k == max(16, next_pow2(spec.dim)),
+        knobs=("block_k",),
     ),
     Restriction(
         "block_k_splits_dim_evenly",
         "a split dim with a partial last chunk spends a whole dot on padding",
         lambda spec, cfg, s, sms: cfg.block_k >= spec.dim or spec.dim % cfg.block_k == 0,
+        knobs=("block_k",),
     ),
     Restriction(
         "exact_k_for_uneven_dims",
         "exact feature tiles only differ from one padded tile for a dim that is no power of two",
         lambda spec, cfg, s, sms: not cfg.exact_k or exact_k_fits(spec.dim),
+        knobs=("exact_k",),
     ),
     Restriction(
         "overlap_needs_doc_tiles",
@@ -79,12 +87,14 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "program, and pays only where the dots dominate (32 or more query rows per tile)",
         lambda spec, cfg, s, sms: not cfg.overlap_max or (s.ld >= 4 * cfg.block_d * cfg.split_d
                                                           and cfg.block_q >= 32),
+        knobs=("overlap_max", "block_d", "split_d", "block_q"),
     ),
     Restriction(
         "masked_loop_needs_a_partial_tile",
         "one masked loop only differs from full tiles then a masked tail where a doc can end "
         "mid-tile (lengths, masks, packed docs, or a doc length that is no multiple of block_d)",
         lambda spec, cfg, s, sms: not cfg.masked_loop or partial_doc_tiles(spec, s.ld, cfg.block_d),
+        knobs=("masked_loop", "block_d"),
     ),
     Restriction(
         "defer_needs_doc_tiles",
@@ -92,27 +102,32 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "tiles, and pays only where the dots dominate (64 or more query rows per tile)",
         lambda spec, cfg, s, sms: not cfg.defer_max or (s.ld >= 2 * cfg.block_d * cfg.split_d
                                                         and cfg.block_q >= 64),
+        knobs=("defer_max", "block_d", "split_d", "block_q"),
     ),
     Restriction(
         "defer_or_overlap",
         "deferring the row max and overlapping it with the next dot are two ways to take the "
         "max off the dots' path; together they hold three score tiles",
         lambda spec, cfg, s, sms: not (cfg.defer_max and cfg.overlap_max),
+        knobs=("defer_max", "overlap_max"),
     ),
     Restriction(
         "block_q_fits_rows",
         "a query tile much taller than the rows it covers computes padding",
         lambda spec, cfg, s, sms: cfg.block_q <= max(16, next_pow2(_rows(spec, cfg, s))),
+        knobs=("block_q", "q_mode"),
     ),
     Restriction(
         "block_d_fits_doc",
         "a doc tile longer than the longest doc computes padding",
         lambda spec, cfg, s, sms: s.ld == 0 or cfg.block_d <= max(16, next_pow2(s.ld)),
+        knobs=("block_d",),
     ),
     Restriction(
         "fold_needs_several_queries",
         "folding only pays with several shared queries",
         lambda spec, cfg, s, sms: cfg.q_mode != "fold" or (s.nq > 1 and spec.layout in ("allpairs", "packed")),
+        knobs=("q_mode",),
     ),
     Restriction(
         "persist_for_folded_queries",
@@ -122,38 +137,45 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         lambda spec, cfg, s, sms: cfg.q_mode != "persist" or (
             s.nq > 1 and spec.layout == "allpairs" and cfg.split_d == 1
             and not cfg.overlap_max and not cfg.masked_loop),
+        knobs=("q_mode", "split_d", "overlap_max", "masked_loop"),
     ),
     Restriction(
         "loop_for_short_rows",
         "a loop over many query tiles re-reads the doc serially; long queries use the grid",
         lambda spec, cfg, s, sms: cfg.q_mode != "loop" or s.lq <= 4 * cfg.block_q,
+        knobs=("q_mode", "block_q"),
     ),
     Restriction(
         "grid_needs_several_query_tiles",
         "a query that fits one tile gains nothing from spreading tiles over programs, "
         "and pays for an atomic sum",
         lambda spec, cfg, s, sms: cfg.q_mode != "grid" or s.lq > cfg.block_q,
+        knobs=("q_mode", "block_q"),
     ),
     Restriction(
         "tile_for_one_query_tile",
         "straight-line tiles are for queries that fit one tile (a plain store); longer "
         "queries spread their tiles with grid, which skips the tiles past a short query",
         lambda spec, cfg, s, sms: cfg.q_mode != "tile" or s.lq <= cfg.block_q,
+        knobs=("q_mode", "block_q"),
     ),
     Restriction(
         "split_needs_doc_tiles",
         "each doc split must get at least one doc tile",
         lambda spec, cfg, s, sms: cfg.split_d == 1 or (s.ld > 0 and cfg.split_d * cfg.block_d <= s.ld),
+        knobs=("split_d", "block_d"),
     ),
     Restriction(
         "split_only_for_small_grids",
         "a grid that already fills the GPU twice over gains nothing from splitting docs",
         lambda spec, cfg, s, sms: cfg.split_d == 1 or _programs(spec, cfg, s) < 2 * sms,
+        knobs=("split_d", "q_mode", "block_q"),
     ),
     Restriction(
         "big_tiles_need_warps",
         "a 128x128 score tile on two warps spills registers",
         lambda spec, cfg, s, sms: cfg.block_q * cfg.block_d < 128 * 128 or cfg.num_warps >= 4,
+        knobs=("block_q", "block_d", "num_warps"),
     ),
 )
 
@@ -193,15 +215,51 @@ def all_configs() -> Iterator[KernelConfig]:
         yield KernelConfig(**dict(zip(SPACE, values)))
 
 
+# The order in which the enumeration chooses knobs: those the most rules read first, so
+# a rule prunes a whole subtree as soon as its knobs are chosen.
+_ENUMERATION_ORDER = ("block_k", "exact_k", "q_mode", "block_q", "block_d", "split_d", "num_warps",
+                      "num_stages", "overlap_max", "masked_loop", "defer_max")
+
+
+class _Partial:
+    """The knobs chosen so far; reading one not chosen yet raises AttributeError."""
+
+    __slots__ = tuple(SPACE)
+
+
 def valid_configs(
     spec: KernelSpec, sizes: Sizes, *, sm_count: int, smem_limit: int | None = None
 ) -> list[KernelConfig]:
-    """Every config of the space that passes the static checks for this bucket."""
-    return [
-        cfg
-        for cfg in all_configs()
-        if check_static(spec, cfg, sizes, sm_count=sm_count, smem_limit=smem_limit) is None
-    ]
+    """Every config of the space that passes the static checks for this bucket, in the
+    order of the space's product (the result of :func:`check_static` on each, found by
+    checking each rule once its knobs are chosen)."""
+    order = _ENUMERATION_ORDER
+    stage = {name: i for i, name in enumerate(order)}
+    rules: list[list[Restriction]] = [[] for _ in order]
+    for r in RESTRICTIONS:
+        rules[max((stage[k] for k in r.knobs), default=0)].append(r)
+    chosen = _Partial()
+    found: list[KernelConfig] = []
+
+    def walk(i: int) -> None:
+        if i == len(order):
+            cfg = KernelConfig(**{name: getattr(chosen, name) for name in SPACE})
+            try:
+                validate(spec, cfg, smem_limit=smem_limit)
+            except ConfigError:
+                return
+            found.append(cfg)
+            return
+        for value in SPACE[order[i]]:
+            setattr(chosen, order[i], value)
+            if all(r.allows(spec, chosen, sizes, sm_count) for r in rules[i]):
+                walk(i + 1)
+        delattr(chosen, order[i])
+
+    walk(0)
+    rank = {name: {v: j for j, v in enumerate(values)} for name, values in SPACE.items()}
+    found.sort(key=lambda c: tuple(rank[name][getattr(c, name)] for name in SPACE))
+    return found
 
 
 def neighbors(cfg: KernelConfig, valid: set[KernelConfig]) -> list[KernelConfig]:
