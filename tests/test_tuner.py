@@ -135,6 +135,10 @@ def test_heuristic_default_fits_the_devices_shared_memory(smem_limit, dtype):
     # Hopper keeps the 256-row tile for long half-precision queries.
     big = default_config(KernelSpec("padded", "fp16", 128), nq=1, lq=1024, nb=1000, ld=1024)
     assert (big.block_q, big.num_warps, big.q_mode) == (256, 8, "grid")
+    folded = default_config(KernelSpec("allpairs", "bf16", 128), nq=16, lq=32, nb=1000, ld=300)
+    assert (folded.block_q, folded.num_warps, folded.num_stages, folded.q_mode) == (256, 8, 3, "fold")
+    eight = default_config(KernelSpec("allpairs", "bf16", 128), nq=8, lq=32, nb=1000, ld=300)
+    assert (eight.block_q, eight.q_mode) == (128, "fold")
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

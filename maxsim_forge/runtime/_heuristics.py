@@ -31,8 +31,9 @@ def default_config(
 
     The regimes follow the exhaustive sweeps on an H100 (benchmarks/bench_tuner.py):
     the whole dim in one tile; short queries walk the doc with small doc tiles on two
-    warps; folded queries use 128-row tiles and queries of 256 tokens or more 256-row
-    tiles, against 64-token doc tiles. The tile shrinks until it fits ``smem_limit``
+    warps; folded query sets of 512 rows or more and queries of 256 tokens or more use
+    256-row tiles on eight warps, smaller folded sets 128-row tiles, against 64-token
+    doc tiles. The tile shrinks until it fits ``smem_limit``
     (default: Hopper's) and the register estimate.
     """
     if spec.dim <= 256:
@@ -41,7 +42,11 @@ def default_config(
         block_k = 64 if spec.dtype == "fp32" else 128
     folded = spec.layout in ("allpairs", "packed") and nq > 1
     rows = nq * lq if folded else lq
-    if folded and rows >= 64:
+    if folded and rows >= 512 and spec.dtype != "fp32" and block_k <= 128:
+        # 16 and 32 queries of 32 tokens: the tuner's pick on the H100 and the H200, fp16
+        # and bf16 (BENCHMARKS.md); 8 queries (256 rows) kept 128-row tiles.
+        q_mode, block_q, block_d, num_warps, num_stages = "fold", 256, 64, 8, 3
+    elif folded and rows >= 64:
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1
     elif lq >= 256 and spec.dtype != "fp32" and block_k <= 128:
         # Long queries: 256-row tiles on eight warps halve the doc reads per row. Image as
