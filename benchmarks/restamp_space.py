@@ -2,9 +2,11 @@
 bucket has exactly the same valid configs in the current one (compared config by config
 at the bucket's representative sizes of the `default` preset, on the row's device limits).
 
-A one-off, run on the shipped databases when a change grew the space: this version
-describes the last one (q_mode persist joined); for 256-row query tiles and defer_max,
-`old_mode` removed those values instead. Rows of other spaces are left as they are.
+A one-off for rows of schema 5, which hold the hash of the whole space, run on the
+shipped databases when a change grew the space: this version describes the last one
+(q_mode persist joined); for 256-row query tiles and defer_max, `old_mode` removed those
+values instead. Rows of other spaces are left as they are. Since schema 6 a row holds
+the hash of its own bucket's candidates, and this is no longer needed.
 
     python benchmarks/restamp_space.py maxsim_forge/tuned_db/data/*.db
 """

@@ -23,6 +23,7 @@ from maxsim_forge.tuner import (
     RESTRICTIONS,
     Bucket,
     check_static,
+    in_current_space,
     make_storage,
     stale_winners,
     summary_rows,
@@ -302,21 +303,36 @@ def test_previous_schema_version_migrates(tmp_path):
     assert [w["kernel_hash"] for w in db.winners()] == ["", ""]
     # ... and no search-space hash: an older space, as far as --refresh is concerned.
     assert [w["space_hash"] for w in db.winners()] == ["", ""]
+    assert [w["space_sizes"] for w in db.winners()] == ["", ""]
     assert not any(is_current(w) for w in db.winners())
     db.put_winner(old_key, {**row, "template_hash": template_hash()})
     assert is_current(db.winner(old_key))
 
 
+def _candidates(bucket, row):
+    # The hash of the bucket's candidates on the device the row was tuned on.
+    from maxsim_forge._problems import synth
+    from maxsim_forge.tuner import candidates_hash
+
+    spec = synth(bucket.spec, bucket.sizes, device="meta", seed=0).prep.spec
+    return candidates_hash(spec, bucket.sizes, sm_count=row["sm_count"], smem_limit=row["smem_limit"])
+
+
 def test_refresh_tunes_again_the_buckets_found_in_an_older_search_space(tmp_path, monkeypatch):
-    from maxsim_forge.tuner import _study, space_hash
+    from maxsim_forge.tuner import _space, _study, space_hash
 
     db_path = tmp_path / "t.db"
     tune(TINY, db_path=db_path, trials=2, progress=False)
     db = TunedDB(db_path)
-    assert [w["space_hash"] for w in db.winners()] == [space_hash()] * 2
-    older = next(w for w in db.winners() if w["layout"] == "padded")
+    # Each winner stores the hash of its bucket's candidates and what it was tuned on.
+    rows = {w["layout"]: w for w in db.winners()}
+    assert {k: w["space_hash"] for k, w in rows.items()} == {"padded": _candidates(TINY[0], rows["padded"]),
+                                                             "allpairs": _candidates(TINY[1], rows["allpairs"])}
+    assert json.loads(rows["allpairs"]["space_sizes"]) == {"q_mask": "none", "d_mask": "none", "nq": 3, "lq": 4,
+                                                           "nb": 3, "ld": 16}
+    older = rows["padded"]
     key = BucketKey.from_row(older)
-    db.put_winner(key, {**{k: v for k, v in older.items() if k not in key.as_row()}, "space_hash": ""})
+    db.put_winner(key, {**{k: v for k, v in older.items() if k not in key.as_row()}, "space_hash": "0" * 16})
     shown = {line.split()[1]: line.split()[-1] for line in
              CliRunner().invoke(main, ["db", "show", "--db", str(db_path)]).output.splitlines()[2:]}
     assert shown == {"padded": "older", "allpairs": "current"}
@@ -329,12 +345,24 @@ def test_refresh_tunes_again_the_buckets_found_in_an_older_search_space(tmp_path
     result = CliRunner().invoke(main, ["tune", "--shapes", str(_shapes_file(tmp_path, TINY)), "--trials", "2",
                                        "--refresh", "--quiet", "--db", str(db_path)])
     assert result.exit_code == 0, result.output
-    rows = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("tiny")}
-    assert "(kept)" in rows["tiny-multi"] and "(kept)" not in rows["tiny"], result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("tiny")}
+    assert "(kept)" in lines["tiny-multi"] and "(kept)" not in lines["tiny"], result.output
     assert enqueued[0] == older["config"]
-    assert [w["space_hash"] for w in TunedDB(db_path).winners()] == [space_hash()] * 2
+    assert all(in_current_space(w) for w in TunedDB(db_path).winners())
     # A new space is a new study: a persistent storage does not resume the old one.
     assert _study.study_name(INTERPRETER, key).endswith("|" + space_hash())
+    # A knob value that no candidate of a bucket can take leaves that bucket current; one
+    # that adds candidates makes it older. Rows from before schema 6 compare the whole space.
+    monkeypatch.setitem(_space.SPACE, "block_q", (*_space.SPACE["block_q"], 512))  # over validate's limit
+    _space.candidates_hash.cache_clear()
+    assert all(in_current_space(w) for w in TunedDB(db_path).winners())
+    monkeypatch.setitem(_space.SPACE, "num_stages", (*_space.SPACE["num_stages"], 5))
+    _space.candidates_hash.cache_clear()
+    assert not any(in_current_space(w) for w in TunedDB(db_path).winners())
+    legacy = {**rows["allpairs"], "space_sizes": "", "space_hash": space_hash()}
+    assert in_current_space(legacy)
+    monkeypatch.undo()
+    _space.candidates_hash.cache_clear()
 
 
 def _shapes_file(tmp_path, buckets):

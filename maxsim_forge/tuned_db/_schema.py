@@ -73,12 +73,22 @@ def _m5_space_hash(db: sqlite_utils.Database) -> None:
         db["winners"].add_column("space_hash", str, not_null_default="")
 
 
+def _m6_space_sizes(db: sqlite_utils.Database) -> None:
+    # Version 6: a winner records the sizes and mask kinds its bucket was tuned on, and its
+    # space hash becomes the hash of that bucket's candidates (tuner.candidates_hash):
+    # a space change that leaves a bucket's candidates as they were leaves it current.
+    # Rows stored before say "" and keep the hash of the whole space.
+    if "space_sizes" not in db["winners"].columns_dict:
+        db["winners"].add_column("space_sizes", str, not_null_default="")
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _m1_initial),
     ("0002_provenance", _m2_provenance),
     ("0003_docs", _m3_docs),
     ("0004_kernel_hash", _m4_kernel_hash),
     ("0005_space_hash", _m5_space_hash),
+    ("0006_space_sizes", _m6_space_sizes),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from ._presets import PRESETS, Bucket, load_buckets, resolve
 from ._run import TuneReport, make_storage, summary_rows, tune, tune_on_device
-from ._space import RESTRICTIONS, SPACE, check_static, in_current_space, space_hash, valid_configs
+from ._space import (
+    RESTRICTIONS, SPACE, candidates_hash, check_static, in_current_space, space_hash, valid_configs,
+)
 from ._verify import stale_winners, stamp_kernel_hash, verify_winners
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "SPACE",
     "Bucket",
     "TuneReport",
+    "candidates_hash",
     "check_static",
     "in_current_space",
     "load_buckets",

@@ -191,9 +191,36 @@ def space_hash() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1024)
+def candidates_hash(spec: KernelSpec, sizes: Sizes, *, sm_count: int, smem_limit: int | None) -> str:
+    """Hash of a bucket's candidates: the keys of every config of the space that passes the
+    static checks at these sizes and device limits. A winner stores it (schema 6), so a
+    space change that leaves a bucket's candidates as they were leaves its winner current."""
+    keys = sorted(cfg.key() for cfg in valid_configs(spec, sizes, sm_count=sm_count, smem_limit=smem_limit))
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def space_sizes(spec: KernelSpec, sizes: Sizes) -> str:
+    """What a winner records of its bucket for :func:`in_current_space`: the mask kinds and
+    the sizes it was tuned on."""
+    return json.dumps({"q_mask": spec.q_mask, "d_mask": spec.d_mask, **dataclasses.asdict(sizes)}, sort_keys=True)
+
+
 def in_current_space(row: dict) -> bool:
-    """Whether a tuned database row was found in this package's search space."""
-    return row.get("space_hash") == space_hash()
+    """Whether a tuned database row was found among the candidates its bucket has in this
+    package's search space (rows stored before schema 6: in the same whole space)."""
+    recorded = row.get("space_sizes")
+    if not recorded:
+        return row.get("space_hash") == space_hash()
+    try:
+        d = json.loads(recorded)
+        precision = row["precision"] if row["dtype"] == "fp32" else "tf32"
+        spec = KernelSpec(row["layout"], row["dtype"], int(row["dim"]), precision, d["q_mask"], d["d_mask"])
+        sizes = Sizes(int(d["nq"]), int(d["lq"]), int(d["nb"]), int(d["ld"]))
+        current = candidates_hash(spec, sizes, sm_count=int(row["sm_count"]), smem_limit=row.get("smem_limit"))
+    except (KeyError, TypeError, ValueError):  # a row this package cannot read back: tune it again
+        return False
+    return row.get("space_hash") == current
 
 
 def check_static(

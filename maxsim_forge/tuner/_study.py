@@ -27,7 +27,9 @@ from . import _compile
 from ._baseline import torch_baseline
 from ._compile import OK, PRUNED_STATIC, RUNTIME_FAILED, CompileJob
 from ._presets import Bucket
-from ._space import bucket_space, check_static, neighbors, space_hash, valid_configs
+from ._space import (
+    bucket_space, candidates_hash, check_static, neighbors, space_hash, space_sizes, valid_configs,
+)
 from ._timing import time_fn
 from ._verify import check_variant
 
@@ -336,7 +338,9 @@ class BucketTuner:
             "speedup": baseline / best_t if best_t else None, "near_best": near, "trials": result.trials,
             "seed": self.opts.seed, "template_hash": self.hash, "sm_count": self.gpu.sm_count,
             "kernel_hash": kernel_hash(self.spec.layout, self.spec.dtype, self.spec.dim, self.spec.precision, best),
-            "space_hash": space_hash(),
+            "space_hash": candidates_hash(self.spec, self.bucket.sizes, sm_count=self.gpu.sm_count,
+                                          smem_limit=self.gpu.smem_limit),
+            "space_sizes": space_sizes(self.spec, self.bucket.sizes),
             "smem_limit": self.gpu.smem_limit, "triton_version": _triton_version(),
             "torch_version": torch.__version__, "package_version": __version__,
         })
