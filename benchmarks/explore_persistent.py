@@ -6,7 +6,9 @@ masked here, unlike the template's full tiles.
     python benchmarks/explore_persistent.py [image-query,16q]   # on a GPU; OUT=dir writes persist.json
     TRITON_INTERPRET=1 python benchmarks/explore_persistent.py   # checks, tiny shapes
 
-Result on an H100 (image-query): benchmarks/results/persistent-grid-h100-2026-11-27.log.
+Results: benchmarks/results/persistent-grid-h100-2026-11-27.log (image-query, H100) and
+persistent-grid-16q-h200-2026-11-27.{json,log} (16 queries, H200), both timed before
+the shared setup and epilogue moved into the helpers below (the same operations).
 """
 import itertools
 import json
@@ -21,30 +23,24 @@ DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET")
 
 
 @triton.jit
-def _grid_kernel(q_ptr, d_ptr, out_ptr, NROWS, LQ, NB, LD, QP, stride_qr, stride_db, stride_dt, stride_on,
-                 DIM: tl.constexpr, BQ: tl.constexpr, BD: tl.constexpr, DEFER: tl.constexpr, FOLD: tl.constexpr):
-    pid = tl.program_id(0)
-    qt = pid % QP
-    b = pid // QP
+def _query_tile(q_ptr, qt, NROWS, stride_qr, DIM: tl.constexpr, BQ: tl.constexpr):
     offs_m = qt * BQ + tl.arange(0, BQ)
     row_in = offs_m < NROWS
-    offs_k = tl.arange(0, DIM)
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qr + offs_k[None, :], mask=row_in[:, None], other=0.0)
-    m = tl.full([BQ], float("-inf"), tl.float32)
-    acc = tl.full([BQ, BD], float("-inf"), tl.float32)
-    d_base = d_ptr + b.to(tl.int64) * stride_db
-    for d0 in range(0, LD, BD):
-        offs_d = d0 + tl.arange(0, BD)
-        d_in = offs_d < LD
-        dt = tl.load(d_base + offs_d[:, None] * stride_dt + offs_k[None, :], mask=d_in[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(dt))
-        s = tl.where(d_in[None, :], s, float("-inf"))
-        if DEFER:
-            acc = tl.maximum(acc, s)
-        else:
-            m = tl.maximum(m, tl.max(s, axis=1))
-    if DEFER:
-        m = tl.max(acc, axis=1)
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qr + tl.arange(0, DIM)[None, :], mask=row_in[:, None], other=0.0)
+    return offs_m, row_in, q
+
+
+@triton.jit
+def _tile_scores(q, d_base, d0, LD, stride_dt, DIM: tl.constexpr, BD: tl.constexpr):
+    # One masked doc tile's scores; tokens past the doc at -inf.
+    offs_d = d0 + tl.arange(0, BD)
+    d_in = offs_d < LD
+    dt = tl.load(d_base + offs_d[:, None] * stride_dt + tl.arange(0, DIM)[None, :], mask=d_in[:, None], other=0.0)
+    return tl.where(d_in[None, :], tl.dot(q, tl.trans(dt)), float("-inf"))
+
+
+@triton.jit
+def _add_scores(out_ptr, offs_m, row_in, m, b, LQ, stride_on, FOLD: tl.constexpr):
     m = tl.where(row_in, m, 0.0)
     if FOLD:
         tl.atomic_add(out_ptr + (offs_m // LQ) * stride_on + b, m, mask=row_in)
@@ -53,15 +49,31 @@ def _grid_kernel(q_ptr, d_ptr, out_ptr, NROWS, LQ, NB, LD, QP, stride_qr, stride
 
 
 @triton.jit
+def _grid_kernel(q_ptr, d_ptr, out_ptr, NROWS, LQ, NB, LD, QP, stride_qr, stride_db, stride_dt, stride_on,
+                 DIM: tl.constexpr, BQ: tl.constexpr, BD: tl.constexpr, DEFER: tl.constexpr, FOLD: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // QP
+    offs_m, row_in, q = _query_tile(q_ptr, pid % QP, NROWS, stride_qr, DIM, BQ)
+    m = tl.full([BQ], float("-inf"), tl.float32)
+    acc = tl.full([BQ, BD], float("-inf"), tl.float32)
+    d_base = d_ptr + b.to(tl.int64) * stride_db
+    for d0 in range(0, LD, BD):
+        s = _tile_scores(q, d_base, d0, LD, stride_dt, DIM, BD)
+        if DEFER:
+            acc = tl.maximum(acc, s)
+        else:
+            m = tl.maximum(m, tl.max(s, axis=1))
+    if DEFER:
+        m = tl.max(acc, axis=1)
+    _add_scores(out_ptr, offs_m, row_in, m, b, LQ, stride_on, FOLD)
+
+
+@triton.jit
 def _persist_kernel(q_ptr, d_ptr, out_ptr, NROWS, LQ, NB, LD, QP, LANES, stride_qr, stride_db, stride_dt, stride_on,
                     DIM: tl.constexpr, BQ: tl.constexpr, BD: tl.constexpr, DEFER: tl.constexpr, FOLD: tl.constexpr):
     pid = tl.program_id(0)
-    qt = pid % QP
     lane = pid // QP
-    offs_m = qt * BQ + tl.arange(0, BQ)
-    row_in = offs_m < NROWS
-    offs_k = tl.arange(0, DIM)
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qr + offs_k[None, :], mask=row_in[:, None], other=0.0)
+    offs_m, row_in, q = _query_tile(q_ptr, pid % QP, NROWS, stride_qr, DIM, BQ)
     tiles = tl.cdiv(LD, BD)
     n_docs = tl.cdiv(NB - lane, LANES)
     m = tl.full([BQ], float("-inf"), tl.float32)
@@ -70,12 +82,7 @@ def _persist_kernel(q_ptr, d_ptr, out_ptr, NROWS, LQ, NB, LD, QP, LANES, stride_
         j = it // tiles
         t = it - j * tiles
         b = lane + j * LANES
-        offs_d = t * BD + tl.arange(0, BD)
-        d_in = offs_d < LD
-        dt = tl.load(d_ptr + b.to(tl.int64) * stride_db + offs_d[:, None] * stride_dt + offs_k[None, :],
-                     mask=d_in[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(dt))
-        s = tl.where(d_in[None, :], s, float("-inf"))
+        s = _tile_scores(q, d_ptr + b.to(tl.int64) * stride_db, t * BD, LD, stride_dt, DIM, BD)
         if DEFER:
             acc = tl.maximum(acc, s)
         else:
@@ -87,11 +94,7 @@ def _persist_kernel(q_ptr, d_ptr, out_ptr, NROWS, LQ, NB, LD, QP, LANES, stride_
             else:
                 mm = m
                 m = tl.full([BQ], float("-inf"), tl.float32)
-            mm = tl.where(row_in, mm, 0.0)
-            if FOLD:
-                tl.atomic_add(out_ptr + (offs_m // LQ) * stride_on + b, mm, mask=row_in)
-            else:
-                tl.atomic_add(out_ptr + b, tl.sum(mm, axis=0))
+            _add_scores(out_ptr, offs_m, row_in, mm, b, LQ, stride_on, FOLD)
 
 
 def run(kind, q2, d, nq, lq, bq, bd, w, s, defer, lanes_per_sm=1):

@@ -44,6 +44,11 @@ def _programs(spec: KernelSpec, cfg: KernelConfig, s: Sizes) -> int:
     return query_programs(spec.layout, cfg, s.nq, s.lq) * s.nb
 
 
+def _tall_tiles_walk_doc_tiles(cfg: KernelConfig, s: Sizes, *, tiles: int, rows: int) -> bool:
+    """A program walks at least ``tiles`` doc tiles, with query tiles of ``rows`` or more."""
+    return s.ld >= tiles * cfg.block_d * cfg.split_d and cfg.block_q >= rows
+
+
 @dataclass(frozen=True)
 class Restriction:
     """A rule of the space. ``knobs`` names every config field ``allows`` may read: the
@@ -85,8 +90,7 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "overlap_needs_doc_tiles",
         "overlapping one tile's dot with the previous tile's max needs several doc tiles per "
         "program, and pays only where the dots dominate (32 or more query rows per tile)",
-        lambda spec, cfg, s, sms: not cfg.overlap_max or (s.ld >= 4 * cfg.block_d * cfg.split_d
-                                                          and cfg.block_q >= 32),
+        lambda spec, cfg, s, sms: not cfg.overlap_max or _tall_tiles_walk_doc_tiles(cfg, s, tiles=4, rows=32),
         knobs=("overlap_max", "block_d", "split_d", "block_q"),
     ),
     Restriction(
@@ -100,8 +104,7 @@ RESTRICTIONS: tuple[Restriction, ...] = (
         "defer_needs_doc_tiles",
         "a running max of the score tiles only saves row maxes where a program walks several doc "
         "tiles, and pays only where the dots dominate (64 or more query rows per tile)",
-        lambda spec, cfg, s, sms: not cfg.defer_max or (s.ld >= 2 * cfg.block_d * cfg.split_d
-                                                        and cfg.block_q >= 64),
+        lambda spec, cfg, s, sms: not cfg.defer_max or _tall_tiles_walk_doc_tiles(cfg, s, tiles=2, rows=64),
         knobs=("defer_max", "block_d", "split_d", "block_q"),
     ),
     Restriction(
