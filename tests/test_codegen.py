@@ -121,6 +121,8 @@ def test_exact_k_takes_uneven_dims_only():
     assert KernelConfig(overlap_max=True).key().endswith("-x1-overlap")
     assert KernelConfig(overlap_max=True, masked_loop=True).key().endswith("-x1-overlap-mloop")
     assert KernelConfig(masked_loop=True, defer_max=True).key().endswith("-x1-mloop-defer")
+    with pytest.raises(ConfigError, match="set at most one of them"):
+        render(spec, KernelConfig(block_k=128, overlap_max=True, defer_max=True))
     with pytest.raises(ConfigError, match="defer_max=None; accepted: True, False"):
         render(spec, KernelConfig(block_k=128, defer_max=None))
     with pytest.raises(ConfigError, match="masked_loop=1; accepted: True, False"):

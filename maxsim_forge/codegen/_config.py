@@ -224,6 +224,11 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
     for name in ("exact_k", "overlap_max", "masked_loop", "defer_max"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}={getattr(cfg, name)!r}; accepted: True, False")
+    if cfg.overlap_max and cfg.defer_max:
+        raise ConfigError(
+            "overlap_max=True and defer_max=True are two ways to take the row max off the dots' "
+            "path; the template takes one: set at most one of them"
+        )
     if cfg.exact_k:
         whole = max(16, next_pow2(spec.dim))
         if not exact_k_fits(spec.dim) or cfg.block_k != whole:
