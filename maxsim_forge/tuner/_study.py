@@ -186,7 +186,8 @@ class BucketTuner:
             current = self.db.winner(self.key)
             if current is not None and is_current(current):
                 seeds.append(KernelConfig.from_dict(current["config"]))
-            seeds.append(default_config(self.spec, **self.problem.prep.sizes, sm_count=self.gpu.sm_count))
+            seeds.append(default_config(self.spec, **self.problem.prep.sizes, sm_count=self.gpu.sm_count,
+                                        smem_limit=self.gpu.smem_limit))
             seeds += self._family_winners()
             # A loop config of one query tile has a straight-line twin (q_mode tile), which
             # was faster in most buckets where both ran: try the twin of every seed.
