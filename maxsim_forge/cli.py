@@ -177,10 +177,8 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
 
     Example: maxsim-forge db show --layout padded --dtype fp16
     """
-    from .tuned_db import open_db, read_winners, shipped_db_paths
+    from .tuned_db import open_db, read_winners, shipped_db_paths, user_db_path
     from .tuner import in_current_space
-
-    from .tuned_db import user_db_path
 
     if shipped:
         winners = [w for p in shipped_db_paths()

@@ -56,7 +56,7 @@ def padded_scores(q, q_valid, d, d_valid, *, absolute: bool = False, chunk: int 
         s = torch.einsum("nqk,btk->nbqt", q, d[b0 : b0 + step])
         m = masked_max(s, d_valid[None, b0 : b0 + step, None, :], dim=-1).to(dtype)
         m = m * q_valid[:, None, :]
-        out[:, b0 : b0 + step] = (m.abs() if absolute else m).sum(dim=-1)
+        out[:, b0 : b0 + step] = m.sum(dim=-1)
     return out
 
 

@@ -83,6 +83,9 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         "UPCAST_DOT": dtype == "bf16" and interpret,
         # Atomic sums need a zeroed output; a split or a plain store writes every slot.
         "ZERO_INIT": cfg.q_mode in ("grid", "fold", "persist") and cfg.split_d == 1,
+        # Straight-line tiles store a one-tile query's score; several tiles add with atomics,
+        # so the output is zeroed only where a query has several.
+        "ZERO_IF_TILES": cfg.q_mode == "tile" and cfg.split_d == 1,
         "SHAPES_DOC": _SHAPES[spec.layout],
     }
 

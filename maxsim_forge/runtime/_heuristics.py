@@ -42,13 +42,15 @@ def default_config(
         block_k = 64 if spec.dtype == "fp32" else 128
     folded = spec.layout in ("allpairs", "packed") and nq > 1
     rows = nq * lq if folded else lq
-    if folded and rows >= 512 and spec.dtype != "fp32" and block_k <= 128:
+    # 256-row tiles on eight warps: half-precision inputs with the whole dim in one tile.
+    tall = spec.dtype != "fp32" and block_k <= 128
+    if folded and rows >= 512 and tall:
         # 16 and 32 queries of 32 tokens: the tuner's pick on the H100 and the H200, fp16
         # and bf16 (BENCHMARKS.md); 8 queries (256 rows) kept 128-row tiles.
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 256, 64, 8, 3
     elif folded and rows >= 64:
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1
-    elif lq >= 256 and spec.dtype != "fp32" and block_k <= 128:
+    elif lq >= 256 and tall:
         # Long queries: 256-row tiles on eight warps halve the doc reads per row. Image as
         # query (Lq 1024 x Ld 1024, B 1k) on an H200: 0.4615 ms against 0.5080 ms for the
         # best 128-row tile without defer_max, 0.4851 ms with it

@@ -217,8 +217,7 @@ def in_current_space(row: dict) -> bool:
         return row.get("space_hash") == space_hash()
     try:
         d = json.loads(recorded)
-        precision = row["precision"] if row["dtype"] == "fp32" else "tf32"
-        spec = KernelSpec(row["layout"], row["dtype"], int(row["dim"]), precision, d["q_mask"], d["d_mask"])
+        spec = KernelSpec(row["layout"], row["dtype"], int(row["dim"]), row["precision"], d["q_mask"], d["d_mask"])
         sizes = Sizes(int(d["nq"]), int(d["lq"]), int(d["nb"]), int(d["ld"]))
         current = candidates_hash(spec, sizes, sm_count=int(row["sm_count"]), smem_limit=row.get("smem_limit"))
     except (KeyError, TypeError, ValueError):  # a row this package cannot read back: tune it again
@@ -246,9 +245,9 @@ def all_configs() -> Iterator[KernelConfig]:
 
 
 # The order in which the enumeration chooses knobs: those the most rules read first, so
-# a rule prunes a whole subtree as soon as its knobs are chosen.
-_ENUMERATION_ORDER = ("block_k", "exact_k", "q_mode", "block_q", "block_d", "split_d", "num_warps",
-                      "num_stages", "overlap_max", "masked_loop", "defer_max")
+# a rule prunes a whole subtree as soon as its knobs are chosen; any other knob after them.
+_CHOSEN_FIRST = ("block_k", "exact_k", "q_mode", "block_q", "block_d", "split_d")
+_ENUMERATION_ORDER = _CHOSEN_FIRST + tuple(k for k in SPACE if k not in _CHOSEN_FIRST)
 
 
 class _Partial:
