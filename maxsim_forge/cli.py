@@ -194,7 +194,8 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
         cfg = KernelConfig.from_dict(w["config"])
         speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
         rows.append((w["gpu"], w["layout"], w["dtype"], w["dim"], w["nq_bucket"], w["lq_bucket"], w["ld_bucket"],
-                     w["nb_bucket"], w.get("docs") or "-", cfg.key(), f"{w['time_ms']:.4f}", speed, w["trials"],
+                     w["nb_bucket"], w.get("docs") or "-", cfg.key(), f"{w['time_ms']:.4f}", speed,
+                     f"{w['trials']} (cut)" if w.get("cut") else w["trials"],
                      "yes" if is_current(w) else "stale", "current" if in_current_space(w) else "older"))
     click.echo(_table(("gpu", "layout", "dtype", "dim", "nq", "lq", "ld", "nb", "docs", "config", "ms", "vs torch",
                        "trials", "current", "space"), rows))

@@ -136,9 +136,15 @@ def test_heuristic_default_fits_the_devices_shared_memory(smem_limit, dtype):
     # Hopper keeps the 256-row tile for long half-precision queries.
     big = default_config(KernelSpec("padded", "fp16", 128), nq=1, lq=1024, nb=1000, ld=1024)
     assert (big.block_q, big.num_warps, big.q_mode) == (256, 8, "grid")
-    folded = default_config(KernelSpec("allpairs", "bf16", 128), nq=16, lq=32, nb=1000, ld=300)
-    assert (folded.block_q, folded.num_warps, folded.num_stages, folded.q_mode) == (256, 8, 3, "fold")
-    eight = default_config(KernelSpec("allpairs", "bf16", 128), nq=8, lq=32, nb=1000, ld=300)
+    # Shared queries over padded docs: the persistent grid, without a doc split even
+    # where the docs are too few to fill the GPU; over packed docs, fold.
+    for nq, nb in ((8, 1000), (16, 1000), (32, 3)):
+        folded = default_config(KernelSpec("allpairs", "bf16", 128), nq=nq, lq=32, nb=nb, ld=300)
+        assert (folded.block_q, folded.num_warps, folded.num_stages, folded.q_mode, folded.split_d) == (
+            256, 8, 3, "persist", 1), (nq, nb, folded)
+    packed = default_config(KernelSpec("packed", "bf16", 128), nq=16, lq=32, nb=1000, ld=300)
+    assert (packed.block_q, packed.num_warps, packed.q_mode) == (256, 8, "fold")
+    eight = default_config(KernelSpec("packed", "bf16", 128), nq=8, lq=32, nb=1000, ld=300)
     assert (eight.block_q, eight.q_mode) == (128, "fold")
 
 
@@ -202,6 +208,40 @@ def test_time_budget_stops_between_buckets_and_says_which_were_not_reached(tmp_p
     # With time left, every bucket is tuned.
     report = tune(TINY, db_path=tmp_path / "t.db", trials=2, time_budget_s=3600, progress=False)
     assert all(r.config is not None and not r.skipped for r in report.results)
+
+
+def test_a_bucket_cut_by_the_time_budget_is_finished_by_the_next_resume(tmp_path, monkeypatch):
+    import time
+    import types
+
+    from maxsim_forge.tuner import _study
+
+    # The budget runs out after the study's second batch: its winner is stored, marked cut.
+    checks = []
+
+    def monotonic():
+        checks.append(1)
+        return time.monotonic() + (1e9 if len(checks) > 2 else 0.0)
+
+    monkeypatch.setattr(_study, "time", types.SimpleNamespace(monotonic=monotonic))
+    db_path = tmp_path / "t.db"
+    report = tune(TINY[:1], db_path=db_path, trials=6, time_budget_s=3600, progress=False, workers=1)
+    (cut,) = report.results
+    assert cut.cut and cut.config is not None and 0 < cut.trials < 6
+    assert summary_rows(report)[0][5] == f"{cut.trials} (cut)"
+    (row,) = TunedDB(db_path).winners()
+    assert row["cut"] == 1 and row["trials"] == cut.trials
+    monkeypatch.undo()
+    # --resume and --refresh tune it again; then it is kept.
+    for flag in ("resume", "refresh"):
+        if flag == "refresh":
+            TunedDB(db_path).put_winner(BucketKey.from_row(row), {**row, "cut": 1})
+        again = tune(TINY[:1], db_path=db_path, trials=6, progress=False, workers=1, **{flag: True})
+        (done,) = again.results
+        assert not done.skipped and not done.cut and done.trials == 6, flag
+        assert TunedDB(db_path).winners()[0]["cut"] == 0
+    kept = tune(TINY[:1], db_path=db_path, trials=6, progress=False, workers=1, resume=True)
+    assert [r.why for r in kept.results] == ["kept"]
 
 
 def test_forced_failures_are_stored_and_never_win(tmp_path, monkeypatch):
@@ -292,6 +332,7 @@ def test_previous_schema_version_migrates(tmp_path):
     assert "sm_count" in db.db["winners"].columns_dict
     (row,) = db.winners()
     assert row["config"] == KernelConfig().to_dict() and row["time_ms"] == 0.1
+    assert row["cut"] == 0  # a row from before version 7 counts as a finished study
     # Rows from before the key recorded docs say "" and stay distinct from new rows.
     assert row["docs"] == "" and "docs" in db.db["trials"].columns_dict
     assert db.db["winners"].pks[-1] == "docs"
@@ -563,7 +604,7 @@ def test_candidates_are_timed_across_the_bucket_and_seeded_by_family_winners(tmp
     enqueued = []
     monkeypatch.setattr(optuna.Study, "enqueue_trial", lambda self, params, **k: enqueued.append(params))
     monkeypatch.setattr(_study, "spent", lambda study: 10**6)  # seed, then stop before any trial
-    monkeypatch.setattr(_study.BucketTuner, "_commit", lambda self, study, name: None)
+    monkeypatch.setattr(_study.BucketTuner, "_commit", lambda self, study, name, **kw: None)
     study_tuner.run()
     assert replace(loop, q_mode="tile").to_dict() in enqueued and loop.to_dict() in enqueued
     # Docs with lengths end mid-tile: each seed's one-masked-loop twin is tried too.
@@ -575,6 +616,11 @@ def test_candidates_are_timed_across_the_bucket_and_seeded_by_family_winners(tmp
     multi = Bucket("allpairs", "fp16", 32, 8, 20, 16, nq=3, name="multi")
     enqueued.clear()
     _study.BucketTuner(multi, db, gpu or _gpu_info(), _study.TuneOptions(device=_device())).run()
+    assert fold.to_dict() in enqueued and replace(fold, q_mode="persist").to_dict() in enqueued
+    # ... and each persistent seed's fold twin.
+    monkeypatch.setattr(_study, "default_config", lambda *a, **k: replace(fold, q_mode="persist"))
+    enqueued.clear()
+    _study.BucketTuner(replace(multi, nb=17), db, gpu or _gpu_info(), _study.TuneOptions(device=_device())).run()
     assert fold.to_dict() in enqueued and replace(fold, q_mode="persist").to_dict() in enqueued
     monkeypatch.undo()
     # The winner of the bucket next door is among the seeds of this one's study.

@@ -1,9 +1,10 @@
 """The heuristic default config: the last lookup source, good enough to never be slow.
 
 It follows what the tuner finds on Hopper for each regime: a query that fits one
-tile walks the doc once in straight-line code (``tile``); long queries spread their tiles over programs
-(``grid``); several shared queries fold into one row set (``fold``); and batches
-too small to fill the GPU split the doc tokens (``split_d``).
+tile walks the doc once in straight-line code (``tile``); long queries spread their
+tiles over programs (``grid``); several shared queries fold into one row set
+(``fold``), which a persistent grid keeps across padded docs (``persist``); and
+batches too small to fill the GPU split the doc tokens (``split_d``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def default_config(
 
     The regimes follow the exhaustive sweeps on an H100 (benchmarks/bench_tuner.py):
     the whole dim in one tile; short queries walk the doc with small doc tiles on two
-    warps; folded query sets of 512 rows or more and queries of 256 tokens or more use
+    warps; folded query sets of 256 rows or more over padded docs take the persistent
+    grid; folded packed-doc sets of 512 rows or more and queries of 256 tokens or more use
     256-row tiles on eight warps, smaller folded sets 128-row tiles, against 64-token
     doc tiles. The tile shrinks until it fits ``smem_limit``
     (default: Hopper's) and the register estimate.
@@ -44,9 +46,15 @@ def default_config(
     rows = nq * lq if folded else lq
     # 256-row tiles on eight warps: half-precision inputs with the whole dim in one tile.
     tall = spec.dtype != "fp32" and block_k <= 128
-    if folded and rows >= 512 and tall:
-        # 16 and 32 queries of 32 tokens: the tuner's pick on the H100 and the H200, fp16
-        # and bf16 (BENCHMARKS.md); 8 queries (256 rows) kept 128-row tiles.
+    if folded and spec.layout == "allpairs" and rows >= 256 and tall:
+        # Shared queries over padded docs: the persistent grid, whose programs keep their
+        # query tile across docs. The tuner's pick for 8, 16 and 32 queries of 32 tokens,
+        # fp16 and bf16, on an H100 (16 queries: 0.1111 ms against 0.1215 ms for the best
+        # fold config; BENCHMARKS.md).
+        q_mode, block_q, block_d, num_warps, num_stages = "persist", 256, 64, 8, 3
+    elif folded and rows >= 512 and tall:
+        # 16 and 32 packed-doc queries: the 256-row fold tiles that won over padded docs
+        # before the persistent grid (which needs a longest doc length) joined the space.
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 256, 64, 8, 3
     elif folded and rows >= 64:
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1
@@ -95,7 +103,7 @@ def default_config(
     programs = max(1, query_programs(spec.layout, cfg, nq, lq) * nb)
     split_d = 1
     longest = max(ld, 1)
-    while programs * split_d < _WAVES * sm_count and split_d < 16 and longest // (split_d * 2) >= cfg.block_d:
+    while cfg.q_mode != "persist" and programs * split_d < _WAVES * sm_count and split_d < 16 and longest // (split_d * 2) >= cfg.block_d:
         split_d *= 2
     return replace(cfg, split_d=split_d)
 

@@ -82,6 +82,14 @@ def _m6_space_sizes(db: sqlite_utils.Database) -> None:
         db["winners"].add_column("space_sizes", str, not_null_default="")
 
 
+def _m7_cut(db: sqlite_utils.Database) -> None:
+    # Version 7: a winner says whether the run's time budget stopped its study before the
+    # trial target (1), so that a run with --resume or --refresh finishes that bucket.
+    # Rows stored before say 0.
+    if "cut" not in db["winners"].columns_dict:
+        db["winners"].add_column("cut", int, not_null_default=0)
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _m1_initial),
     ("0002_provenance", _m2_provenance),
@@ -89,6 +97,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0004_kernel_hash", _m4_kernel_hash),
     ("0005_space_hash", _m5_space_hash),
     ("0006_space_sizes", _m6_space_sizes),
+    ("0007_cut", _m7_cut),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -44,10 +44,12 @@ class TuneReport:
 
 
 def _is_done(db: TunedDB, tuner: BucketTuner, *, refresh: bool = False) -> bool:
-    """A bucket whose winner still runs the kernels it was timed with is finished
-    (``--resume``); with ``refresh``, only if it was also found in this package's search space."""
+    """A bucket whose winner still runs the kernels it was timed with, from a study that
+    reached its trial target, is finished (``--resume``); with ``refresh``, only if it was
+    also found in this package's search space."""
     row = db.winner(tuner.key)
-    return bool(row) and is_current(row) and (not refresh or in_current_space(row))
+    return (bool(row) and is_current(row) and not row.get("cut")
+            and (not refresh or in_current_space(row)))
 
 
 def tune_on_device(
@@ -179,7 +181,7 @@ def summary_rows(report: TuneReport) -> list[tuple[str, ...]]:
             f"{r.time_ms:.4f}" if r.time_ms else "-",
             f"{r.baseline_ms:.4f}" if r.baseline_ms else "-",
             f"{r.speedup:.2f}x" if r.speedup else "-",
-            str(r.trials),
+            f"{r.trials} (cut)" if r.cut else str(r.trials),
             r.device,
         ))
     return rows

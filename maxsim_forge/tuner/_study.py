@@ -71,6 +71,7 @@ class BucketResult:
     trials: int = 0
     skipped: bool = False
     why: str = ""  # why a skipped bucket was not tuned: "kept", "cut: time budget", "not reached: time budget"
+    cut: bool = False  # the time budget stopped the study before its trial target
     device: str = ""  # where it was tuned: "cuda:0", or the physical GPU a worker was given
 
     @property
@@ -194,9 +195,10 @@ class BucketTuner:
             seeds += [twin for cfg in seeds if cfg.q_mode == "loop"
                       and (twin := dataclasses.replace(cfg, q_mode="tile")) in self.valid]
             # Folded queries: the same tiles on the persistent grid, which keeps each query
-            # tile across docs.
-            seeds += [twin for cfg in seeds if cfg.q_mode == "fold"
-                      and (twin := dataclasses.replace(cfg, q_mode="persist")) in self.valid]
+            # tile across docs, and the other way round.
+            other = {"fold": "persist", "persist": "fold"}
+            seeds += [twin for cfg in seeds if cfg.q_mode in other
+                      and (twin := dataclasses.replace(cfg, q_mode=other[cfg.q_mode])) in self.valid]
             # Where docs end mid-tile, the same config with its partial tile pipelined in
             # one masked loop.
             seeds += [twin for cfg in seeds if not cfg.masked_loop
@@ -211,8 +213,10 @@ class BucketTuner:
         target = min(opts.trials, len(space)) if exhaustive else opts.trials
         batch = max(1, opts.workers)
         asks = 0
+        cut = False
         while spent(study) < target and asks < MAX_ASKS * target:
             if opts.deadline is not None and time.monotonic() > opts.deadline:
+                cut = True
                 break
             want = min(batch, target - spent(study))
             asked = [study.ask() for _ in range(want)]
@@ -231,7 +235,7 @@ class BucketTuner:
                 best = _best(study)
                 bar.set_postfix_str(f"best {best:.4f} ms" if best is not None else "no winner yet")
                 bar.refresh()
-        return self._commit(study, name)
+        return self._commit(study, name, cut=cut)
 
     def _family_winners(self) -> list[KernelConfig]:
         """Winners of the nearest other tuned buckets of this family on this GPU that are
@@ -316,8 +320,8 @@ class BucketTuner:
         self.seen[cfg.key()] = (status, None)
         self._record(study.study_name, trial.number, cfg, status, None, msg)
 
-    def _commit(self, study: optuna.Study, name: str) -> BucketResult:
-        result = BucketResult(self.bucket, self.key)
+    def _commit(self, study: optuna.Study, name: str, *, cut: bool = False) -> BucketResult:
+        result = BucketResult(self.bucket, self.key, cut=cut)
         finished = _finished(study)
         result.trials = spent(study)
         ok = {}
@@ -336,7 +340,7 @@ class BucketTuner:
         result.config, result.time_ms, result.baseline_ms = best, best_t, baseline
         self.db.put_winner(self.key, {
             "config": best.to_dict(), "time_ms": best_t, "baseline_ms": baseline,
-            "speedup": baseline / best_t if best_t else None, "near_best": near, "trials": result.trials,
+            "speedup": baseline / best_t if best_t else None, "near_best": near, "trials": result.trials, "cut": int(cut),
             "seed": self.opts.seed, "template_hash": self.hash, "sm_count": self.gpu.sm_count,
             "kernel_hash": kernel_hash(self.spec.layout, self.spec.dtype, self.spec.dim, self.spec.precision, best),
             "space_hash": candidates_hash(self.spec, self.bucket.sizes, sm_count=self.gpu.sm_count,
