@@ -205,7 +205,17 @@ def test_time_budget_stops_between_buckets_and_says_which_were_not_reached(tmp_p
     assert [r.skipped for r in report.results] == [True, True]
     assert [row[1] for row in summary_rows(report)] == ["(cut: time budget)", "(not reached: time budget)"]
     assert TunedDB(tmp_path / "t.db").winners() == []
-    # With time left, every bucket is tuned.
+    # The command says how to finish them.
+    shapes = str(_shapes_file(tmp_path, TINY))
+    for flag in ("--resume", "--refresh"):
+        result = CliRunner().invoke(main, ["tune", "--shapes", shapes, "--trials", "2", "--time-budget", "1e-6",
+                                           "--quiet", "--db", str(tmp_path / "t.db"), flag])
+        assert result.exit_code == 0, result.output
+        assert result.output.rstrip().endswith(
+            f"2 buckets cut short or not reached by the time budget: run again with {flag} to finish."), result.output
+    # With time left, every bucket is tuned, and nothing is left to finish.
+    result = CliRunner().invoke(main, ["tune", "--shapes", shapes, "--trials", "2", "--quiet", "--db", str(tmp_path / "t.db")])
+    assert result.exit_code == 0 and "run again" not in result.output, result.output
     report = tune(TINY, db_path=tmp_path / "t.db", trials=2, time_budget_s=3600, progress=False)
     assert all(r.config is not None and not r.skipped for r in report.results)
 

@@ -103,7 +103,9 @@ def default_config(
     programs = max(1, query_programs(spec.layout, cfg, nq, lq) * nb)
     split_d = 1
     longest = max(ld, 1)
-    while cfg.q_mode != "persist" and programs * split_d < _WAVES * sm_count and split_d < 16 and longest // (split_d * 2) >= cfg.block_d:
+    splits = cfg.q_mode != "persist"  # the persistent grid takes no doc split
+    while (splits and programs * split_d < _WAVES * sm_count and split_d < 16
+           and longest // (split_d * 2) >= cfg.block_d):
         split_d *= 2
     return replace(cfg, split_d=split_d)
 
