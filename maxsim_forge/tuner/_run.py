@@ -107,11 +107,10 @@ def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, refresh:
         finally:
             if bar is not None:
                 bar.close()
-        late = opts.deadline is not None and time.monotonic() > opts.deadline
-        if late and result.config is None:  # cut before any candidate was timed
+        if result.cut and result.config is None:  # cut before any candidate was timed
             result.skipped, result.why = True, "cut: time budget"
         results.append(result)
-        if late:
+        if opts.deadline is not None and time.monotonic() > opts.deadline:
             results += [BucketResult(b, None, skipped=True, why="not reached: time budget")
                         for b in buckets[len(results):]]
             break
