@@ -49,8 +49,8 @@ def default_config(
     if folded and spec.layout == "allpairs" and rows >= 256 and tall:
         # Shared queries over padded docs: the persistent grid, whose programs keep their
         # query tile across docs. The tuner's pick for 8, 16 and 32 queries of 32 tokens,
-        # fp16 and bf16, on an H100 (16 queries: 0.1111 ms against 0.1215 ms for the best
-        # fold config; BENCHMARKS.md).
+        # fp16 and bf16, on an H100 and an H200 (16 fp16 queries on the H100: 0.1111 ms
+        # against 0.1210 ms for the best fold config in the same study; BENCHMARKS.md).
         q_mode, block_q, block_d, num_warps, num_stages = "persist", 256, 64, 8, 3
     elif folded and rows >= 512 and tall:
         # 16 and 32 packed-doc queries: the 256-row fold tiles that won over padded docs
