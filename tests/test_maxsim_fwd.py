@@ -263,6 +263,21 @@ def test_many_queries(q_mode):
     _check(prep, ref, KernelConfig(block_q=32, block_d=16, block_k=64, q_mode=q_mode), 1e-5, "nq16")
 
 
+@pytest.mark.parametrize("block_q", (32, 128))
+@pytest.mark.parametrize("q_kind", ("none", "lengths", "mask"))
+@pytest.mark.parametrize("layout", ("allpairs", "packed"))
+def test_folded_rows_in_one_tile_or_several(layout, q_kind, block_q):
+    # 5 queries x 20 rows: one tile of 128 stores each query's sum (no zeroed output, no
+    # atomics); tiles of 32 add rows into a zeroed output. Both into a poisoned output
+    # and into one the variant allocates.
+    prep, ref = make_case(layout, "fp16", nq=5, lq=20, nb=7, ld=37, dim=64, q_kind=q_kind,
+                          d_kind="lengths" if layout == "allpairs" else "none")
+    cfg = KernelConfig(block_q=block_q, block_d=16, block_k=64, num_warps=4, num_stages=2, q_mode="fold")
+    _check(prep, ref, cfg, 1e-5, "fold")
+    out = launch_prepared(prep, cfg)
+    assert_scores(out, ref, 1e-5, f"fold, allocated {cfg.key()}", scale=reference_for(prep, absolute=True))
+
+
 def test_fp32_precisions_differ_only_within_tf32_tolerance(device):
     prep, ref = make_case("padded", "fp32", nq=1, lq=16, nb=4, ld=33, dim=128, precision="tf32")
     _check(prep, ref, KernelConfig(block_q=16, block_d=32, block_k=64), 3e-3, "tf32")

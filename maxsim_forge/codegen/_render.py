@@ -82,10 +82,13 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         # operands go to fp32 first, which is exact (bf16 x bf16 fits fp32's mantissa).
         "UPCAST_DOT": dtype == "bf16" and interpret,
         # Atomic sums need a zeroed output; a split or a plain store writes every slot.
-        "ZERO_INIT": cfg.q_mode in ("grid", "fold", "persist") and cfg.split_d == 1,
-        # Straight-line tiles store a one-tile query's score; several tiles add with atomics,
-        # so the output is zeroed only where a query has several.
-        "ZERO_IF_TILES": cfg.q_mode == "tile" and cfg.split_d == 1,
+        "ZERO_INIT": cfg.q_mode in ("grid", "persist") and cfg.split_d == 1,
+        # Straight-line tiles store a one-tile query's score, and folded rows that fit one
+        # tile store each query's sum; several tiles add with atomics, so the output is
+        # zeroed only where there are several. (The persistent grid keeps its atomics: a
+        # loop over the queries inside its doc loop would keep that loop from pipelining.)
+        "ZERO_IF_TILES": cfg.q_mode in ("tile", "fold") and cfg.split_d == 1,
+        "FOLDED": cfg.q_mode == "fold",
         "SHAPES_DOC": _SHAPES[spec.layout],
     }
 

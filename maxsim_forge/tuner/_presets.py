@@ -64,7 +64,8 @@ def _default() -> list[Bucket]:
                         for nb in (1000, 16000)]
         buckets += [Bucket("padded", dtype, 128, lq, 1030, 1000, name="colpali") for lq in (16, 32, 64)]
         buckets += [Bucket("padded", dtype, 128, lq, 1024, 1000, name="image-query") for lq in (256, 1024)]
-        buckets += [Bucket("allpairs", dtype, 128, 32, 300, 1000, nq=nq, name="multi-query") for nq in (8, 16, 32)]
+        buckets += [Bucket("allpairs", dtype, 128, 32, 300, 1000, nq=nq, name="multi-query")
+                    for nq in (2, 4, 8, 16, 32)]
         buckets += [Bucket("pairs", dtype, 128, 32, 300, nb, name="serving-pairs") for nb in (64, 1000)]
         buckets += [Bucket("packed", dtype, 128, 32, 512, nb, name="packed") for nb in (4000, 50000)]
     # Docs that fill their padded length (no lengths, no mask) prefer other tiles than
