@@ -80,8 +80,23 @@ def test_db_show_shipped():
     result = CliRunner().invoke(main, ["db", "show", "--shipped", "--gpu", "NVIDIA_H100_80GB_HBM3"])
     assert result.exit_code == 0, result.output
     assert "NVIDIA_H100_80GB_HBM3" in result.output and "persist" in result.output and "NVIDIA_H200 " not in result.output
-    # A winner whose study the time budget cut short says so.
-    assert "9 (cut)" in result.output
+
+
+def test_db_show_marks_a_cut_study(tmp_path):
+    # A winner whose study the time budget cut short says so, next to its trial count.
+    import sqlite3
+
+    shipped = next(p for p in shipped_db_paths() if "H100" in p.name)
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(shipped.read_bytes())
+    con = sqlite3.connect(copy)
+    with con:
+        con.execute("UPDATE winners SET cut = 0, trials = 24")
+        con.execute("UPDATE winners SET cut = 1, trials = 9 WHERE rowid = (SELECT MIN(rowid) FROM winners)")
+    con.close()
+    result = CliRunner().invoke(main, ["db", "show", "--db", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("9 (cut)") == 1 and "24 (cut)" not in result.output
 
 
 def test_db_show_reads_without_writing(tmp_path):

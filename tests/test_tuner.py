@@ -146,6 +146,11 @@ def test_heuristic_default_fits_the_devices_shared_memory(smem_limit, dtype):
     assert (packed.block_q, packed.num_warps, packed.q_mode) == (256, 8, "fold")
     eight = default_config(KernelSpec("packed", "bf16", 128), nq=8, lq=32, nb=1000, ld=300)
     assert (eight.block_q, eight.q_mode) == (128, "fold")
+    # A few shared queries: all their rows in one fold tile (each query's sum stored).
+    for nq, block_q, stages in ((2, 64, 1), (3, 128, 3), (4, 128, 3)):
+        few = default_config(KernelSpec("allpairs", "fp16", 128), nq=nq, lq=32, nb=1000, ld=300)
+        assert (few.q_mode, few.block_q, few.num_stages) == ("fold", block_q, stages), (nq, few)
+        assert few.block_q >= nq * 32
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -56,6 +56,11 @@ def default_config(
         # 16 and 32 packed-doc queries: the 256-row fold tiles that won over padded docs
         # before the persistent grid (which needs a longest doc length) joined the space.
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 256, 64, 8, 3
+    elif folded and 64 < rows <= 128:
+        # Folded rows that fit one 128-row tile store each query's sum (no zeroed output,
+        # no atomics). 4 queries of 32 tokens on an H200: this config took 0.0462 ms
+        # against 0.0574 ms for two 64-row tiles (fp16, same study; BENCHMARKS.md).
+        q_mode, block_q, block_d, num_warps, num_stages = "fold", 128, 64, 4, 3
     elif folded and rows >= 64:
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1
     elif lq >= 256 and tall:
