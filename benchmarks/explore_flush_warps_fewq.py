@@ -28,6 +28,7 @@ from maxsim_forge.bench import CASES, Case, make_inputs, _flash, _lik, _forge
 from maxsim_forge._inputs import prepare_padded
 from maxsim_forge._problems import Sizes
 from maxsim_forge.codegen import KernelConfig, load_variant, validate, ConfigError
+from maxsim_forge.reference import maxsim_reference
 from maxsim_forge.runtime import default_config
 from maxsim_forge.runtime._keys import gpu_info
 from maxsim_forge.tuner._compile import CompileJob, CompilePool
@@ -38,14 +39,6 @@ OUT = os.environ.get("OUT", ".")
 
 def t(fn) -> float:
     return time_fn(fn, device="cuda", rep_ms=150).median_ms
-
-
-def ref64(q, d):
-    q = q.double() if q.dim() == 3 else q.double()[None]
-    out = []
-    for i in range(0, d.shape[0], 50):
-        out.append(torch.einsum("nqk,btk->nbqt", q, d[i:i + 50].double()).amax(-1).sum(-1))
-    return torch.cat(out, 1)
 
 
 def w16(names):
@@ -74,7 +67,7 @@ def w16(names):
                 pass
         print(f"{name}: {len(ok)} configs", flush=True)
         pool.run([CompileJob(spec, c, Sizes(case.nq, case.lq, case.nb, case.ld), "cuda", gpu.smem_limit) for c in ok])
-        ref = ref64(x.q, x.d)
+        ref = maxsim_reference(x.q, x.d)
         rows = {}
         for c in ok:
             try:
@@ -156,10 +149,9 @@ def fewq(tag):
             x = make_inputs(case, "cuda")
             dec = mf.explain(x.q, x.d)
             row = {"pick": dec.variant, "source": dec.source, "forge": t(_forge(x))}
-            spec = prepare_padded(x.q, x.d).spec
-            heur = default_config(spec, nq=nq, lq=32, nb=1000, ld=300)
-            m = load_variant(spec, heur)
             prep = prepare_padded(x.q, x.d)
+            heur = default_config(prep.spec, **prep.sizes)
+            m = load_variant(prep.spec, heur)
             row["heuristic"] = (heur.key(), t(lambda: m.launch(prep.q, prep.d, **prep.launch_kwargs)))
             for pn, mk in (("flash", _flash), ("lik", _lik)):
                 try:

@@ -149,7 +149,7 @@ def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, ref
     n = len(report.results)
     click.echo(f"\n{report.device}: {n} bucket{'' if n == 1 else 's'} in {report.wall_s:.1f} s")
     click.echo(_table(("bucket", "best config", "ms", "torch ms", "speedup", "trials", "device"), summary_rows(report)))
-    left = sum(r.cut or r.why == "not reached: time budget" for r in report.results)
+    left = sum(r.unfinished for r in report.results)
     if left:
         click.echo(f"\n{left} bucket{'' if left == 1 else 's'} cut short or not reached by the time budget: "
                    f"run again with --{'refresh' if refresh else 'resume'} to finish.")

@@ -82,13 +82,19 @@ def test_db_show_shipped():
     assert "NVIDIA_H100_80GB_HBM3" in result.output and "persist" in result.output and "NVIDIA_H200 " not in result.output
 
 
+def _shipped_h100_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """(the shipped H100 database, a copy of it in tmp_path)."""
+    shipped = next(p for p in shipped_db_paths() if "H100" in p.name)
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(shipped.read_bytes())
+    return shipped, copy
+
+
 def test_db_show_marks_a_cut_study(tmp_path):
     # A winner whose study the time budget cut short says so, next to its trial count.
     import sqlite3
 
-    shipped = next(p for p in shipped_db_paths() if "H100" in p.name)
-    copy = tmp_path / "copy.db"
-    copy.write_bytes(shipped.read_bytes())
+    _, copy = _shipped_h100_copy(tmp_path)
     con = sqlite3.connect(copy)
     with con:
         con.execute("UPDATE winners SET cut = 0, trials = 24")
@@ -102,9 +108,7 @@ def test_db_show_marks_a_cut_study(tmp_path):
 def test_db_show_reads_without_writing(tmp_path):
     # Showing a database leaves its file as it was (no WAL switch, no migration), and a
     # missing one is an error, not a new empty file.
-    shipped = next(p for p in shipped_db_paths() if "H100" in p.name)
-    copy = tmp_path / "copy.db"
-    copy.write_bytes(shipped.read_bytes())
+    shipped, copy = _shipped_h100_copy(tmp_path)
     result = CliRunner().invoke(main, ["db", "show", "--db", str(copy)])
     assert result.exit_code == 0 and "persist" in result.output, result.output
     assert copy.read_bytes() == shipped.read_bytes()

@@ -88,7 +88,6 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         # zeroed only where there are several. (The persistent grid keeps its atomics: a
         # loop over the queries inside its doc loop would keep that loop from pipelining.)
         "ZERO_IF_TILES": cfg.q_mode in ("tile", "fold") and cfg.split_d == 1,
-        "FOLDED": cfg.q_mode == "fold",
         "SHAPES_DOC": _SHAPES[spec.layout],
     }
 

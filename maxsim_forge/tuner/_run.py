@@ -18,7 +18,7 @@ from ..tuned_db import TunedDB, user_db_path
 from ._presets import Bucket
 from ._compile import CompilePool
 from ._space import in_current_space
-from ._study import BucketResult, BucketTuner, TuneOptions, study_name
+from ._study import NOT_REACHED, BucketResult, BucketTuner, TuneOptions, study_name
 
 
 def make_storage(url: str | None):
@@ -111,7 +111,7 @@ def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, refresh:
             result.skipped, result.why = True, "cut: time budget"
         results.append(result)
         if opts.deadline is not None and time.monotonic() > opts.deadline:
-            results += [BucketResult(b, None, skipped=True, why="not reached: time budget")
+            results += [BucketResult(b, None, skipped=True, why=NOT_REACHED)
                         for b in buckets[len(results):]]
             break
     return results

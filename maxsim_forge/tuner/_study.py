@@ -61,6 +61,9 @@ class TuneOptions:
     pool: object = None  # a _compile.CompilePool shared by the buckets of a run
 
 
+NOT_REACHED = "not reached: time budget"  # why a bucket after the deadline was not tuned
+
+
 @dataclass
 class BucketResult:
     bucket: Bucket
@@ -73,6 +76,11 @@ class BucketResult:
     why: str = ""  # why a skipped bucket was not tuned: "kept", "cut: time budget", "not reached: time budget"
     cut: bool = False  # the time budget stopped the study before its trial target
     device: str = ""  # where it was tuned: "cuda:0", or the physical GPU a worker was given
+
+    @property
+    def unfinished(self) -> bool:
+        """The time budget stopped this bucket's study short, or came before it started."""
+        return self.cut or self.why == NOT_REACHED
 
     @property
     def speedup(self) -> float | None:
