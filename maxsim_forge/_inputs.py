@@ -13,6 +13,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import attrgetter
 
 import torch
 
@@ -307,22 +308,37 @@ def _cat(seq) -> torch.Tensor:
     return torch.cat(list(seq)) if len(seq) > 1 else seq[0]
 
 
+_DTYPE = attrgetter("dtype")
+_SHAPE = attrgetter("shape")
+
+
 def _packed_pairs(queries, docs):
     """(q_lens, d_lens, q_packed, d_packed) when the pairs are plainly well formed; None
     when anything is in doubt, for the checks pair by pair to say what is wrong.
 
     The hot path of serving batches, where host time is the whole cost: per item only
     its dtype and its length are read in Python; ``torch.cat`` itself refuses other
-    ranks, widths and devices.
+    ranks, widths and devices. Where a token row is a multiple of 16 bytes, both sides
+    go into one buffer in one copy (the docs then start 16-byte aligned, as a buffer of
+    their own would); otherwise each side gets its own.
     """
     try:
         dtype = queries[0].dtype
-        if dtype not in DTYPE_NAMES or {t.dtype for t in queries} != {dtype} or {t.dtype for t in docs} != {dtype}:
+        items = [*queries, *docs]
+        if dtype not in DTYPE_NAMES or set(map(_DTYPE, items)) != {dtype}:
             return None
-        q_lens = [t.shape[0] for t in queries]
-        d_lens = [t.shape[0] for t in docs]
-        if 0 in q_lens or 0 in d_lens:
+        lens = [shape[0] for shape in map(_SHAPE, items)]
+        if 0 in lens:
             return None  # torch.cat skips 1-D empty tensors; let the checks see every item
+        n = len(queries)
+        q_lens, d_lens = lens[:n], lens[n:]
+        width = queries[0].shape[-1]
+        if width * dtype.itemsize % 16 == 0:
+            packed = torch.cat(items)
+            if packed.dim() != 2 or packed.shape[1] < 1:
+                return None
+            split = sum(q_lens)
+            return q_lens, d_lens, packed[:split], packed[split:]
         q_packed, d_packed = _cat(queries), _cat(docs)
     except (AttributeError, TypeError, IndexError, RuntimeError):
         return None
@@ -332,13 +348,16 @@ def _packed_pairs(queries, docs):
     return q_lens, d_lens, q_packed, d_packed
 
 
-def _offsets(q_lens: list[int], d_lens: list[int], device: torch.device) -> torch.Tensor:
+def offsets_of_pairs(q_lens: list[int], d_lens: list[int], device: torch.device) -> torch.Tensor:
     """``[2, N + 1]`` offsets of both sides on ``device``, in one small copy.
 
     Built in an ``array`` (cheaper in host time than ``torch.tensor`` of nested lists),
-    int32 unless a side has 2**31 tokens or more; on a GPU copied from pinned memory,
-    which is truly asynchronous where a pageable copy waits for the stream (torch's
-    caching host allocator keeps the block until the copy is done).
+    int32 unless a side has 2**31 tokens or more. On a GPU the array is copied as it is,
+    pageable: CUDA stages a pageable source before the copy call returns, so the array
+    may go at once, and the host does not wait for work queued on the stream. Through
+    pinned memory the same copy took longer on an H100 host (31 µs idle, 289 µs behind a
+    busy GPU, where torch's caching host allocator has no free block; pageable: 16 and
+    40 µs; BENCHMARKS.md).
     """
     flat = [0, *accumulate(q_lens), 0, *accumulate(d_lens)]
     wide = max(flat[len(q_lens)], flat[-1]) >= _I32
@@ -346,7 +365,7 @@ def _offsets(q_lens: list[int], d_lens: list[int], device: torch.device) -> torc
     cu = torch.frombuffer(rows, dtype=torch.int64 if wide else torch.int32).view(2, len(q_lens) + 1)
     if device.type != "cuda":
         return cu.clone()  # not a view of the array
-    return cu.pin_memory().to(device, non_blocking=True)
+    return cu.to(device, non_blocking=True)
 
 
 def pack_pairs(
@@ -355,7 +374,14 @@ def pack_pairs(
     *,
     precision: str = "tf32",
 ) -> Prepared:
-    """Aligned pairs from two equal-length sequences of 2-D tensors, packed in one copy each."""
+    """Aligned pairs from two equal-length sequences of 2-D tensors, packed in one copy."""
+    precision, packed = pairs_packed(queries, docs, precision)
+    return pairs_prepared(packed, precision)
+
+
+def pairs_packed(queries, docs, precision: str) -> tuple[str, tuple]:
+    """The checks of :func:`pack_pairs` and its packing: ``(precision, (q_lens, d_lens,
+    q_packed, d_packed))``."""
     for name, seq in (("queries", queries), ("docs", docs)):
         if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
             raise TypeError(f"{name} must be a sequence of 2-D tensors, got {type(seq).__name__}")
@@ -372,7 +398,12 @@ def pack_pairs(
         for i, (qi, di) in enumerate(zip(queries, docs)):
             _check_pair(i, qi, di, first)
         packed = [int(t.shape[0]) for t in queries], [int(t.shape[0]) for t in docs], _cat(queries), _cat(docs)
+    return precision, packed
+
+
+def pairs_prepared(packed: tuple, precision: str) -> Prepared:
+    """The checked call of packed pairs: their offsets on the device, in one small copy."""
     q_lens, d_lens, q, d = packed
     # Everything prepare_pairs_packed checks holds by construction here.
-    cu = _offsets(q_lens, d_lens, q.device)
+    cu = offsets_of_pairs(q_lens, d_lens, q.device)
     return _pairs(q, d, cu[0], cu[1], max(q_lens), max(d_lens), precision)

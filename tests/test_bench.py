@@ -28,6 +28,7 @@ def test_bench_writes_rows_with_versions_and_correct_scores(tmp_path):
     assert {("colbert-1k-fp16", "maxsim-forge"), ("pairs-64", "vllm-vanilla"), ("packed-50k-skewed", "maxsim-forge"),
             ("16-queries-x-1k", "maxsim-forge")} <= got
     assert all(float(r["rel_err"]) < 1e-5 and float(r["ms"]) > 0 and r["torch"] and r["date"] for r in rows)
+    assert all(float(r["per_call_ms"]) > 0 for r in rows)
     doc = json.loads((tmp_path / "bench.json").read_text())
     assert doc["rows"] and "gpu" in doc
     if not torch.cuda.is_available():

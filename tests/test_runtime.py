@@ -320,6 +320,27 @@ def test_repeated_calls_stay_correct_on_every_path():
                       maxsim_reference(q, d, d_lengths=strided), 1e-5, "strided lengths")
 
 
+def test_repeated_pairs_stay_correct_on_every_path():
+    # On a GPU the second and later calls of a bucket take the pairs fast path, with new
+    # lengths each time. Token rows of a multiple of 16 bytes pack both sides into one
+    # buffer (the docs start aligned); other rows pack each side on its own.
+    from maxsim_forge._inputs import _packed_pairs
+    from maxsim_forge.runtime import _api
+
+    for dim, dtype, shared in ((48, torch.float16, True), (100, torch.float16, False), (5, torch.float32, False)):
+        for i in range(3):
+            q_lens, d_lens = [9 + i, 1, 16 - i], [40 - i, 3, 17 + 2 * i]
+            queries = [randn(n, dim, dtype=dtype) for n in q_lens]
+            docs = [randn(n, dim, dtype=dtype) for n in d_lens]
+            out = mf.maxsim_pairs(queries, docs, precision="ieee")
+            assert_scores(out, maxsim_pairs_reference(queries, docs), 1e-5, f"pairs dim {dim} call {i}")
+            _, _, q, d = _packed_pairs(queries, docs)
+            assert (q.untyped_storage().data_ptr() == d.untyped_storage().data_ptr()) == shared
+            assert d.data_ptr() % 16 == 0 or not shared
+        if DEVICE == "cuda":
+            assert any(sig[1:4] == (dtype, dim, "ieee") for sig in _api._pair_routes), dim
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
 def test_cuda_graph_capture_and_replay():
     q, d = randn(32, 128), randn(50, 300, 128)
