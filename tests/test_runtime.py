@@ -136,6 +136,26 @@ def test_lookup_order_user_then_shipped_then_nearest_then_same_arch(tmp_path):
     assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "same-arch")
 
 
+def test_nearest_bucket_has_as_many_queries_in_kind(tmp_path):
+    # A config tuned for one query is no neighbour of a query set (it cannot fold it),
+    # and a set's config is none of one query: each kind takes its own or the heuristic.
+    d = randn(50, 128)
+    cu = torch.tensor([0, 20, 50], dtype=torch.int32, device=DEVICE)
+    one, many = randn(32, 128), randn(16, 32, 128)
+    db = TunedDB(tmp_path / "user.db")
+    _winner(db, CFG_A, layout="packed", nq=1, lq=32, ld=32, nb=2)
+    reset(Lookup(user_path=db.path, shipped_paths=[]))
+    assert (mf.explain(one, d, cu).source, mf.explain(one, d, cu).config) == ("user-db", CFG_A.to_dict())
+    dec = mf.explain(many, d, cu)
+    assert dec.source == "heuristic" and dec.config["q_mode"] == "fold", dec
+    assert_scores(mf.maxsim_packed(many, d, cu), maxsim_packed_reference(many, d, cu), 1e-5, "heuristic fold")
+    _winner(db, CFG_B, layout="packed", nq=8, lq=32, ld=32, nb=2)
+    reset(Lookup(user_path=db.path, shipped_paths=[]))
+    assert (mf.explain(many, d, cu).source, mf.explain(many, d, cu).config) == ("nearest-bucket", CFG_B.to_dict())
+    assert mf.explain(randn(3, 32, 128), d, cu).source == "nearest-bucket"
+    assert mf.explain(randn(17, 128), d, cu).config == CFG_A.to_dict()
+
+
 def test_full_and_ragged_docs_have_buckets_of_their_own(tmp_path):
     q, d = _call()
     lengths = torch.tensor([40, 7, 1], device=DEVICE)

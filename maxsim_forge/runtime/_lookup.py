@@ -145,6 +145,9 @@ class Lookup:
                     return entry.config, entry.source
         for pool, source in ((self.family.get((gpu.name, *family), ()), NEAREST),
                              (self.arch.get((gpu.cc, *family), ()), SAME_ARCH)):
+            # A neighbour has as many queries as the call in kind: one, or a set. A config
+            # tuned for one query walks a set one query at a time and cannot fold it.
+            pool = [e for e in pool if (e.buckets[0] > 1) == (key.nq_bucket > 1)]
             ranked = sorted(pool, key=lambda e: (bucket_distance(e.buckets, buckets) + docs_distance(e.docs, key.docs),
                                                  e.source != USER_DB))
             for candidate in ranked:
