@@ -136,8 +136,11 @@ def test_shared_memory_estimate_rejects_big_tiles():
     cfg = KernelConfig(block_q=128, block_d=128, block_k=256, num_warps=8, num_stages=4)
     with pytest.raises(ConfigError, match="shared memory"):
         render(spec, cfg)
-    # The same tiles fit a device that claims more.
-    render(spec, KernelConfig(block_q=64, block_d=64, block_k=64, num_stages=1), smem_limit=48 * 1024)
+    # Tiles over Hopper's limit fit a device that claims more.
+    big = KernelConfig(block_q=32, block_d=64, block_k=256, num_warps=8, num_stages=4)
+    with pytest.raises(ConfigError, match="shared memory"):
+        render(spec, big)
+    render(spec, big, smem_limit=300 * 1024)
 
 
 def test_register_estimate_rejects_huge_tile_on_one_warp():
@@ -218,3 +221,16 @@ def test_cache_file_is_content_hashed_and_imported_once():
     assert path.read_text() == source
     assert load_source(source) is first
     assert first.BLOCK_K == 64 and callable(first.launch)
+
+
+def test_shared_memory_estimate_covers_split_dims():
+    # Compiled by Triton 3.6 for sm_90 (an H100), dim 320 at 3 stages: each feature chunk
+    # of a split dim had buffers of its own, and these launches ran out of shared memory.
+    from maxsim_forge.codegen import smem_bytes
+
+    fold = dict(num_warps=4, num_stages=3, q_mode="fold")
+    assert smem_bytes(KernelSpec("allpairs", "fp16", 320), KernelConfig(block_q=128, block_d=64, block_k=128, **fold)) >= 245760
+    assert smem_bytes(KernelSpec("allpairs", "fp32", 320), KernelConfig(block_q=128, block_d=32, block_k=64, **fold)) >= 286720
+    # One chunk: the doc tiles of every stage and the query tile, as before.
+    assert smem_bytes(KernelSpec("padded", "fp16", 128), KernelConfig(block_q=256, block_d=64, block_k=128, num_stages=3)) == (
+        3 * 64 * 128 * 2 + 256 * 128 * 2)

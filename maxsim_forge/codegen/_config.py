@@ -178,13 +178,21 @@ def k_chunks(spec: KernelSpec, cfg: KernelConfig) -> list[tuple[int, int]]:
 
 
 def smem_bytes(spec: KernelSpec, cfg: KernelConfig) -> int:
-    """Shared memory a variant needs: doc tiles per pipeline stage plus the query tile."""
+    """Shared memory a variant needs: doc tiles per pipeline stage plus the query tile.
+
+    A split dim (several feature chunks) needs them per chunk: Triton 3.6 gave each chunk
+    buffers of its own (dim 320 at 3 stages, on sm_90: ``q128-d64-k128`` fp16 took
+    245760 bytes, ``q128-d32-k64`` fp32 286720, chunks x (stages x doc tile + query
+    tile) each). The larger of that and the query tile pipelined with the doc tiles (as
+    another Triton may lay it out) is the estimate."""
     esize = ELEMENT_BYTES[spec.dtype]
-    doc = cfg.block_d * k_width(spec, cfg) * esize * max(cfg.num_stages, 1)
+    stages = max(cfg.num_stages, 1)
+    doc = cfg.block_d * k_width(spec, cfg) * esize
     query = cfg.block_q * k_width(spec, cfg) * esize
-    if num_k_chunks(spec, cfg) > 1:
-        query *= max(cfg.num_stages, 1)  # re-loaded per chunk, so pipelined too
-    return doc + query
+    chunks = num_k_chunks(spec, cfg)
+    if chunks == 1:
+        return doc * stages + query
+    return max(chunks * (doc * stages + query), (doc + query) * stages)
 
 
 def registers_per_thread(spec: KernelSpec, cfg: KernelConfig) -> int:
