@@ -17,6 +17,16 @@ from ..codegen import (
 
 # Programs per SM we aim for before splitting docs.
 _WAVES = 2
+# Folded rows in one tile store each query's sum, one query after another, which pays
+# up to some queries per tile; more take tiles half as tall that add with atomics. Over
+# 4000 docs on an H100 (fp16, packed and padded docs; BENCHMARKS.md):
+# - 128 rows, one 128-row tile against two 64-row tiles: 4 queries 0.0835 against
+#   0.0861 ms (packed) and 0.1426 against 0.1783 ms (padded); 16 queries 0.1170 against
+#   0.0754 and 0.1736 against 0.1606 ms; 128 queries 0.4194 against 0.0767 ms.
+# - 64 rows, one 64-row tile against two 32-row tiles: 16 queries 0.0598 against
+#   0.0866 ms and 0.1265 against 0.1388 ms; 64 queries 0.1163 against 0.0872 and 0.1760
+#   against 0.1392 ms.
+_STORED_QUERIES = {128: 4, 64: 32}
 
 
 def _pow2_at_least(x: int, lo: int, hi: int) -> int:
@@ -56,13 +66,15 @@ def default_config(
         # 16 and 32 packed-doc queries: the 256-row fold tiles that won over padded docs
         # before the persistent grid (which needs a longest doc length) joined the space.
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 256, 64, 8, 3
-    elif folded and 64 < rows <= 128:
+    elif folded and 64 < rows <= 128 and nq <= _STORED_QUERIES[128]:
         # Folded rows that fit one 128-row tile store each query's sum (no zeroed output,
         # no atomics). 4 queries of 32 tokens on an H200: this config took 0.0462 ms
         # against 0.0574 ms for two 64-row tiles (fp16, same study; BENCHMARKS.md).
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128, 64, 4, 3
     elif folded and rows >= 64:
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1
+        if rows <= block_q and nq > _STORED_QUERIES[64]:
+            block_q, num_warps, num_stages = 32, 2, 3  # two tiles, not a store per query
     elif lq >= 256 and tall:
         # Long queries: 256-row tiles on eight warps halve the doc reads per row. Image as
         # query (Lq 1024 x Ld 1024, B 1k) on an H200: 0.4615 ms against 0.5080 ms for the
