@@ -46,8 +46,8 @@ def default_config(
     grid; folded packed-doc sets of 512 rows or more and queries of 256 tokens or more use
     256-row tiles on eight warps, smaller folded sets 128-row tiles, against 64-token
     doc tiles; a folded set that fits one tile stays in it only up to a few queries
-    (each query's sum is stored in turn), else it takes two tiles. The tile shrinks until it fits ``smem_limit``
-    (default: Hopper's) and the register estimate.
+    (each query's sum is stored in turn), else it takes two tiles. The tile shrinks
+    until it fits ``smem_limit`` (default: Hopper's) and the register estimate.
     """
     if spec.dim <= 256:
         block_k = _pow2_at_least(spec.dim, 16, 256)
