@@ -182,7 +182,7 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
     Example: maxsim-forge db show --layout padded --dtype fp16
     """
     from .tuned_db import open_db, read_winners, shipped_db_paths, user_db_path
-    from .tuner import in_current_space
+    from .tuner import in_current_space, trials_label
 
     if shipped:
         winners = [w for p in shipped_db_paths()
@@ -199,7 +199,7 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
         speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
         rows.append((w["gpu"], w["layout"], w["dtype"], w["dim"], w["nq_bucket"], w["lq_bucket"], w["ld_bucket"],
                      w["nb_bucket"], w.get("docs") or "-", cfg.key(), f"{w['time_ms']:.4f}", speed,
-                     f"{w['trials']} (cut)" if w.get("cut") else w["trials"],
+                     trials_label(w["trials"], bool(w.get("cut"))),
                      "yes" if is_current(w) else "stale", "current" if in_current_space(w) else "older"))
     click.echo(_table(("gpu", "layout", "dtype", "dim", "nq", "lq", "ld", "nb", "docs", "config", "ms", "vs torch",
                        "trials", "current", "space"), rows))

@@ -358,7 +358,8 @@ def test_repeated_pairs_stay_correct_on_every_path():
             assert (q.untyped_storage().data_ptr() == d.untyped_storage().data_ptr()) == shared
             assert d.data_ptr() % 16 == 0 or not shared
         if DEVICE == "cuda":
-            assert any(sig[1:4] == (dtype, dim, "ieee") for sig in _api._pair_routes), dim
+            assert any(sig[0] == "pairs" and (sig[3], sig[4], sig[1]) == (dtype, dim, "ieee")
+                       for sig in _api._plans), dim
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")

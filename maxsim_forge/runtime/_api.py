@@ -79,7 +79,6 @@ def reset(lookup: Lookup | None = None) -> None:
         _lookup = lookup or Lookup()
         _routes.clear()
         _plans.clear()
-        _pair_routes.clear()
         _logged_misses.clear()
 
 
@@ -245,10 +244,10 @@ def _check_values(validate: bool, *tensors) -> bool:
 
 # ---- the fast path: a call whose tensors have the shapes, dtypes and devices of an
 # earlier, fully checked call skips the structural checks and reuses its route.
+# Pairs from lists change shape on every call: their plans are keyed by ("pairs",
+# precision, device, dtype, dim, bucket sizes) instead.
 _plans: dict[tuple, tuple[_Route, bool, dict]] = {}
 _PLAN_LIMIT = 4096
-# Pairs: the route of each (device, dtype, dim, precision, bucket sizes) once it is warm.
-_pair_routes: dict[tuple, _Route] = {}
 
 
 def _plan_for(layout: str, precision: str, *tensors) -> tuple[tuple | None, tuple | None]:
@@ -358,19 +357,16 @@ def maxsim_pairs(
         return _run(pairs_prepared(packed, precision))
     # The fast path of serving batches: a bucket already routed and warm launches at once.
     nb, lq, ld = len(q_lens), max(q_lens), max(d_lens)
-    sig = (q.device, q.dtype, q.shape[1], precision, bucket(nb), bucket(lq), bucket(ld))
-    route = _pair_routes.get(sig)
-    if route is not None:
+    sig = ("pairs", precision, q.device, q.dtype, q.shape[1], bucket(nb), bucket(lq), bucket(ld))
+    plan = _plans.get(sig)
+    if plan is not None:
         cu = offsets_of_pairs(q_lens, d_lens, q.device)
         with _device_guard(q):
-            return route.launch(q, d, nq=1, lq=lq, nb=nb, ld=ld, q_cu=cu[0], d_cu=cu[1])
+            return plan[0].launch(q, d, nq=1, lq=lq, nb=nb, ld=ld, q_cu=cu[0], d_cu=cu[1])
     prep = pairs_prepared(packed, precision)
     out = _run(prep)
-    route = _route(prep)
-    if route.launch is not None and route.warm and ld > 0:
-        if len(_pair_routes) >= _PLAN_LIMIT:
-            _pair_routes.clear()
-        _pair_routes[sig] = route
+    if ld > 0:
+        _remember(sig, prep)
     return out
 
 

@@ -6,7 +6,7 @@ Imported by ``maxsim-forge tune`` only; the runtime never imports it.
 from __future__ import annotations
 
 from ._presets import PRESETS, Bucket, load_buckets, resolve
-from ._run import TuneReport, make_storage, summary_rows, tune, tune_on_device
+from ._run import TuneReport, make_storage, summary_rows, trials_label, tune, tune_on_device
 from ._space import (
     RESTRICTIONS, SPACE, candidates_hash, check_static, in_current_space, space_hash, valid_configs,
 )
@@ -26,6 +26,7 @@ __all__ = [
     "resolve",
     "space_hash",
     "summary_rows",
+    "trials_label",
     "tune",
     "tune_on_device",
     "valid_configs",

@@ -171,6 +171,11 @@ def tune(
     return TuneReport(results, name, not on_gpu, time.monotonic() - t0)
 
 
+def trials_label(trials: int, cut: bool) -> str:
+    """A study's trial count, marked where the time budget cut it short."""
+    return f"{trials} (cut)" if cut else str(trials)
+
+
 def summary_rows(report: TuneReport) -> list[tuple[str, ...]]:
     rows = []
     for r in report.results:
@@ -180,7 +185,7 @@ def summary_rows(report: TuneReport) -> list[tuple[str, ...]]:
             f"{r.time_ms:.4f}" if r.time_ms else "-",
             f"{r.baseline_ms:.4f}" if r.baseline_ms else "-",
             f"{r.speedup:.2f}x" if r.speedup else "-",
-            f"{r.trials} (cut)" if r.cut else str(r.trials),
+            trials_label(r.trials, r.cut),
             r.device,
         ))
     return rows
