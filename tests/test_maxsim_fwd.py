@@ -278,6 +278,17 @@ def test_folded_rows_in_one_tile_or_several(layout, q_kind, block_q):
     assert_scores(out, ref, 1e-5, f"fold, allocated {cfg.key()}", scale=reference_for(prep, absolute=True))
 
 
+@pytest.mark.parametrize(("nq", "lq", "block_q"), ((37, 3, 128), (70, 1, 128), (33, 1, 64), (5, 3, 16)))
+@pytest.mark.parametrize("layout", ("allpairs", "packed"))
+def test_many_short_queries_in_one_tile(layout, nq, lq, block_q):
+    # The one-tile store takes its queries 32 at a time (16 for a 16-row tile): 37 and 70
+    # queries need two and three steps, the last one partial. Masked rows among them.
+    prep, ref = make_case(layout, "fp16", nq=nq, lq=lq, nb=5, ld=29, dim=32, q_kind="mask",
+                          d_kind="lengths" if layout == "allpairs" else "none")
+    cfg = KernelConfig(block_q=block_q, block_d=16, block_k=32, num_warps=4, num_stages=2, q_mode="fold")
+    _check(prep, ref, cfg, 1e-5, f"{nq} queries of {lq} in one tile")
+
+
 def test_fp32_precisions_differ_only_within_tf32_tolerance(device):
     prep, ref = make_case("padded", "fp32", nq=1, lq=16, nb=4, ld=33, dim=128, precision="tf32")
     _check(prep, ref, KernelConfig(block_q=16, block_d=32, block_k=64), 3e-3, "tf32")

@@ -151,11 +151,16 @@ def test_heuristic_default_fits_the_devices_shared_memory(smem_limit, dtype):
         few = default_config(KernelSpec("allpairs", "fp16", 128), nq=nq, lq=32, nb=1000, ld=300)
         assert (few.q_mode, few.block_q, few.num_stages) == ("fold", block_q, stages), (nq, few)
         assert few.block_q >= nq * 32
-    # Many short queries: each stored sum is a step of a loop over the tile's queries, so
-    # beyond some queries per tile the rows take two tiles that add with atomics.
-    for layout in ("allpairs", "packed"):
-        for nq, lq, block_q, tiles in ((8, 16, 64, 2), (16, 8, 64, 2), (128, 1, 64, 2), (4, 32, 128, 1),
-                                       (16, 4, 64, 1), (32, 2, 64, 1), (64, 1, 32, 2)):
+    # Many short queries: rows that fit one tile stay in it (the store takes 32 queries a
+    # step); over packed docs, 65 to 128 rows take two tiles past 8 queries.
+    cases = {
+        "allpairs": ((8, 16, 128, 1), (16, 8, 128, 1), (128, 1, 128, 1), (4, 32, 128, 1),
+                     (16, 4, 64, 1), (32, 2, 64, 1), (64, 1, 64, 1)),
+        "packed": ((8, 16, 128, 1), (16, 8, 64, 2), (128, 1, 64, 2), (4, 32, 128, 1),
+                   (16, 4, 64, 1), (32, 2, 64, 1), (64, 1, 64, 1)),
+    }
+    for layout, shapes in cases.items():
+        for nq, lq, block_q, tiles in shapes:
             many = default_config(KernelSpec(layout, "fp16", 128), nq=nq, lq=lq, nb=4000, ld=300)
             assert (many.q_mode, many.block_q, -(-nq * lq // many.block_q)) == ("fold", block_q, tiles), (
                 layout, nq, lq, many)

@@ -21,6 +21,8 @@ _SHAPES = {
 # Rows per step of the split-doc reduction kernel, and its warps: it reads a few KB.
 _REDUCE_BLOCK_R = 64
 _REDUCE_WARPS = 4
+# Queries per step of the folded one-tile store (a [block_q, 32] one-hot sum).
+_STORE_N = 32
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,6 +90,8 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         # zeroed only where there are several. (The persistent grid keeps its atomics: a
         # loop over the queries inside its doc loop would keep that loop from pipelining.)
         "ZERO_IF_TILES": cfg.q_mode in ("tile", "fold") and cfg.split_d == 1,
+        # Queries whose sums one step of the folded one-tile store takes.
+        "STORE_N": min(cfg.block_q, _STORE_N),
         "SHAPES_DOC": _SHAPES[spec.layout],
     }
 

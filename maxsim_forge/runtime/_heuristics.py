@@ -17,16 +17,19 @@ from ..codegen import (
 
 # Programs per SM we aim for before splitting docs.
 _WAVES = 2
-# Folded rows in one tile store each query's sum, one query after another, which pays
-# up to some queries per tile; more take tiles half as tall that add with atomics. Over
-# 4000 docs on an H100 (fp16, packed and padded docs; BENCHMARKS.md):
-# - 128 rows, one 128-row tile against two 64-row tiles: 4 queries 0.0835 against
-#   0.0861 ms (packed) and 0.1426 against 0.1783 ms (padded); 16 queries 0.1170 against
-#   0.0754 and 0.1736 against 0.1606 ms; 128 queries 0.4194 against 0.0767 ms.
-# - 64 rows, one 64-row tile against two 32-row tiles: 16 queries 0.0598 against
-#   0.0866 ms and 0.1265 against 0.1388 ms; 64 queries 0.1163 against 0.0872 and 0.1760
-#   against 0.1392 ms.
-_STORED_QUERIES = {128: 4, 64: 32}
+# Folded rows that fit one tile store each query's sum (32 queries per step), with no
+# zeroed output and no atomics. Over 4000 docs on an H100, fp16, against tiles half as
+# tall that add with atomics (benchmarks/results/fold-store-h100-2026-11-27.json;
+# BENCHMARKS.md):
+# - 64 rows in one 64-row tile: faster at every count from 2 to 64 queries, packed and
+#   padded docs (64 one-token queries: 0.0488 against 0.0762 ms packed, 0.1197 against
+#   0.1403 ms padded).
+# - 65 to 128 rows in one 128-row tile: faster over padded docs at every count from 4 to
+#   128 queries (0.1372 against 0.1784 ms at 4, 0.1579 against 0.1614 at 128); over
+#   packed docs up to 8 queries (0.0789 against 0.0866 ms at 4, level at 8), while from
+#   16 queries two 64-row tiles were 4% to 21% faster (0.0763 against 0.0793 ms at 16,
+#   0.0772 against 0.0980 at 128).
+_PACKED_ONE_TILE_QUERIES = 8
 
 
 def _pow2_at_least(x: int, lo: int, hi: int) -> int:
@@ -45,8 +48,8 @@ def default_config(
     warps; folded query sets of 256 rows or more over padded docs take the persistent
     grid; folded packed-doc sets of 512 rows or more and queries of 256 tokens or more use
     256-row tiles on eight warps, smaller folded sets 128-row tiles, against 64-token
-    doc tiles; a folded set that fits one tile stays in it only up to a few queries
-    (each query's sum is stored in turn), else it takes two tiles. The tile shrinks
+    doc tiles; a folded set that fits one tile stays in it and stores each query's sum
+    (over packed docs, 65 to 128 rows only up to 8 queries). The tile shrinks
     until it fits ``smem_limit`` (default: Hopper's) and the register estimate.
     """
     if spec.dim <= 256:
@@ -67,15 +70,13 @@ def default_config(
         # 16 and 32 packed-doc queries: the 256-row fold tiles that won over padded docs
         # before the persistent grid (which needs a longest doc length) joined the space.
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 256, 64, 8, 3
-    elif folded and 64 < rows <= 128 and nq <= _STORED_QUERIES[128]:
+    elif folded and 64 < rows <= 128 and (spec.layout == "allpairs" or nq <= _PACKED_ONE_TILE_QUERIES):
         # Folded rows that fit one 128-row tile store each query's sum (no zeroed output,
         # no atomics). 4 queries of 32 tokens on an H200: this config took 0.0462 ms
         # against 0.0574 ms for two 64-row tiles (fp16, same study; BENCHMARKS.md).
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128, 64, 4, 3
     elif folded and rows >= 64:
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1
-        if rows <= block_q and nq > _STORED_QUERIES[64]:
-            block_q, num_warps, num_stages = 32, 2, 3  # two tiles, not a store per query
     elif lq >= 256 and tall:
         # Long queries: 256-row tiles on eight warps halve the doc reads per row. Image as
         # query (Lq 1024 x Ld 1024, B 1k) on an H200: 0.4615 ms against 0.5080 ms for the
