@@ -156,6 +156,24 @@ def test_nearest_bucket_has_as_many_queries_in_kind(tmp_path):
     assert mf.explain(randn(17, 128), d, cu).config == CFG_A.to_dict()
 
 
+def test_nearest_bucket_of_a_query_set_has_no_taller_tile(tmp_path):
+    # A neighbour's query tile taller than the call's folded rows computes padding rows
+    # and keeps a set that fits one tile from the one-tile store: the heuristic instead.
+    d = randn(6, 40, 128)
+    db = TunedDB(tmp_path / "user.db")
+    tall = KernelConfig(block_q=128, block_d=32, block_k=128, num_warps=4, num_stages=2, q_mode="fold")
+    _winner(db, tall, layout="allpairs", nq=8, lq=32, ld=64, nb=8)
+    reset(Lookup(user_path=db.path, shipped_paths=[]))
+    for nq, lq, source in ((2, 32, "heuristic"), (2, 33, "nearest-bucket"), (4, 32, "nearest-bucket"),
+                           (3, 7, "heuristic")):
+        q = randn(nq, lq, 128)
+        dec = mf.explain(q, d)
+        assert dec.source == source, (nq, lq, dec)
+        if source == "heuristic":
+            assert dec.config["block_q"] <= 64, dec
+        assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, f"{nq} x {lq}")
+
+
 def test_full_and_ragged_docs_have_buckets_of_their_own(tmp_path):
     q, d = _call()
     lengths = torch.tensor([40, 7, 1], device=DEVICE)
