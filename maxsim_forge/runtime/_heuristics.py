@@ -19,7 +19,7 @@ from ..codegen import (
 _WAVES = 2
 # Folded rows that fit one tile store each query's sum (32 queries per step), with no
 # zeroed output and no atomics. Over 4000 docs on an H100, fp16, against tiles half as
-# tall that add with atomics (benchmarks/results/fold-store-h100-2026-11-27.json;
+# tall that add with atomics (benchmarks/results/fold-store-h100-2026-11-27-onehot.json;
 # BENCHMARKS.md):
 # - 64 rows in one 64-row tile: faster at every count from 2 to 64 queries, packed and
 #   padded docs (64 one-token queries: 0.0488 against 0.0762 ms packed, 0.1197 against
@@ -72,8 +72,9 @@ def default_config(
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 256, 64, 8, 3
     elif folded and 64 < rows <= 128 and (spec.layout == "allpairs" or nq <= _PACKED_ONE_TILE_QUERIES):
         # Folded rows that fit one 128-row tile store each query's sum (no zeroed output,
-        # no atomics). 4 queries of 32 tokens on an H200: this config took 0.0462 ms
-        # against 0.0574 ms for two 64-row tiles (fp16, same study; BENCHMARKS.md).
+        # no atomics; measurements above). 4 queries of 32 tokens on an H200, with the
+        # earlier per-query store: this config took 0.0462 ms against 0.0574 ms for two
+        # 64-row tiles (fp16, same study; BENCHMARKS.md).
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128, 64, 4, 3
     elif folded and rows >= 64:
         q_mode, block_q, block_d, num_warps, num_stages = "fold", 128 if rows >= 256 else 64, 64, 4, 1

@@ -143,18 +143,18 @@ class Lookup:
             for entry in self.exact.get((gpu.name, *family, *buckets, docs), ()):
                 if self._usable(entry, spec, gpu):
                     return entry.config, entry.source
+        # A neighbour has as many queries as the call in kind: one, or a set. A config
+        # tuned for one query walks a set one query at a time and cannot fold it. Nor has
+        # a set's neighbour a query tile taller than the set's folded rows: it computes
+        # padding rows, and a set that fits one tile takes the one-tile store. 2 queries of
+        # 32 tokens on an H100 took 0.0571 ms with the 8-query bucket's 256-row persistent
+        # tile against 0.0415 ms with the heuristic (BENCHMARKS.md).
+        is_set = key.nq_bucket > 1
+        tallest = next_pow2(max(sizes["nq"] * sizes["lq"], 1)) if is_set else None
         for pool, source in ((self.family.get((gpu.name, *family), ()), NEAREST),
                              (self.arch.get((gpu.cc, *family), ()), SAME_ARCH)):
-            # A neighbour has as many queries as the call in kind: one, or a set. A config
-            # tuned for one query walks a set one query at a time and cannot fold it.
-            pool = [e for e in pool if (e.buckets[0] > 1) == (key.nq_bucket > 1)]
-            if key.nq_bucket > 1:
-                # Nor is a query tile taller than the set's folded rows: it computes padding
-                # rows, and a set that fits one tile takes the one-tile store. 2 queries of
-                # 32 tokens on an H100 took 0.0571 ms with the 8-query bucket's 256-row
-                # persistent tile against 0.0415 ms with the heuristic (BENCHMARKS.md).
-                rows = next_pow2(max(sizes["nq"] * sizes["lq"], 1))
-                pool = [e for e in pool if e.config.block_q <= rows]
+            pool = [e for e in pool
+                    if (e.buckets[0] > 1) == is_set and (tallest is None or e.config.block_q <= tallest)]
             ranked = sorted(pool, key=lambda e: (bucket_distance(e.buckets, buckets) + docs_distance(e.docs, key.docs),
                                                  e.source != USER_DB))
             for candidate in ranked:
