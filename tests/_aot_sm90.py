@@ -8,32 +8,21 @@ copies, and the error of a variant that does not compile.
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import sys
 import tempfile
-from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from maxsim_forge.codegen import KernelConfig, KernelSpec, validate
-from maxsim_forge.codegen._render import MAXSIM_FWD, environment, template_values
+from maxsim_forge.codegen import KernelConfig, KernelSpec, Variant, load_source, render, validate
 
 _ELEMENT = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
 # Launch-time values: unit strides along features and outputs, as the launcher passes
 # them (Triton specialises an integer of value 1), other strides and pointers aligned.
 _UNIT = ("stride_qd", "stride_dd", "stride_ob", "stride_dmt", "stride_qmt", "stride_pb")
-
-
-def _module(spec: KernelSpec, cfg: KernelConfig, folder: Path, n: int):
-    path = folder / f"variant_{n}.py"
-    path.write_text(environment().get_template(MAXSIM_FWD).render(**template_values(spec, cfg, interpret=False)))
-    loader = importlib.util.spec_from_file_location(f"variant_{n}", path)
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    return module
 
 
 def _compile(launcher, dtype: str):
@@ -65,14 +54,15 @@ def _compile(launcher, dtype: str):
 def main() -> None:
     out = []
     with tempfile.TemporaryDirectory() as folder:
-        for n, (spec_d, cfg_d) in enumerate(json.load(sys.stdin)):
+        os.environ["MAXSIM_FORGE_CACHE"] = folder
+        for spec_d, cfg_d in json.load(sys.stdin):
             spec, cfg = KernelSpec(**spec_d), KernelConfig.from_dict(cfg_d)
             try:
                 validate(spec, cfg)
-                module = _module(spec, cfg, Path(folder), n)
-                compiled = _compile(module._FWD, spec.dtype)
-                if cfg.split_d > 1:
-                    _compile(module._REDUCE, spec.dtype)
+                variant = Variant(spec, cfg, load_source(render(spec, cfg, interpret=False)))
+                compiled = _compile(variant.fwd, spec.dtype)
+                if variant.reduce is not None:
+                    _compile(variant.reduce, spec.dtype)
                 ptx = compiled.asm["ptx"]
                 out.append({"shared": compiled.metadata.shared, "wgmma": "wgmma.mma_async" in ptx,
                             "cp_async": "cp.async" in ptx, "error": None})

@@ -1,4 +1,4 @@
-"""Kernel variants: config dataclasses, validation, rendering and the module cache."""
+"""Kernel variants: config dataclasses, validation, rendering, launch plans and the module cache."""
 
 from __future__ import annotations
 
@@ -17,32 +17,41 @@ from ._config import (
     query_programs,
     registers_per_thread,
     smem_bytes,
+    torch_dtype,
     validate,
 )
+from ._plan import LAUNCH_REVISION, zeroed_output
 from ._render import (
     environment,
+    family,
     interpreting,
     is_current,
+    jit_kernels,
     kernel_hash,
     render,
     source_key,
     template_hash,
     variant_name,
 )
+from ._variant import Variant
 
 __all__ = [
     "DTYPES",
+    "LAUNCH_REVISION",
     "LAYOUTS",
     "MASK_KINDS",
     "Q_MODES",
     "ConfigError",
     "KernelConfig",
     "KernelSpec",
+    "Variant",
     "cache_dir",
     "environment",
     "exact_k_fits",
+    "family",
     "interpreting",
     "is_current",
+    "jit_kernels",
     "kernel_hash",
     "load_source",
     "load_variant",
@@ -54,6 +63,7 @@ __all__ = [
     "smem_bytes",
     "source_key",
     "template_hash",
+    "torch_dtype",
     "validate",
     "variant_name",
 ]

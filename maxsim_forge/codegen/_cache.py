@@ -16,9 +16,10 @@ from types import ModuleType
 
 from ._config import KernelConfig, KernelSpec
 from ._render import interpreting, render, source_key
+from ._variant import Variant
 
 _modules: dict[str, ModuleType] = {}
-_variants: dict[tuple, ModuleType] = {}
+_variants: dict[tuple, Variant] = {}
 _lock = threading.Lock()
 
 
@@ -69,11 +70,11 @@ def load_source(source: str) -> ModuleType:
 
 def load_variant(
     spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = None
-) -> ModuleType:
-    """The generated module of one variant; rendered and imported on first use only."""
+) -> Variant:
+    """One variant ready to launch; rendered and imported on first use only."""
     key = (spec, cfg, smem_limit, interpreting())
-    module = _variants.get(key)
-    if module is None:
-        module = load_source(render(spec, cfg, smem_limit=smem_limit))
-        _variants[key] = module
-    return module
+    variant = _variants.get(key)
+    if variant is None:
+        variant = Variant(spec, cfg, load_source(render(spec, cfg, smem_limit=smem_limit)))
+        _variants[key] = variant
+    return variant

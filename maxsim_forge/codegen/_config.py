@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 LAYOUTS = ("padded", "allpairs", "packed", "pairs")
 DTYPES = ("fp16", "bf16", "fp32")
 PRECISIONS = ("tf32", "ieee")
@@ -21,7 +23,8 @@ Q_MODES = ("loop", "grid", "fold", "tile", "persist")
 DEFAULT_SMEM_LIMIT = 232_448
 # A register budget per thread above which Triton spills heavily.
 MAX_REGS_PER_THREAD = 255
-ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+ELEMENT_BYTES = {name: dtype.itemsize for name, dtype in TORCH_DTYPES.items()}
 
 
 class ConfigError(ValueError):
@@ -74,9 +77,10 @@ class KernelSpec:
             )
 
     def key(self) -> str:
+        """The spec in a variant's name: ``padded-fp16-dim128-native-qmask_none-docmask_lengths``."""
         return (
-            f"{self.layout}-{self.dtype}-d{self.dim}-{self.precision}"
-            f"-q{self.q_mask}-d{self.d_mask}"
+            f"{self.layout}-{self.dtype}-dim{self.dim}-{self.precision}"
+            f"-qmask_{self.q_mask}-docmask_{self.d_mask}"
         )
 
 
@@ -134,13 +138,21 @@ class KernelConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        # Knobs added later appear only away from their default, so earlier keys stay.
+        """The config in a variant's name: tiles (``bq``, ``bdoc``, ``bk``), warps, stages,
+        q_mode, the doc split, then each boolean knob that is on, by its name."""
+        flags = "".join(f"-{name}" for name in _FLAGS if getattr(self, name))
         return (
-            f"q{self.block_q}-d{self.block_d}-k{self.block_k}-w{self.num_warps}"
-            f"-s{self.num_stages}-{self.q_mode}-x{self.split_d}{'-exact' if self.exact_k else ''}"
-            f"{'-overlap' if self.overlap_max else ''}{'-mloop' if self.masked_loop else ''}"
-            f"{'-defer' if self.defer_max else ''}"
+            f"bq{self.block_q}-bdoc{self.block_d}-bk{self.block_k}-w{self.num_warps}"
+            f"-s{self.num_stages}-{self.q_mode}-split{self.split_d}{flags}"
         )
+
+
+_FLAGS = ("exact_k", "overlap_max", "masked_loop", "defer_max")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a dtype name (``fp16``, ``bf16``, ``fp32``)."""
+    return TORCH_DTYPES[name]
 
 
 def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
@@ -229,7 +241,7 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
             f"block_k={cfg.block_k} exceeds dim {spec.dim} rounded up to a power of two "
             f"({max(16, next_pow2(spec.dim))}); it would only load padding"
         )
-    for name in ("exact_k", "overlap_max", "masked_loop", "defer_max"):
+    for name in _FLAGS:
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}={getattr(cfg, name)!r}; accepted: True, False")
     if cfg.overlap_max and cfg.defer_max:

@@ -1,10 +1,19 @@
-"""Jinja2 templates of Triton kernels (``*.py.j2``): real Triton code with a few hooks."""
+"""Jinja2 templates of Triton kernels (``*.py.j2``): real Triton code with a few hooks.
+
+One template per kernel family; files starting with ``_`` hold the pieces families
+share (the forward module's skeleton and the doc-tile kernels) and are not rendered
+on their own.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 TEMPLATE_DIR = Path(__file__).parent
-MAXSIM_FWD = "maxsim_fwd.py.j2"
+# Forward families by q_mode: one query's rows per program row set, or folded query sets.
+FWD_QUERY = "maxsim_fwd_query.py.j2"
+FWD_FOLDED = "maxsim_fwd_folded.py.j2"
+SPLIT_REDUCE = "maxsim_split_reduce.py.j2"
+FAMILIES = (FWD_QUERY, FWD_FOLDED)
 
-__all__ = ["MAXSIM_FWD", "TEMPLATE_DIR"]
+__all__ = ["FAMILIES", "FWD_FOLDED", "FWD_QUERY", "SPLIT_REDUCE", "TEMPLATE_DIR"]
