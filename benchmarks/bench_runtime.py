@@ -1,6 +1,6 @@
 """Dispatcher host cost per call against a bare launch, and first-call times.
 
-    python benchmarks/bench_runtime.py --out $OUT/runtime.json
+    python benchmarks/bench_runtime.py       # into benchmarks/results/<gpu>-<date>/runtime.json
 
 Host cost: a tiny problem (the GPU finishes each launch before the host issues the
 next), many calls in a row, wall time per call; launches direct and through
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -145,7 +146,8 @@ def main() -> None:
     os.environ["MAXSIM_FORGE_COMPILE"] = "blocking"  # timed calls run kernels, never the torch stand-in
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", default=None, help="tuned DB the first-call processes use")
-    ap.add_argument("--out", default="runtime.json")
+    ap.add_argument("--out", default=None, help="JSON file (default: runtime.json in the release folder, "
+                    "benchmarks/results/<gpu>-<date>/)")
     args = ap.parse_args()
     import triton
 
@@ -153,7 +155,11 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "host": host_cost(), "pairs_64": pair_stages(),
               "first_call": first_calls(args.db)}
     print(json.dumps(result, indent=1))
-    with open(args.out, "w") as fh:
+    from maxsim_forge.bench import release_folder
+
+    out = Path(args.out) if args.out else release_folder() / "runtime.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
 
 

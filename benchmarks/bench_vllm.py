@@ -1,7 +1,7 @@
 """Serving-sized pair batches from Python lists, packing included, side by side:
 vLLM's vanilla algorithm (re-implemented), flash-maxsim's list path, and maxsim-forge.
 
-    python benchmarks/bench_vllm.py --out $OUT/vllm.json
+    python benchmarks/bench_vllm.py          # into benchmarks/results/<gpu>-<date>/vllm.json
 
 Each timing is one call followed by a device synchronize, wall clock: what a serving
 loop waits for. Median of many calls after warm-up.
@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -42,7 +43,8 @@ def _time(fn, reps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="vllm.json")
+    ap.add_argument("--out", default=None, help="JSON file (default: vllm.json in the release folder, "
+                    "benchmarks/results/<gpu>-<date>/)")
     ap.add_argument("--dim", type=int, default=128)
     args = ap.parse_args()
     import triton
@@ -77,7 +79,11 @@ def main() -> None:
                   f"rel err {err:.1e}", flush=True)
     doc = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "date": time.strftime("%Y-%m-%d"), "dim": args.dim, "rows": rows}
-    with open(args.out, "w") as fh:
+    from maxsim_forge.bench import release_folder
+
+    out = Path(args.out) if args.out else release_folder() / "vllm.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
         json.dump(doc, fh, indent=1)
 
 

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Everything a release needs measured on one GPU, in one go, resumable:
 #
-#     OUT=results/$(date +%F) bash benchmarks/gpu_release.sh [TIME_BUDGET_S]
+#     bash benchmarks/gpu_release.sh [TIME_BUDGET_S]
 #
+# writes into benchmarks/results/<gpu>-<date>/ (e.g. h100-2026-11-27; created if missing;
+# OUT=folder to choose another, or to resume a run begun on an earlier day):
 # 1. the test suite, compiled on this GPU;
-# 2. `tune --preset default --refresh` into $OUT/tuned.db, which starts as a copy of the
-#    database shipped for this GPU: only buckets that are missing, stale or found in an
+# 2. `tune --preset default --refresh` into $OUT/tuned.db (kept out of git), which starts
+#    as a copy of the database shipped for this GPU: only buckets that are missing, stale or found in an
 #    older search space are tuned (a cut-short run resumes; with a time budget, later
 #    buckets wait for the next run), then `db ship` into the package;
-# 3. the side-by-side benchmark with first calls, the runtime and vLLM benchmarks.
-# Steps 3 use the databases shipped in step 2. Needs `pip install -e '.[test,bench]'`.
+# 3. the side-by-side benchmark with first calls (bench.csv, bench.json, bench.png), the
+#    runtime and vLLM benchmarks (runtime.json, vllm.json).
+# Step 3 uses the databases shipped in step 2. Needs `pip install -e '.[test,bench]'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-results}
+OUT=${OUT:-$(python3 -c "from maxsim_forge.bench import release_folder; print(release_folder())")}
 BUDGET=${1:-}
 mkdir -p "$OUT"
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
@@ -25,6 +28,6 @@ python3 -m maxsim_forge tune --preset default --db "$OUT/tuned.db" --refresh --q
     ${BUDGET:+--time-budget "$BUDGET"} 2>&1 | tee "$OUT/tune.log" | tail -60
 python3 -m maxsim_forge db ship "$OUT/tuned.db" --out "maxsim_forge/tuned_db/data/$gpu.db"
 echo "== bench"
-python3 -m maxsim_forge bench --first-call --out "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | tail -20
+python3 -m maxsim_forge bench --first-call --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -20
 python3 benchmarks/bench_runtime.py --out "$OUT/runtime.json" | tail -40
 python3 benchmarks/bench_vllm.py --out "$OUT/vllm.json"

@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -388,6 +389,19 @@ def format_versus(rows: list[Row]) -> list[str]:
     if mean is not None:
         lines.append(f"geometric mean speedup over the faster peer: {mean:.2f}x over {len(table)} cases")
     return lines
+
+
+def release_folder(gpu: str | None = None, date: str | None = None, root: str | Path = "benchmarks/results") -> Path:
+    """A release run's folder, ``<root>/<gpu>-<date>``: ``benchmarks/results/h100-2026-11-27``
+    for an "NVIDIA H100 80GB HBM3" that day. ``gpu`` defaults to this CUDA device ("cpu"
+    without one), shortened to its first word holding a digit; ``date`` to today."""
+    date = time.strftime("%Y-%m-%d") if date is None else date
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise ValueError(f"date is {date!r}; accepted: YYYY-MM-DD, e.g. 2026-11-27")
+    gpu = (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu") if gpu is None else gpu
+    words = [w for w in re.split(r"[^0-9a-z]+", gpu.lower()) if w and w != "nvidia"] or ["gpu"]
+    short = next((w for w in words if any(c.isdigit() for c in w)), "-".join(words))
+    return Path(root) / f"{short}-{date}"
 
 
 def write(rows: list[Row], meta: dict, out_dir: str | Path) -> list[Path]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +65,19 @@ def test_versus_peers_takes_the_faster_peer_and_a_geometric_mean():
     assert mean == pytest.approx(1.0)
     assert bench.format_versus(rows)[-1].startswith("geometric mean speedup over the faster peer: 1.00x")
     assert bench.versus_peers(rows[5:]) == ([], None)
+
+
+@pytest.mark.parametrize("gpu, folder", [("NVIDIA H100 80GB HBM3", "h100-2026-11-27"), ("NVIDIA H200", "h200-2026-11-27"),
+                                         ("NVIDIA A100-SXM4-80GB", "a100-2026-11-27"), ("cpu", "cpu-2026-11-27")])
+def test_release_folder_is_named_from_the_gpu_and_the_date(gpu, folder):
+    assert bench.release_folder(gpu, "2026-11-27") == Path("benchmarks/results") / folder
+    assert bench.release_folder(gpu, "2026-11-27", root="out") == Path("out") / folder
+
+
+def test_release_folder_defaults_to_this_device_and_today_and_rejects_other_dates():
+    got = bench.release_folder()
+    assert got.parent == Path("benchmarks/results") and got.name.endswith(time.strftime("-%Y-%m-%d"))
+    if not torch.cuda.is_available():
+        assert got.name.startswith("cpu-")
+    with pytest.raises(ValueError, match="date is '27/11/2026'; accepted: YYYY-MM-DD"):
+        bench.release_folder("NVIDIA H100", "27/11/2026")
