@@ -56,7 +56,7 @@ def host_cost(calls: int = 3000) -> dict:
     mf.maxsim(q, d)
     prep = prepare_padded(q, d)
     route = _route(prep)
-    module = load_variant(prep.spec, route.config)
+    variant = load_variant(prep.spec, route.config)
     kwargs = prep.launch_kwargs
     out = torch.empty(1, 4, device="cuda")
 
@@ -75,17 +75,17 @@ def host_cost(calls: int = 3000) -> dict:
 
     from maxsim_forge.codegen._launcher import Launcher
 
-    bare = per_call(lambda: module.launch(prep.q, d, out=out, **kwargs))
-    bare_alloc = per_call(lambda: module.launch(prep.q, d, **kwargs))
+    bare = per_call(lambda: variant.launch(prep.q, d, out=out, **kwargs))
+    bare_alloc = per_call(lambda: variant.launch(prep.q, d, **kwargs))
     Launcher.direct_ok = False
-    bare_jit = per_call(lambda: module.launch(prep.q, d, out=out, **kwargs))
+    bare_jit = per_call(lambda: variant.launch(prep.q, d, out=out, **kwargs))
     Launcher.direct_ok = True
     api = per_call(lambda: mf.maxsim(q, d))
     lengths = torch.full((4,), 60, device="cuda")
     api_len_novalidate = per_call(lambda: mf.maxsim(q, d, d_lengths=lengths, validate=False))
     api_len = per_call(lambda: mf.maxsim(q, d, d_lengths=lengths))
     return {"bare_launch_us": bare, "bare_launch_through_jit_us": bare_jit,
-            "direct_launches": module._FWD.direct_launches,
+            "direct_launches": variant.fwd.direct_launches,
             "bare_launch_with_alloc_us": bare_alloc, "maxsim_us": api,
             "maxsim_lengths_validate_false_us": api_len_novalidate, "maxsim_lengths_validated_us": api_len,
             "overhead_us": api - bare_alloc, "variant": route.variant}

@@ -47,8 +47,8 @@ def exhaustive(out_path: str, workers: int) -> None:
         for cfg, (st, msg) in zip(configs, status):
             t = None
             if st == "ok":
-                module = load_variant(prob.prep.spec, cfg, smem_limit=gpu.smem_limit)
-                t = time_cuda(lambda: module.launch(prob.prep.q, prob.prep.d, **prob.prep.launch_kwargs),
+                variant = load_variant(prob.prep.spec, cfg, smem_limit=gpu.smem_limit)
+                t = time_cuda(lambda: variant.launch(prob.prep.q, prob.prep.d, **prob.prep.launch_kwargs),
                               warmup_ms=5, rep_ms=25).median_ms
             rows.append({"config": cfg.to_dict(), "status": st, "time_ms": t})
         ok = [r["time_ms"] for r in rows if r["time_ms"]]
