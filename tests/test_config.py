@@ -117,3 +117,13 @@ def test_variant_names_cannot_be_misread():
         ("block_q", 64), ("block_d", 16), ("block_k", 64), ("split_d", 2))}
     assert names == {"bq64-bdoc64-bk128-w4-s3-loop-split1", "bq32-bdoc16-bk128-w4-s3-loop-split1",
                      "bq32-bdoc64-bk64-w4-s3-loop-split1", "bq32-bdoc64-bk128-w4-s3-loop-split2"}
+
+
+@pytest.mark.parametrize("knob, value", [
+    ("num_warps", 2.0), ("num_warps", True), ("num_stages", 3.0), ("num_stages", True),
+    ("split_d", True), ("split_d", 2.0), ("block_q", 32.0), ("block_d", True),
+])
+def test_knob_types_are_exact(knob, value):
+    # A bool is no warp count and 2.0 is no split: values read from files must be exact.
+    with pytest.raises(ConfigError, match=f"{knob}={value!r}"):
+        render(KernelSpec("allpairs", "fp16", 128), KernelConfig(**{knob: value}))

@@ -225,9 +225,16 @@ def num_k_chunks(spec: KernelSpec, cfg: KernelConfig) -> int:
 def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = None) -> None:
     """Reject a variant before rendering, naming the knob that is wrong."""
     spec.validate()
+    _check_tiles(spec, cfg)
+    _check_knobs(spec, cfg)
+    _check_mode(spec, cfg)
+    _check_device(spec, cfg, DEFAULT_SMEM_LIMIT if smem_limit is None else smem_limit)
+
+
+def _check_tiles(spec: KernelSpec, cfg: KernelConfig) -> None:
     for name in ("block_q", "block_d", "block_k"):
         value = getattr(cfg, name)
-        if not isinstance(value, int) or not _is_pow2(value) or value < 16:
+        if type(value) is not int or not _is_pow2(value) or value < 16:
             raise ConfigError(
                 f"{name}={value!r} must be a power of two >= 16 (tl.dot's smallest tile)"
             )
@@ -241,6 +248,9 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
             f"block_k={cfg.block_k} exceeds dim {spec.dim} rounded up to a power of two "
             f"({max(16, next_pow2(spec.dim))}); it would only load padding"
         )
+
+
+def _check_knobs(spec: KernelSpec, cfg: KernelConfig) -> None:
     for name in _FLAGS:
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}={getattr(cfg, name)!r}; accepted: True, False")
@@ -256,10 +266,16 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
                 f"exact_k=True takes a dim that is a multiple of 16 but no power of two, up to 256, "
                 f"with block_k the dim rounded up ({whole}); got dim {spec.dim}, block_k={cfg.block_k}"
             )
-    if cfg.num_warps not in (1, 2, 4, 8, 16):
+    # Exact types: a bool is no warp count, nor is 2.0.
+    if type(cfg.num_warps) is not int or cfg.num_warps not in (1, 2, 4, 8, 16):
         raise ConfigError(f"num_warps={cfg.num_warps!r}; accepted: 1, 2, 4, 8, 16")
-    if not isinstance(cfg.num_stages, int) or not 1 <= cfg.num_stages <= 6:
+    if type(cfg.num_stages) is not int or not 1 <= cfg.num_stages <= 6:
         raise ConfigError(f"num_stages={cfg.num_stages!r}; accepted: 1 to 6")
+    if type(cfg.split_d) is not int or not _is_pow2(cfg.split_d) or cfg.split_d > 64:
+        raise ConfigError(f"split_d={cfg.split_d!r} must be a power of two from 1 to 64")
+
+
+def _check_mode(spec: KernelSpec, cfg: KernelConfig) -> None:
     _choice("q_mode", cfg.q_mode, Q_MODES)
     if cfg.q_mode in ("fold", "persist") and spec.layout in ("padded", "pairs"):
         raise ConfigError(
@@ -275,9 +291,9 @@ def validate(spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = No
         raise ConfigError(
             f"q_mode='persist' walks whole docs, so split_d must be 1; got split_d={cfg.split_d!r}"
         )
-    if not isinstance(cfg.split_d, int) or not _is_pow2(cfg.split_d) or cfg.split_d > 64:
-        raise ConfigError(f"split_d={cfg.split_d!r} must be a power of two from 1 to 64")
-    limit = DEFAULT_SMEM_LIMIT if smem_limit is None else smem_limit
+
+
+def _check_device(spec: KernelSpec, cfg: KernelConfig, limit: int) -> None:
     need = smem_bytes(spec, cfg)
     if need > limit:
         raise ConfigError(
