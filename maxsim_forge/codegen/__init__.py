@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._cache import cache_dir, load_source, load_variant
+from ._cache import CacheError, cache_dir, load_source, load_variant
 from ._config import (
     DTYPES,
     LAYOUTS,
@@ -41,6 +41,7 @@ __all__ = [
     "LAYOUTS",
     "MASK_KINDS",
     "Q_MODES",
+    "CacheError",
     "ConfigError",
     "KernelConfig",
     "KernelSpec",

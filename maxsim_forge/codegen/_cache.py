@@ -1,13 +1,19 @@
-"""Rendered source -> a content-hashed file in the cache directory -> an imported module.
+"""Rendered source -> a content-hashed file in the cache folder -> a module built from
+the rendered text itself.
 
-Each module is imported once per process and kept; Triton keeps its own compile
-cache (``TRITON_CACHE_DIR``) beside ours.
+The module is compiled from the source this process rendered, never from the file or
+any bytecode beside it: the file is written (atomically, readable by its owner only) for
+people and tracebacks to read, and Python's source cache is given the same text, which is
+what ``triton.jit`` reads back. A planted file or ``__pycache__`` entry is never run. The
+folder must belong to this user and be writable by nobody else. Each module is built once
+per process; Triton keeps its own compile cache (``TRITON_CACHE_DIR``) beside ours.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import linecache
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -23,47 +29,96 @@ _variants: dict[tuple, Variant] = {}
 _lock = threading.Lock()
 
 
-def cache_dir() -> Path:
-    """``MAXSIM_FORGE_CACHE``, else ``$XDG_CACHE_HOME/maxsim-forge/kernels``."""
-    env = os.environ.get("MAXSIM_FORGE_CACHE")
-    if env:
-        root = Path(env)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        root = Path(base) / "maxsim-forge" / "kernels"
+class CacheError(RuntimeError):
+    """The kernel cache folder cannot be used safely; the message says why and what to do."""
+
+
+def _default_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "maxsim-forge" / "kernels"
+
+
+def _check_private(root: Path, origin: str) -> None:
+    """The folder is a directory of this user's that no one else may write."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        if env:  # a folder the user chose and we cannot use: say so
-            raise
-        # A read-only home (some containers): fall back to a private temporary folder.
-        root = Path(tempfile.gettempdir()) / f"maxsim-forge-kernels-{os.getuid()}"
+        st = os.lstat(root)
+    except OSError as exc:
+        raise CacheError(f"kernel cache {root} ({origin}) cannot be read: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CacheError(f"kernel cache {root} ({origin}) is not a folder; set MAXSIM_FORGE_CACHE to one")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise CacheError(
+            f"kernel cache {root} ({origin}) belongs to uid {st.st_uid}, not this user ({os.getuid()}): "
+            "code from it would run as you; set MAXSIM_FORGE_CACHE to a folder of your own"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CacheError(
+            f"kernel cache {root} ({origin}) is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"run `chmod go-w {root}` or set MAXSIM_FORGE_CACHE to a private folder"
+        )
+
+
+def cache_dir() -> Path:
+    """``MAXSIM_FORGE_CACHE``, else ``$XDG_CACHE_HOME/maxsim-forge/kernels`` (where the home
+    is read-only, a private folder in the temporary directory). Created private if missing;
+    :class:`CacheError` if it exists but another user owns it or others may write it."""
+    env = os.environ.get("MAXSIM_FORGE_CACHE")
+    root, origin = (Path(env), "MAXSIM_FORGE_CACHE") if env else (_default_root(), "the default")
+    if root.exists() and not root.is_dir():
+        raise CacheError(f"kernel cache {root} ({origin}) is not a folder; set MAXSIM_FORGE_CACHE to one")
+    try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        if env:  # a folder the user chose and we cannot use: say so
+            raise CacheError(
+                f"MAXSIM_FORGE_CACHE={env} cannot be created ({exc.strerror}); "
+                "point it at a folder you can write"
+            ) from None
+        # A read-only home (some containers): a private folder in the temporary directory.
+        root, origin = Path(tempfile.gettempdir()) / f"maxsim-forge-kernels-{os.getuid()}", "the fallback"
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(root, origin)
     return root
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_source(source: str) -> ModuleType:
-    """Import rendered source through its content-hashed cache file (once per process)."""
+    """A module built from rendered source (once per process), its text kept in a
+    content-hashed cache file."""
     key = source_key(source)
     with _lock:
         module = _modules.get(key)
         if module is not None:
             return module
         path = cache_dir() / f"maxsim_fwd_{key}.py"
-        if not path.exists() or path.read_text() != source:
-            _write_atomic(path, source)
+        try:
+            current = path.read_text() == source
+        except (OSError, UnicodeDecodeError):
+            current = False
+        if not current:
+            try:
+                _write_atomic(path, source)
+            except OSError as exc:
+                raise CacheError(f"kernel cache file {path} cannot be written: {exc.strerror}") from None
+        filename = str(path)
+        # triton.jit reads a kernel's source back through linecache: give it this text,
+        # never the file's (an entry without a modification time is never reloaded).
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         name = f"maxsim_forge._generated.k_{key}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # triton.jit reads the source through inspect
-        spec.loader.exec_module(module)
+        module = ModuleType(name)
+        module.__file__ = filename
+        sys.modules[name] = module  # triton.jit looks its module up by name
+        exec(compile(source, filename, "exec"), module.__dict__)
         _modules[key] = module
         return module
 
@@ -71,7 +126,7 @@ def load_source(source: str) -> ModuleType:
 def load_variant(
     spec: KernelSpec, cfg: KernelConfig, *, smem_limit: int | None = None
 ) -> Variant:
-    """One variant ready to launch; rendered and imported on first use only."""
+    """One variant ready to launch; rendered and built on first use only."""
     key = (spec, cfg, smem_limit, interpreting())
     variant = _variants.get(key)
     if variant is None:
