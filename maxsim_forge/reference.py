@@ -2,7 +2,10 @@
 
 - products and sums in float64;
 - a masked doc token never wins a max; a masked query token adds 0;
-- a doc with no valid token scores 0 (never -inf, never NaN).
+- a doc with no valid token scores 0 (never -inf, never NaN);
+- NaN and inf: a NaN in a valid token makes that score NaN; a masked or padded token
+  never changes a score, whatever it holds (it is selected away, never multiplied by 0);
+  a query token whose every valid product is -inf adds 0, as one facing no valid token.
 
 Every function takes ``absolute=True`` to return instead the same sum over the
 *absolute* products, sum_i max_j sum_k |q_ik| |d_jk|: the magnitude of every term a
@@ -39,6 +42,12 @@ def masked_max(s: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
     return m.masked_fill_(torch.isneginf(m), 0.0)
 
 
+def query_sum(m: torch.Tensor, q_valid: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum over ``dim`` of the row maxima of valid query tokens: a masked token adds 0
+    whatever its maximum is (NaN and inf included). Overwrites ``m``."""
+    return m.masked_fill_(~q_valid, 0.0).sum(dim=dim)
+
+
 def padded_scores(q, q_valid, d, d_valid, *, absolute: bool = False, chunk: int = _CHUNK_ELEMENTS) -> torch.Tensor:
     """q [Nq, Lq, k], d [B, Ld, k] with validity masks -> [Nq, B], in float64 for float64
     inputs (the reference) and float32 otherwise (the torch baseline: products and maxima
@@ -55,8 +64,7 @@ def padded_scores(q, q_valid, d, d_valid, *, absolute: bool = False, chunk: int 
     for b0 in range(0, nb, step):
         s = torch.einsum("nqk,btk->nbqt", q, d[b0 : b0 + step])
         m = masked_max(s, d_valid[None, b0 : b0 + step, None, :], dim=-1).to(dtype)
-        m = m * q_valid[:, None, :]
-        out[:, b0 : b0 + step] = m.sum(dim=-1)
+        out[:, b0 : b0 + step] = query_sum(m, q_valid[:, None, :], dim=-1)
     return out
 
 
@@ -147,6 +155,7 @@ __all__ = [
     "masked_max",
     "maxsim_reference",
     "padded_scores",
+    "query_sum",
     "reference_for",
     "unpack",
     "valid_tokens",

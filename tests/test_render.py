@@ -47,7 +47,7 @@ SPECS = [
     for q_mask in (("none",) if layout == "pairs" else ("none", "lengths", "mask"))
     for d_mask in (("none",) if layout in ("packed", "pairs") else ("none", "lengths", "mask"))
 ]
-NAMES = ("_row_scores", "_doc_tile_max", "_doc_tile_scores", "_tile_rowmax", "_maxsim_fwd_kernel",
+NAMES = ("_max_nan", "_row_scores", "_doc_tile_max", "_doc_tile_scores", "_tile_rowmax", "_maxsim_fwd_kernel",
          "_maxsim_split_reduce_kernel")
 
 

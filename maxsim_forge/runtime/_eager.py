@@ -3,7 +3,8 @@
 Tensor-core matmuls in the inputs' dtype with float32 results, chunked so that no
 more than ``_CHUNK`` score elements exist at once; ragged sides are gathered into
 padded blocks on the device. Same semantics as the kernels and the reference: a
-masked doc token never wins, a masked query token adds 0, a docless score is 0.
+masked doc token never wins, a masked query token adds 0, a docless score is 0, a NaN
+in a valid token makes its score NaN and a masked token's NaN or inf changes nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._inputs import Prepared
-from ..reference import masked_max, valid_tokens
+from ..reference import masked_max, query_sum, valid_tokens
 
 # Score elements (float32) materialised at once: 256 MiB.
 _CHUNK = 1 << 26
@@ -77,7 +78,7 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
             qp, q_valid = _gather(q, k["q_cu"], b0, b1, lq)
             dp, d_valid = _gather(d, k["d_cu"], b0, b1, ld)
             m = masked_max(_mm_f32(qp, dp.transpose(1, 2)), d_valid[:, None, :], dim=2)  # [n, Lq]
-            out[b0:b1] = (m * q_valid).sum(dim=1)
+            out[b0:b1] = query_sum(m, q_valid, dim=1)
         return out
     out = torch.zeros(nq, nb, dtype=torch.float32, device=q.device)
     if layout == "packed":
@@ -98,7 +99,7 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
         # Every query token against every doc token of the chunk in one matmul.
         s = _mm_f32(dp.reshape(-1, dim), qt).view(b1 - b0, ld, nq, lq)
         m = masked_max(s, d_valid[:, :, None, None], dim=1)  # [n, nq, lq]
-        out[:, b0:b1] = (m * q_valid).sum(dim=2).t()
+        out[:, b0:b1] = query_sum(m, q_valid[None], dim=2).t()
     return out
 
 
