@@ -1,4 +1,8 @@
-"""Random MaxSim cases for every layout, with their float64 reference."""
+"""Random MaxSim cases for every layout, with their float64 reference.
+
+Every draw comes from the running test's seeded generator (``conftest.randn`` and
+its siblings), so a case is the same on a rerun of its test and differs between tests.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ import torch
 from maxsim_forge._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded
 from maxsim_forge.reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
 
-from conftest import DEVICE, DTYPES, randn
+from conftest import DEVICE, DTYPES, rand, randint, randn
 
 
 def _lengths(count: int, limit: int, device: str) -> torch.Tensor:
-    lengths = torch.randint(0, limit + 1, (count,))
+    lengths = randint(0, limit + 1, (count,), device="cpu")
     if count > 1:
         lengths[0] = limit  # one full row, one empty row
         lengths[1] = 0
@@ -19,7 +23,7 @@ def _lengths(count: int, limit: int, device: str) -> torch.Tensor:
 
 
 def _mask(count: int, limit: int, device: str) -> torch.Tensor:
-    mask = torch.rand(count, limit) > 0.4
+    mask = rand(count, limit, device="cpu") > 0.4
     if count > 1:
         mask[1] = False  # an all-masked row
     return mask.to(device)
@@ -42,8 +46,8 @@ def make_case(
     """A checked call (ready for any variant) and its float64 reference."""
     dt = DTYPES[dtype]
     if layout == "pairs":
-        q_lens = [lq, 1] + torch.randint(0, lq + 1, (max(nb - 2, 0),)).tolist()
-        d_lens = [ld, 0] + torch.randint(0, ld + 1, (max(nb - 2, 0),)).tolist()
+        q_lens = [lq, 1] + randint(0, lq + 1, (max(nb - 2, 0),), device="cpu").tolist()
+        d_lens = [ld, 0] + randint(0, ld + 1, (max(nb - 2, 0),), device="cpu").tolist()
         queries = [randn(n, dim, dtype=dt, device=device) for n in q_lens[:nb]]
         docs = [randn(n, dim, dtype=dt, device=device) for n in d_lens[:nb]]
         return pack_pairs(queries, docs, precision=precision), maxsim_pairs_reference(queries, docs)

@@ -10,7 +10,7 @@ from maxsim_forge.reference import reference_for
 from maxsim_forge.runtime import _eager
 from maxsim_forge.runtime._eager import eager_scores
 
-from conftest import DEVICE, DTYPES, assert_scores, randn
+from conftest import DEVICE, DTYPES, assert_scores, rand, randn
 
 
 def _check(prep, what):
@@ -31,9 +31,9 @@ def test_padded(dtype, nq, sides):
         if nq > 1:
             kw["q_lengths"] = torch.tensor([7, 0, 3], device=DEVICE)
     elif sides == "masks":
-        kw["d_mask"] = torch.rand(9, 13, device=DEVICE) > 0.5
+        kw["d_mask"] = rand(9, 13) > 0.5
         kw["d_mask"][2] = False  # a doc with no valid token scores 0
-        kw["q_mask"] = torch.rand(*q.shape[:-1], device=DEVICE) > 0.3
+        kw["q_mask"] = rand(*q.shape[:-1]) > 0.3
     _check(prepare_padded(q, d, **kw), f"padded {dtype} nq={nq} {sides}")
 
 

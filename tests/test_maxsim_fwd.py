@@ -17,7 +17,7 @@ from maxsim_forge.reference import reference_for
 from maxsim_forge.runtime import default_config, launch_prepared
 
 from cases import make_case
-from conftest import DEVICE, TOLERANCES, assert_scores, poisoned
+from conftest import DEVICE, TOLERANCES, assert_exact, assert_scores, poisoned, randn
 
 pytestmark = pytest.mark.gpu
 
@@ -215,7 +215,7 @@ def test_masks(layout, q_kind, d_kind):
 def test_docs_without_valid_tokens_score_exactly_zero(layout, device):
     cfg = KernelConfig(block_q=16, block_d=16, block_k=32, q_mode="loop", split_d=2)
     dim = 32
-    q = torch.randn(2, 5, dim, device=device).half()
+    q = randn(2, 5, dim, device=device)
     if layout == "pairs":
         from maxsim_forge._inputs import pack_pairs
 
@@ -225,17 +225,17 @@ def test_docs_without_valid_tokens_score_exactly_zero(layout, device):
         from maxsim_forge._inputs import prepare_packed
 
         cu = torch.tensor([0, 0, 0, 0], device=device)
-        prep = prepare_packed(q, torch.randn(4, dim, device=device).half(), cu)
+        prep = prepare_packed(q, randn(4, dim, device=device), cu)
         out = launch_prepared(prep, cfg, out=poisoned((2, 3)))
     else:
         from maxsim_forge._inputs import prepare_padded
 
-        d = torch.randn(3, 9, dim, device=device).half()
+        d = randn(3, 9, dim, device=device)
         q_in = q[:1] if layout == "padded" else q
         masks = {"d_mask": torch.zeros(3, 9, dtype=torch.bool, device=device)}
         prep = prepare_padded(q_in, d, **masks)
         out = launch_prepared(prep, cfg, out=poisoned((q_in.shape[0], 3)))
-    assert torch.equal(out.cpu(), torch.zeros_like(out).cpu()), f"expected exact zeros, got {out}"
+    assert_exact(out, torch.zeros_like(out), f"{layout}: docs without valid tokens")
 
 
 @pytest.mark.parametrize(
@@ -247,8 +247,8 @@ def test_empty_extents(nq, lq, nb, ld, device):
     from maxsim_forge._inputs import prepare_padded
     from maxsim_forge.reference import maxsim_reference
 
-    q = torch.randn(nq, lq, 32, device=device).half()
-    d = torch.randn(nb, ld, 32, device=device).half()
+    q = randn(nq, lq, 32, device=device)
+    d = randn(nb, ld, 32, device=device)
     prep = prepare_padded(q, d)
     for cfg in (KernelConfig(block_q=16, block_d=16, block_k=32), KernelConfig(block_q=16, block_d=16, block_k=32, q_mode="fold", split_d=2)):
         if cfg.q_mode == "fold" and prep.spec.layout == "padded":
