@@ -43,15 +43,20 @@ def make_case(
     precision: str = "tf32",
     device: str = DEVICE,
 ) -> tuple[Prepared, torch.Tensor]:
-    """A checked call (ready for any variant) and its float64 reference."""
+    """A checked call (ready for any variant) and its float64 reference.
+
+    ``nq`` counts the shared queries of allpairs and packed calls; a padded call has one
+    query (``[Lq, dim]``: several would make it allpairs) and pairs one per doc.
+    """
     dt = DTYPES[dtype]
+    nq = 1 if layout == "padded" else nq
     if layout == "pairs":
         q_lens = [lq, 1] + randint(0, lq + 1, (max(nb - 2, 0),), device="cpu").tolist()
         d_lens = [ld, 0] + randint(0, ld + 1, (max(nb - 2, 0),), device="cpu").tolist()
         queries = [randn(n, dim, dtype=dt, device=device) for n in q_lens[:nb]]
         docs = [randn(n, dim, dtype=dt, device=device) for n in d_lens[:nb]]
         return pack_pairs(queries, docs, precision=precision), maxsim_pairs_reference(queries, docs)
-    shape_q = (lq, dim) if nq == 1 and layout == "padded" else (nq, lq, dim)
+    shape_q = (lq, dim) if layout == "padded" else (nq, lq, dim)
     q = randn(*shape_q, dtype=dt, device=device)
     n = 1 if q.dim() == 2 else nq
     q_side = {}
