@@ -12,11 +12,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from maxsim_forge.codegen import ConfigError, KernelConfig, next_pow2, validate
+from maxsim_forge.codegen import Q_MODES, ConfigError, KernelConfig, next_pow2, validate
 from maxsim_forge.reference import reference_for
 from maxsim_forge.runtime import default_config, launch_prepared
 
-from cases import make_case
+from cases import DIMS, KNOB_COMBOS, KNOBS, MASKS, TILES, make_case, sweep_variants, takes
 from conftest import DEVICE, TOLERANCES, assert_exact, assert_scores, poisoned, randn
 
 pytestmark = pytest.mark.gpu
@@ -102,6 +102,64 @@ EXACT = [
     KernelConfig(block_q=32, block_d=32, block_k=0, num_warps=4, num_stages=3, q_mode="grid", split_d=2, exact_k=True),
     KernelConfig(block_q=64, block_d=16, block_k=0, num_warps=4, num_stages=2, q_mode="fold", split_d=1, exact_k=True),
 ]
+
+
+SWEEP, SWEEP_SKIPPED = sweep_variants()
+
+
+@pytest.mark.parametrize("v", SWEEP, ids=str)
+def test_sweep(v):
+    # One variant of the sweep over every layout, query mode and knob: rendered, run into
+    # a poisoned output and held to the float64 reference.
+    prep, ref = v.case()
+    assert prep.spec == v.spec(), f"the case made {prep.spec.key()}, the sweep planned {v.spec().key()}"
+    validate(prep.spec, v.cfg)  # the sweep keeps only variants that validate: no silent skip
+    shape = tuple(ref.shape) if not prep.squeeze else (1, *ref.shape)
+    out = launch_prepared(prep, v.cfg, out=poisoned(shape))
+    assert_scores(out, ref, v.tol, f"sweep {v}", scale=reference_for(prep, absolute=True))
+
+
+def _uncovered(pairs: set, seen: set, impossible: set = frozenset()) -> list:
+    return sorted(pairs - seen - impossible, key=str)
+
+
+def test_sweep_covers_every_mode_and_knob():
+    runs = [(layout, mode) for layout in LAYOUTS for mode in Q_MODES if takes(layout, mode)]
+    assert {mode for _, mode in runs} == set(Q_MODES), runs
+    assert [mode for layout, mode in runs if layout != "allpairs"].count("persist") == 0, runs
+    assert {layout for layout, mode in runs if mode == "fold"} == {"allpairs", "packed"}, runs
+    # Every layout x mode x knob on, and a minimum of valid variants per mode (no knob,
+    # each knob alone and one combination, for every layout that takes the mode).
+    on = {(v.layout, v.cfg.q_mode, k) for v in SWEEP for k in ("none", *v.knobs)}
+    missing = _uncovered({(layout, m, k) for layout, m in runs for k in ("none", *KNOBS)}, on)
+    assert not missing, f"(layout, q_mode, knob) never run: {missing}; rejected by validate: {SWEEP_SKIPPED}"
+    for mode in Q_MODES:
+        count = sum(v.cfg.q_mode == mode for v in SWEEP)
+        least = (len(KNOBS) + 2) * sum(m == mode for _, m in runs)
+        assert count >= least, f"{mode}: {count} valid variants, fewer than {least}; rejected: {SWEEP_SKIPPED}"
+    assert {v.knobs for v in SWEEP if len(v.knobs) > 1} == set(KNOB_COMBOS), "a combination of knobs never runs"
+    # Every value of each other factor meets every mode and every knob.
+    factors = {
+        "split": lambda v: "1" if v.cfg.split_d == 1 else ">1",
+        "tile": lambda v: v.tile,
+        "dim": lambda v: v.dim,
+        "dtype": lambda v: (v.dtype, v.precision),
+        "lq": lambda v: v.sizes[1],
+        "ld": lambda v: v.sizes[3],
+    }
+    values = {"split": ("1", ">1"), "tile": [t.name for t in TILES], "dim": DIMS,
+              "dtype": [(d, p) for d, p, _ in TOLERANCES], "lq": (1, 7, 33), "ld": (1, 7, 33, 61, 70)}
+    # persist walks whole docs (no split); exact_k takes a multiple of 16 (not dim 100)
+    impossible = {("persist", "split", ">1"), ("exact_k", "dim", 100)}
+    for name, value_of in factors.items():
+        seen = {(m, name, value_of(v)) for v in SWEEP for m in (v.cfg.q_mode, *v.knobs)}
+        want = {(m, name, x) for m in (*Q_MODES, *KNOBS) for x in values[name]}
+        missing = _uncovered(want, seen, impossible)
+        assert not missing, f"(mode or knob, {name}, value) never run: {missing}"
+    # Every mask kind on each side of every layout that takes it.
+    kinds = {(v.layout, v.q_kind, v.d_kind) for v in SWEEP}
+    missing = _uncovered({(layout, q, d) for layout in LAYOUTS for q, d in MASKS[layout]}, kinds)
+    assert not missing, f"(layout, q_kind, d_kind) never run: {missing}"
 
 
 @pytest.mark.parametrize("dtype, precision, tol", TOLERANCES)
