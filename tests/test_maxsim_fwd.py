@@ -242,19 +242,17 @@ def test_persistent_grid(dtype, precision, tol, kinds):
     # Each program keeps a query tile and walks docs lane, lane + lanes, ...: more docs
     # than lanes (several per program, unevenly), docs of 0 to 3 full tiles and a partial
     # one, query tiles that cross query boundaries; the grid is query tiles x lanes.
-    from maxsim_forge.codegen import load_variant
+    from maxsim_forge.codegen._plan import PERSIST_PER_SM, plan, sm_count
 
     prep, ref = make_case("allpairs", dtype, nq=3, lq=40, nb=11, ld=61, dim=96, q_kind=kinds[0], d_kind=kinds[1],
                           precision=precision)
     kw = prep.launch_kwargs
     for cfg in PERSIST:
         _check(prep, ref, cfg, tol, "persist")
-        module = load_variant(prep.spec, cfg)
-        _, steps = module._plan(prep.q, prep.d, kw["nq"], kw["lq"], kw["nb"], kw["ld"], None, None, kw["q_lengths"],
-                                kw["q_mask"], kw["d_lengths"], kw["d_mask"], None)
+        _, steps = plan(prep.spec, cfg, prep.q, prep.d, **kw)
         q_tiles = -(-kw["nq"] * kw["lq"] // cfg.block_q)
-        lanes = max(1, min(kw["nb"], module._sm_count(prep.q.device) * module.PERSIST_PER_SM // q_tiles))
-        assert [grid for _, grid, _ in steps] == [(q_tiles * lanes,)], cfg.key()
+        lanes = max(1, min(kw["nb"], sm_count(prep.q.device) * PERSIST_PER_SM // q_tiles))
+        assert [step.grid for step in steps] == [(q_tiles * lanes,)], cfg.key()
 
 
 @pytest.mark.parametrize("q_kind", ("none", "lengths", "mask"))
@@ -363,7 +361,7 @@ def test_repeat_launches_of_one_variant_stay_correct(layout, q_mode):
     cfg = KernelConfig(block_q=32, block_d=32, block_k=64, num_warps=4, num_stages=2,
                        q_mode=q_mode, split_d=2 if q_mode == "grid" else 1)
     calls = [(2, 33, 4, 57), (3, 1, 1, 1), (2, 33, 5, 300), (1, 7, 9, 16), (2, 33, 4, 57)]
-    module, first = None, None
+    variant, first = None, None
     for i, (nq, lq, nb, ld) in enumerate(calls):
         prep, ref = make_case(layout, "fp16", nq=nq, lq=lq, nb=nb, ld=ld, dim=64,
                               d_kind="lengths" if layout in ("padded", "allpairs") else "none")
@@ -374,8 +372,8 @@ def test_repeat_launches_of_one_variant_stay_correct(layout, q_mode):
             buf = torch.empty(prep.d.numel() + 1, dtype=prep.d.dtype, device=prep.d.device)
             prep.d = buf[1:].view(prep.d.shape).copy_(prep.d)
         _check(prep, ref, cfg, 1e-5, f"call {i}")
-        module = load_variant(prep.spec, cfg)
+        variant = load_variant(prep.spec, cfg)
         first = first or (prep, ref)
     _check(*first, cfg, 1e-5, "the first call again")  # the same key: a direct launch
     if torch.cuda.is_available() and DEVICE == "cuda":
-        assert module._FWD.direct_launches > 0, "no launch went direct"
+        assert variant.fwd.direct_launches > 0, "no launch went direct"
