@@ -23,9 +23,9 @@ BUCKETS = [
 def exhaustive(out_path: str, workers: int) -> None:
     import torch
 
-    from maxsim_forge._problems import Sizes, synth
+    from maxsim_forge._keys import Sizes, gpu_info
+    from maxsim_forge._problems import synth
     from maxsim_forge.codegen import KernelSpec, load_variant
-    from maxsim_forge.runtime._keys import gpu_info
     from maxsim_forge.tuner._compile import CompileJob, compile_many
     from maxsim_forge.tuner._space import valid_configs
     from maxsim_forge.tuner._timing import time_cuda
@@ -37,7 +37,7 @@ def exhaustive(out_path: str, workers: int) -> None:
            "torch": torch.__version__, "buckets": []}
     for name, layout, dtype, dim, nq, lq, ld, nb, d_mask in BUCKETS:
         spec = KernelSpec(layout, dtype, dim, "tf32", "none", d_mask)
-        sizes = Sizes(nq, lq, nb, ld)
+        sizes = Sizes(nq=nq, lq=lq, nb=nb, ld=ld)
         configs = valid_configs(spec, sizes, sm_count=gpu.sm_count, smem_limit=gpu.smem_limit)
         t0 = time.time()
         status = compile_many([CompileJob(spec, c, sizes, "cuda", gpu.smem_limit) for c in configs], workers=workers)
@@ -73,7 +73,7 @@ def replay(path: str, trials: int, seeds: int, *, seeded: bool, refine: bool, ba
     """
     import optuna
 
-    from maxsim_forge._problems import Sizes
+    from maxsim_forge._keys import Sizes
     from maxsim_forge.codegen import KernelConfig, KernelSpec
     from maxsim_forge.runtime import default_config
     from maxsim_forge.tuner._space import bucket_space, check_static, neighbors
@@ -93,7 +93,7 @@ def replay(path: str, trials: int, seeds: int, *, seeded: bool, refine: bool, ba
         measured = {KernelConfig(**r["config"]): r["time_ms"] for r in b["configs"]}
         best = min(t for t in measured.values() if t)  # over everything measured
         # The sampler draws from today's space, which may be narrower than what was measured.
-        sizes = Sizes(nq, lq, nb, ld)
+        sizes = Sizes(nq=nq, lq=lq, nb=nb, ld=ld)
         table = {c: t for c, t in measured.items()
                  if check_static(spec, c, sizes, sm_count=132, smem_limit=232_448) is None}
         valid = set(table)
@@ -140,15 +140,15 @@ def replay(path: str, trials: int, seeds: int, *, seeded: bool, refine: bool, ba
 def to_db(path: str, db_path: str) -> None:
     """Store each bucket's exhaustive best as a winner (merged: the faster row per key stays)."""
     from maxsim_forge import __version__
-    from maxsim_forge._problems import Sizes, synth
+    from maxsim_forge._keys import DEFAULT_SMEM_LIMIT, GpuInfo, Sizes, normalize_name
+    from maxsim_forge._problems import synth
     from maxsim_forge.codegen import KernelConfig, KernelSpec, template_hash
-    from maxsim_forge.runtime._keys import GpuInfo, bucket_key, normalize_name
-    from maxsim_forge.tuned_db import TunedDB
-    from maxsim_forge.tuned_db._store import merge_rows
+    from maxsim_forge.runtime import bucket_key
+    from maxsim_forge.tuned_db import TunedDB, merge_rows
 
     doc = json.load(open(path))
-    gpu = GpuInfo(normalize_name(doc["gpu"]), "9.0", 132, 232_448)
-    specs = {name: (KernelSpec(layout, dtype, dim, "tf32", "none", dm), Sizes(nq, lq, nb, ld))
+    gpu = GpuInfo(name=normalize_name(doc["gpu"]), cc="9.0", sm_count=132, smem_limit=DEFAULT_SMEM_LIMIT)
+    specs = {name: (KernelSpec(layout, dtype, dim, "tf32", "none", dm), Sizes(nq=nq, lq=lq, nb=nb, ld=ld))
              for name, layout, dtype, dim, nq, lq, ld, nb, dm in BUCKETS}
     rows = []
     for b in doc["buckets"]:

@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     import triton
 
-    from maxsim_forge.integrations._vanilla import vanilla_maxsim_batched
+    from maxsim_forge.integrations import vanilla_maxsim_batched
     from maxsim_forge.integrations.vllm import compute_maxsim_score_batched
 
     import maxsim_forge as mf

@@ -17,9 +17,9 @@ from operator import attrgetter
 
 import torch
 
+from ._keys import DTYPE_NAMES
 from .codegen import KernelSpec
 
-DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 _INDEX_DTYPES = (torch.int32, torch.int64)
 PRECISIONS = ("tf32", "ieee")
 _I32 = 1 << 31  # offsets below this fit int32
@@ -49,9 +49,7 @@ def _tensor(name: str, value: object) -> torch.Tensor:
 
 def _float_dtype(name: str, t: torch.Tensor) -> str:
     if t.dtype not in DTYPE_NAMES:
-        raise TypeError(
-            f"{name} has dtype {t.dtype}; accepted: torch.float16, torch.bfloat16, torch.float32"
-        )
+        raise TypeError(f"{name} has dtype {t.dtype}; accepted: {', '.join(map(str, DTYPE_NAMES))}")
     return DTYPE_NAMES[t.dtype]
 
 

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from ._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded
-from .codegen import KernelSpec
+from ._keys import Sizes
+from .codegen import KernelSpec, torch_dtype
 from .reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference, reference_for
-
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def tolerance(spec: KernelSpec) -> float:
@@ -22,19 +21,6 @@ def tolerance(spec: KernelSpec) -> float:
     it adds up (the reference with ``absolute=True``; :func:`relative_error`): products
     of fp16/bf16 inputs are exact in fp32, tf32 rounds its inputs to 10 mantissa bits."""
     return 3e-3 if spec.dtype == "fp32" and spec.precision == "tf32" else 1e-5
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """Exact sizes of one problem: queries, query length, docs, doc length (padded or max)."""
-
-    nq: int
-    lq: int
-    nb: int
-    ld: int
-
-    def scaled(self, nb: int) -> Sizes:
-        return Sizes(self.nq, self.lq, min(self.nb, nb), self.ld)
 
 
 @dataclass
@@ -98,7 +84,7 @@ def synth(
     """
     gen = torch.Generator().manual_seed(seed)  # embeddings
     lgen = torch.Generator().manual_seed(seed + 1)  # lengths and masks: the same with or without embeddings
-    dt = TORCH_DTYPES[spec.dtype]
+    dt = torch_dtype(spec.dtype)
     nq, lq, nb, ld, dim = sizes.nq, sizes.lq, sizes.nb, sizes.ld, spec.dim
     meta = device == "meta"
 

@@ -27,42 +27,42 @@ from pathlib import Path
 
 import torch
 
-from ._problems import TORCH_DTYPES
+from .codegen import torch_dtype
 from .reference import maxsim_pairs_reference, maxsim_reference, valid_tokens
-from .tuner._timing import time_fn
+from .tuner import time_fn
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Case:
     name: str
     layout: str  # padded | allpairs | packed | pairs
-    lq: int
-    ld: int
-    nb: int
     nq: int = 1
+    lq: int
+    nb: int
+    ld: int
     dim: int = 128
     dtype: str = "fp16"
     ragged: bool = False  # doc lengths below the padded length
     skew: bool = False  # packed: many short docs, few long ones
 
     def tiny(self) -> Case:
-        return replace(self, lq=min(self.lq, 8), ld=min(self.ld, 24), nb=min(self.nb, 4),
-                       nq=min(self.nq, 3), dim=min(self.dim, 32))
+        return replace(self, nq=min(self.nq, 3), lq=min(self.lq, 8), nb=min(self.nb, 4), ld=min(self.ld, 24),
+                       dim=min(self.dim, 32))
 
 
 CASES = [
-    Case("colbert-1k-fp16", "padded", 32, 300, 1000),
-    Case("colbert-10k-fp16", "padded", 32, 300, 10000),
-    Case("colbert-1k-bf16", "padded", 32, 300, 1000, dtype="bf16"),
-    Case("colbert-10k-bf16", "padded", 32, 300, 10000, dtype="bf16"),
-    Case("colpali-1k", "padded", 32, 1030, 1000),
-    Case("image-query-1k", "padded", 1024, 1024, 1000),
-    Case("ragged-4k", "padded", 32, 512, 4000, ragged=True),
-    Case("16-queries-x-1k", "allpairs", 32, 300, 1000, nq=16),
-    Case("pairs-64", "pairs", 32, 300, 64),
-    Case("pairs-1k", "pairs", 32, 300, 1000),
-    Case("packed-50k-skewed", "packed", 32, 512, 50000, skew=True),
-    Case("colbert-10k-dim96", "padded", 32, 300, 10000, dim=96),
+    Case(name="colbert-1k-fp16", layout="padded", lq=32, nb=1000, ld=300),
+    Case(name="colbert-10k-fp16", layout="padded", lq=32, nb=10000, ld=300),
+    Case(name="colbert-1k-bf16", layout="padded", lq=32, nb=1000, ld=300, dtype="bf16"),
+    Case(name="colbert-10k-bf16", layout="padded", lq=32, nb=10000, ld=300, dtype="bf16"),
+    Case(name="colpali-1k", layout="padded", lq=32, nb=1000, ld=1030),
+    Case(name="image-query-1k", layout="padded", lq=1024, nb=1000, ld=1024),
+    Case(name="ragged-4k", layout="padded", lq=32, nb=4000, ld=512, ragged=True),
+    Case(name="16-queries-x-1k", layout="allpairs", nq=16, lq=32, nb=1000, ld=300),
+    Case(name="pairs-64", layout="pairs", lq=32, nb=64, ld=300),
+    Case(name="pairs-1k", layout="pairs", lq=32, nb=1000, ld=300),
+    Case(name="packed-50k-skewed", layout="packed", lq=32, nb=50000, ld=512, skew=True),
+    Case(name="colbert-10k-dim96", layout="padded", lq=32, nb=10000, ld=300, dim=96),
 ]
 
 
@@ -93,7 +93,7 @@ class Inputs:
 
 def make_inputs(case: Case, device: str, seed: int = 0) -> Inputs:
     g = torch.Generator().manual_seed(seed)
-    dt = TORCH_DTYPES[case.dtype]
+    dt = torch_dtype(case.dtype)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device=device, dtype=dt)
@@ -138,7 +138,7 @@ def _eager(x: Inputs):
 
 
 def _vanilla(x: Inputs):
-    from .integrations._vanilla import vanilla_maxsim_batched
+    from .integrations import vanilla_maxsim_batched
 
     if x.queries is not None:
         return lambda: vanilla_maxsim_batched(x.queries, x.docs)

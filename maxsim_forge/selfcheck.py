@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ._inputs import DTYPE_NAMES, prepare_padded
+from ._inputs import prepare_padded
 from ._problems import relative_error, tolerance
+from .codegen import torch_dtype
 from .reference import maxsim_reference
 from .runtime import default_config, launch_prepared
-
-_TORCH = {name: dt for dt, name in DTYPE_NAMES.items()}
 
 
 @dataclass
@@ -42,8 +41,8 @@ def colbert_check(*, batch: int | None = None, dtype: str = "fp16", seed: int = 
     batch = batch if batch is not None else (1024 if device == "cuda" else 8)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     lq, ld, dim = 32, 300, 128
-    q = torch.randn(lq, dim, generator=gen).to(device, _TORCH[dtype])
-    d = torch.randn(batch, ld, dim, generator=gen).to(device, _TORCH[dtype])
+    q = torch.randn(lq, dim, generator=gen).to(device, torch_dtype(dtype))
+    d = torch.randn(batch, ld, dim, generator=gen).to(device, torch_dtype(dtype))
     d_lengths = torch.randint(1, ld + 1, (batch,), generator=gen).to(device)
     prep = prepare_padded(q, d, d_lengths=d_lengths)
     cfg = default_config(prep.spec, **prep.sizes)

@@ -58,7 +58,7 @@ def test_top_level_json_export_and_import(tmp_path):
     from maxsim_forge.tuner import Bucket, tune
 
     src, dst, out = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "a.json"
-    tune([Bucket("padded", "fp16", 32, 8, 20, 3)], db_path=src, trials=2, progress=False)
+    tune([Bucket(layout="padded", dtype="fp16", dim=32, lq=8, nb=3, ld=20)], db_path=src, trials=2, progress=False)
     runner = CliRunner()
     result = runner.invoke(main, ["export", "--format", "json", "--db", str(src), "--out", str(out)])
     assert result.exit_code == 0 and "wrote 1 winners" in result.output, result.output

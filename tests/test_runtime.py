@@ -13,7 +13,7 @@ import maxsim_forge as mf
 from maxsim_forge.codegen import KernelConfig, kernel_hash, template_hash
 from maxsim_forge.reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
 from maxsim_forge.runtime import Lookup, reset
-from maxsim_forge.runtime._keys import gpu_info
+from maxsim_forge._keys import gpu_info
 from maxsim_forge.tuned_db import BucketKey, TunedDB
 
 from conftest import DEVICE, assert_scores, randn
@@ -91,7 +91,8 @@ def _gpu():
 def _winner(db: TunedDB, cfg: KernelConfig, *, gpu=None, cc=None, lq=32, ld=64, nb=4, nq=1, layout="padded",
             docs="full"):
     g = _gpu()
-    key = BucketKey(gpu or g.name, cc or g.cc, layout, "fp16", "native", 128, nq, lq, ld, nb, docs)
+    key = BucketKey(gpu=gpu or g.name, cc=cc or g.cc, layout=layout, dtype="fp16", precision="native", dim=128,
+                    nq_bucket=nq, lq_bucket=lq, nb_bucket=nb, ld_bucket=ld, docs=docs)
     db.put_winner(key, {"config": cfg.to_dict(), "time_ms": 1.0, "baseline_ms": 2.0, "speedup": 2.0,
                         "near_best": [], "trials": 3, "seed": 0, "template_hash": template_hash()})
     return key
@@ -182,10 +183,10 @@ def test_full_and_ragged_docs_have_buckets_of_their_own(tmp_path):
     _winner(db, CFG_B, docs="ragged")
     reset(Lookup(user_path=db.path, shipped_paths=[]))
     assert mf.explain(q, d).config == CFG_A.to_dict()
-    assert mf.explain(q, d).bucket.endswith("nb4")
+    assert mf.explain(q, d).bucket.endswith("nb4 ld64")
     dec = mf.explain(q, d, d_lengths=lengths)
     assert (dec.config, dec.source) == (CFG_B.to_dict(), "user-db")
-    assert dec.bucket.endswith("nb4 ragged")
+    assert dec.bucket.endswith("nb4 ld64 ragged")
     assert_scores(mf.maxsim(q, d, d_lengths=lengths), maxsim_reference(q, d, d_lengths=lengths), 1e-5, "ragged")
 
     # A row that did not record its docs serves both kinds of its bucket; the nearest
@@ -327,8 +328,8 @@ def test_warmup_covers_full_docs_that_route_to_a_ragged_row(tmp_path):
     assert masks == [(4, "lengths"), (4, "none"), (1024, "lengths"), (1024, "none")]
     decisions = mf.warmup(device=DEVICE)
     assert sorted(d.bucket for d in decisions) == sorted([
-        "padded/fp16/d128 nq1 lq32 ld64 nb4", "padded/fp16/d128 nq1 lq32 ld64 nb4 ragged",
-        "padded/fp16/d128 nq1 lq32 ld64 nb1024", "padded/fp16/d128 nq1 lq32 ld64 nb1024 ragged"])
+        "padded/fp16/dim128 nq1 lq32 nb4 ld64", "padded/fp16/dim128 nq1 lq32 nb4 ld64 ragged",
+        "padded/fp16/dim128 nq1 lq32 nb1024 ld64", "padded/fp16/dim128 nq1 lq32 nb1024 ld64 ragged"])
     assert all(d.config == CFG_A.to_dict() for d in decisions if " nb4" in d.bucket)
 
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from maxsim_forge.cli import main
 from maxsim_forge.codegen import KernelConfig, KernelSpec, is_current, kernel_hash, template_hash
 from maxsim_forge.runtime import default_config
-from maxsim_forge.runtime._keys import INTERPRETER
+from maxsim_forge._keys import INTERPRETER
 from maxsim_forge.tuned_db import BucketKey, TunedDB, open_db, read_winners
 from maxsim_forge.tuned_db._schema import SCHEMA_VERSION, migrate, version
 from maxsim_forge.tuner import (
@@ -33,8 +33,8 @@ from maxsim_forge.tuner import (
 from maxsim_forge.tuner import _compile, _verify
 from maxsim_forge.tuner._study import spent
 
-TINY = [Bucket("padded", "fp16", 32, 8, 20, 3, d_mask="lengths", name="tiny"),
-        Bucket("allpairs", "bf16", 32, 4, 16, 3, nq=3, name="tiny-multi")]
+TINY = [Bucket(layout="padded", dtype="fp16", dim=32, lq=8, nb=3, ld=20, d_mask="lengths", name="tiny"),
+        Bucket(layout="allpairs", dtype="bf16", dim=32, nq=3, lq=4, nb=3, ld=16, name="tiny-multi")]
 
 
 def test_every_restriction_has_a_reason():
@@ -43,9 +43,9 @@ def test_every_restriction_has_a_reason():
 
 
 @pytest.mark.parametrize("spec, sizes", [
-    (KernelSpec("allpairs", "fp16", 128), (16, 32, 1000, 300)),
-    (KernelSpec("pairs", "bf16", 96), (1, 32, 64, 300)),
-    (KernelSpec("packed", "fp32", 320, "ieee"), (3, 40, 5, 61)),
+    (KernelSpec("allpairs", "fp16", 128), dict(nq=16, lq=32, nb=1000, ld=300)),
+    (KernelSpec("pairs", "bf16", 96), dict(nq=1, lq=32, nb=64, ld=300)),
+    (KernelSpec("packed", "fp32", 320, "ieee"), dict(nq=3, lq=40, nb=5, ld=61)),
 ], ids=("allpairs", "pairs", "packed-fp32"))
 def test_enumeration_matches_every_config_checked_one_by_one(spec, sizes, monkeypatch):
     # The space is walked knob by knob, each rule checked once its knobs are chosen: the
@@ -54,7 +54,7 @@ def test_enumeration_matches_every_config_checked_one_by_one(spec, sizes, monkey
     from maxsim_forge.tuner import _space
     from maxsim_forge.tuner._space import all_configs, valid_configs
 
-    s = Sizes(*sizes)
+    s = Sizes(**sizes)
     brute = [c for c in all_configs() if check_static(spec, c, s, sm_count=132, smem_limit=232_448) is None]
     assert valid_configs(spec, s, sm_count=132, smem_limit=232_448) == brute
     # A rule that reads a knob it does not declare fails loudly, never prunes by accident.
@@ -69,14 +69,17 @@ def test_deferred_row_max_only_for_tall_tiles_over_several_doc_tiles():
 
     spec, sizes = KernelSpec("padded", "fp16", 128), dict(sm_count=132, smem_limit=232_448)
     cfg = KernelConfig(block_q=128, block_d=64, block_k=128, num_warps=8, num_stages=3, q_mode="grid", defer_max=True)
-    assert check_static(spec, cfg, Sizes(1, 1024, 1000, 1024), **sizes) is None
-    assert "defer_needs_doc_tiles" in check_static(spec, cfg, Sizes(1, 1024, 1000, 64), **sizes)
-    assert "defer_needs_doc_tiles" in check_static(spec, replace(cfg, block_q=32), Sizes(1, 32, 1000, 1024), **sizes)
-    assert "defer_or_overlap" in check_static(spec, replace(cfg, overlap_max=True), Sizes(1, 1024, 1000, 1024), **sizes)
+    assert check_static(spec, cfg, Sizes(nq=1, lq=1024, nb=1000, ld=1024), **sizes) is None
+    assert "defer_needs_doc_tiles" in check_static(spec, cfg, Sizes(nq=1, lq=1024, nb=1000, ld=64), **sizes)
+    assert "defer_needs_doc_tiles" in check_static(spec, replace(cfg, block_q=32), Sizes(nq=1, lq=32, nb=1000, ld=1024),
+                                                   **sizes)
+    assert "defer_or_overlap" in check_static(spec, replace(cfg, overlap_max=True),
+                                              Sizes(nq=1, lq=1024, nb=1000, ld=1024), **sizes)
     # The running max is a second score tile in the register estimate.
     big = KernelConfig(block_q=256, block_d=64, block_k=128, num_warps=8, num_stages=3, q_mode="grid")
-    assert check_static(spec, big, Sizes(1, 1024, 1000, 1024), **sizes) is None
-    assert "registers" in check_static(spec, replace(big, defer_max=True), Sizes(1, 1024, 1000, 1024), **sizes)
+    assert check_static(spec, big, Sizes(nq=1, lq=1024, nb=1000, ld=1024), **sizes) is None
+    assert "registers" in check_static(spec, replace(big, defer_max=True), Sizes(nq=1, lq=1024, nb=1000, ld=1024),
+                                       **sizes)
 
 
 def test_persistent_grid_only_for_folded_queries_over_padded_docs():
@@ -84,10 +87,11 @@ def test_persistent_grid_only_for_folded_queries_over_padded_docs():
 
     sizes = dict(sm_count=132, smem_limit=232_448)
     cfg = KernelConfig(block_q=256, block_d=64, block_k=128, num_warps=8, num_stages=3, q_mode="persist")
-    many = Sizes(16, 32, 1000, 300)
+    many = Sizes(nq=16, lq=32, nb=1000, ld=300)
     assert check_static(KernelSpec("allpairs", "fp16", 128), cfg, many, **sizes) is None
     # 256 rows need the folded row set: 16 queries of 32 tokens, not one.
-    assert "block_q_fits_rows" in check_static(KernelSpec("allpairs", "fp16", 128), cfg, Sizes(1, 32, 1000, 300), **sizes)
+    assert "block_q_fits_rows" in check_static(KernelSpec("allpairs", "fp16", 128), cfg,
+                                               Sizes(nq=1, lq=32, nb=1000, ld=300), **sizes)
     for other in (replace(cfg, masked_loop=True), replace(cfg, overlap_max=True)):
         assert "persist_for_folded_queries" in check_static(KernelSpec("allpairs", "fp16", 128), other, many, **sizes)
     assert "persist_for_folded_queries" in check_static(KernelSpec("packed", "fp16", 128), cfg, many, **sizes)
@@ -99,10 +103,10 @@ def test_one_masked_loop_only_where_a_doc_can_end_mid_tile():
     cfg = KernelConfig(block_q=32, block_d=64, block_k=128, q_mode="tile", masked_loop=True)
     sizes = dict(sm_count=132, smem_limit=232_448)
     assert "masked_loop_needs_a_partial_tile" in check_static(KernelSpec("padded", "fp16", 128), cfg,
-                                                              Sizes(1, 32, 1000, 256), **sizes)
+                                                              Sizes(nq=1, lq=32, nb=1000, ld=256), **sizes)
     for spec, ld in ((KernelSpec("padded", "fp16", 128), 300), (KernelSpec("padded", "fp16", 128, d_mask="lengths"), 256),
                      (KernelSpec("packed", "fp16", 128), 256)):
-        assert check_static(spec, cfg, Sizes(1, 32, 1000, ld), **sizes) is None, (spec, ld)
+        assert check_static(spec, cfg, Sizes(nq=1, lq=32, nb=1000, ld=ld), **sizes) is None, (spec, ld)
     # The heuristic's straight-line tiles take the masked loop exactly where docs can end mid-tile.
     for spec, ld, masked in ((KernelSpec("padded", "fp16", 128), 300, True), (KernelSpec("padded", "fp16", 128), 256, False),
                              (KernelSpec("padded", "fp16", 128, d_mask="lengths"), 256, True),
@@ -120,7 +124,7 @@ def test_heuristic_default_passes_static_checks_for_every_preset_bucket(preset):
         layout = "allpairs" if b.layout == "allpairs" and b.nq > 1 else b.layout
         spec = b.spec if layout == b.layout else b.spec.__class__(layout, b.dtype, b.dim)
         cfg = default_config(spec, nq=b.nq, lq=b.lq, nb=b.nb, ld=b.ld, sm_count=132)
-        assert check_static(spec, cfg, Sizes(b.nq, b.lq, b.nb, b.ld), sm_count=132, smem_limit=232_448) is None, (b, cfg)
+        assert check_static(spec, cfg, b.sizes, sm_count=132, smem_limit=232_448) is None, (b, cfg)
 
 
 @pytest.mark.parametrize("smem_limit", (232_448, 166_912, 101_376))  # H100, A100, Ada
@@ -169,18 +173,18 @@ def test_heuristic_default_fits_the_devices_shared_memory(smem_limit, dtype):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_bucket_has_a_key_of_its_own(preset):
     # Two buckets of a preset under one key would overwrite each other's winner.
-    from maxsim_forge.runtime._keys import bucket, doc_fill
+    from maxsim_forge._keys import doc_fill
 
-    keys = [(b.layout, b.dtype, b.precision, b.dim, bucket(b.nq), bucket(b.lq), bucket(b.ld), bucket(b.nb),
-             doc_fill(b.spec)) for b in PRESETS[preset]]
+    keys = [(b.layout, b.dtype, b.precision, b.dim, b.sizes.bucketed(), doc_fill(b.spec)) for b in PRESETS[preset]]
     assert len(keys) == len(set(keys))
     if preset == "default":
-        assert {"full", "ragged"} <= {k[-1] for k in keys if k[0] == "padded" and k[5] == 32}
+        assert {"full", "ragged"} <= {k[-1] for k in keys if k[0] == "padded" and k[4].lq == 32}
 
 
 def test_bucket_keys_from_shapes_alone_match_keys_from_data():
     from maxsim_forge._problems import synth
-    from maxsim_forge.runtime._keys import INTERPRETER, bucket_key
+    from maxsim_forge._keys import INTERPRETER
+    from maxsim_forge.runtime import bucket_key
 
     packed = [b for b in PRESETS["default"] if b.layout == "packed"][:1]
     for b in [b.tiny() for b in PRESETS["quick"] + packed]:
@@ -365,7 +369,7 @@ def test_previous_schema_version_migrates(tmp_path):
     assert row["docs"] == "" and "docs" in db.db["trials"].columns_dict
     assert db.db["winners"].pks[-1] == "docs"
     old_key = BucketKey.from_row(row)
-    assert old_key.docs == "" and old_key.label().endswith("nb1024 any-docs")
+    assert old_key.docs == "" and old_key.label().endswith("nb1024 ld512 any-docs")
     db.put_winner(replace(old_key, docs="full"), {"config": json.dumps(KernelConfig().to_dict()), "time_ms": 0.2})
     assert sorted(w["docs"] for w in db.winners()) == ["", "full"]
     # Rows from before kernel hashes have none: they are judged by their template hash.
@@ -532,7 +536,7 @@ def test_ship_then_verify_then_read_only_lookup(tmp_path):
     import stat
 
     from maxsim_forge.runtime import Lookup
-    from maxsim_forge.runtime._keys import INTERPRETER, gpu_info
+    from maxsim_forge._keys import INTERPRETER, gpu_info
     from maxsim_forge.tuner import verify_winners
 
     src = tmp_path / "run.db"
@@ -611,7 +615,7 @@ def test_candidates_are_timed_across_the_bucket_and_seeded_by_family_winners(tmp
     from maxsim_forge.tuner import _study
 
     gpu = INTERPRETER if not torch.cuda.is_available() else None
-    small = Bucket("padded", "fp16", 32, 8, 20, 16, d_mask="lengths", name="spread")
+    small = Bucket(layout="padded", dtype="fp16", dim=32, lq=8, nb=16, ld=20, d_mask="lengths", name="spread")
     tune([small], db_path=tmp_path / "t.db", trials=2, progress=False)
     db = TunedDB(tmp_path / "t.db")
     (first,) = db.winners()
@@ -641,7 +645,7 @@ def test_candidates_are_timed_across_the_bucket_and_seeded_by_family_winners(tmp
     # Folded queries over padded docs: each fold seed's persistent twin is tried too.
     fold = KernelConfig(block_q=32, block_d=16, block_k=32, num_warps=2, num_stages=2, q_mode="fold")
     monkeypatch.setattr(_study, "default_config", lambda *a, **k: fold)
-    multi = Bucket("allpairs", "fp16", 32, 8, 20, 16, nq=3, name="multi")
+    multi = Bucket(layout="allpairs", dtype="fp16", dim=32, nq=3, lq=8, nb=16, ld=20, name="multi")
     enqueued.clear()
     _study.BucketTuner(multi, db, gpu or _gpu_info(), _study.TuneOptions(device=_device())).run()
     assert fold.to_dict() in enqueued and replace(fold, q_mode="persist").to_dict() in enqueued
@@ -668,7 +672,7 @@ def _device():
 
 
 def _gpu_info():
-    from maxsim_forge.runtime._keys import gpu_info
+    from maxsim_forge._keys import gpu_info
 
     return gpu_info(torch.device("cuda"))
 

@@ -118,9 +118,10 @@ def test_install_without_vllm_says_so(monkeypatch):
 
 
 def test_export_import_round_trip_and_reader(tmp_path, monkeypatch):
-    buckets = [Bucket("pairs", "fp16", 32, 8, 20, 3, name="p"), Bucket("padded", "fp32", 32, 8, 20, 3, precision="ieee"),
-               Bucket("allpairs", "bf16", 32, 4, 16, 3, nq=3),
-               Bucket("padded", "fp32", 32, 8, 20, 3, precision="ieee", d_mask="lengths")]
+    buckets = [Bucket(layout="pairs", dtype="fp16", dim=32, lq=8, nb=3, ld=20, name="p"),
+               Bucket(layout="padded", dtype="fp32", dim=32, lq=8, nb=3, ld=20, precision="ieee"),
+               Bucket(layout="allpairs", dtype="bf16", dim=32, nq=3, lq=4, nb=3, ld=16),
+               Bucket(layout="padded", dtype="fp32", dim=32, lq=8, nb=3, ld=20, precision="ieee", d_mask="lengths")]
     src = tmp_path / "src.db"
     tune(buckets, db_path=src, trials=2, progress=False)
     out = tmp_path / "vllm"

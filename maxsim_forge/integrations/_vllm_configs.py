@@ -6,23 +6,28 @@ holds ``{"triton_version": ..., "<bucket>": {config}}``; a bucket is written
 ``nq=1,lq=32,ld=512,nb=64,docs=full`` (``docs``: full or ragged; a bucket written
 without it did not record its docs). Each config carries the knobs and, under ``"_winner"``,
 the rest of its database row, so a folder imports back without loss.
+
+The bucket's fields are read by name, in any order; they are written in the order
+above, the file format's.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 
+from .._keys import BucketKey, Entry, Sizes, nearest, query_tile_limit
 from ..codegen import KernelConfig
-from ..runtime._lookup import bucket_distance, docs_distance
-from ..tuned_db import BucketKey, TunedDB
-from ..tuned_db._store import merge_rows
+from ..tuned_db import TunedDB, merge_rows
+
+log = logging.getLogger("maxsim_forge")
 
 OPS = {"padded": "maxsim", "allpairs": "maxsim_allpairs", "packed": "maxsim_packed", "pairs": "maxsim_pairs"}
 LAYOUTS = {op: layout for layout, op in OPS.items()}
-_BUCKET_FIELDS = ("nq", "lq", "ld", "nb")
+_BUCKET_FIELDS = ("nq", "lq", "nb", "ld")
 _KEY_FIELDS = set(BucketKey.__dataclass_fields__)
 
 
@@ -40,8 +45,9 @@ def file_name(op: str, dim: int, device_name: str, dtype_tag: str) -> str:
     return f"op={op},dim={dim},device_name={device_name},dtype={dtype_tag}.json"
 
 
-def bucket_label(nq: int, lq: int, ld: int, nb: int, docs: str = "") -> str:
-    return f"nq={nq},lq={lq},ld={ld},nb={nb}" + (f",docs={docs}" if docs else "")
+def bucket_label(sizes: Sizes, docs: str = "") -> str:
+    """A bucket as the file format writes it: ``nq=1,lq=32,ld=512,nb=64,docs=full``."""
+    return f"nq={sizes.nq},lq={sizes.lq},ld={sizes.ld},nb={sizes.nb}" + (f",docs={docs}" if docs else "")
 
 
 def _parse_fields(text: str) -> dict[str, str]:
@@ -62,7 +68,7 @@ def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
     for w in db.winners():
         name = file_name(OPS[w["layout"]], w["dim"], w["gpu"], _dtype_tag(w["dtype"], w["precision"]))
         doc = files.setdefault(name, {"triton_version": w.get("triton_version")})
-        label = bucket_label(w["nq_bucket"], w["lq_bucket"], w["ld_bucket"], w["nb_bucket"], w.get("docs", ""))
+        label = bucket_label(BucketKey.from_row(w).sizes, w.get("docs", ""))
         extra = {k: v for k, v in w.items() if k not in _KEY_FIELDS and k != "config"}
         doc[label] = {**w["config"], "_winner": {**extra, "cc": w["cc"]}}
     written = []
@@ -111,18 +117,38 @@ def import_vllm(db: TunedDB, folder: str | Path) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _load(path: str, mtime: float) -> dict:
-    return json.loads(Path(path).read_text())
+def _entries(path: str, mtime: float) -> tuple[Entry, ...]:
+    """The buckets of one file (as of ``mtime``); a bucket this version cannot read is
+    reported once and skipped, and the rest of the file still serves."""
+    out = []
+    for label, value in json.loads(Path(path).read_text()).items():
+        if label == "triton_version":
+            continue
+        try:
+            fields = _parse_fields(label)
+            sizes = Sizes(**{k: int(fields[k]) for k in _BUCKET_FIELDS})
+            config = KernelConfig.from_dict({k: v for k, v in value.items() if k != "_winner"})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("maxsim-forge: %s: bucket %r cannot be read (%s); skipped", path, label, exc)
+            continue
+        out.append(Entry(sizes=sizes, config=config, docs=fields.get("docs", ""), source=path))
+    return tuple(out)
 
 
 def read_vllm_config(
-    op: str, dim: int, dtype: str, device_name: str, *, nq: int = 1, lq: int, ld: int, nb: int,
+    op: str, dim: int, dtype: str, device_name: str, *, nq: int = 1, lq: int, nb: int, ld: int,
     precision: str = "tf32", docs: str = "full", folder: str | Path | None = None,
 ) -> KernelConfig | None:
-    """The config of the nearest bucket in the tuned-config folder, or None.
+    """The config of the call's bucket in the tuned-config folder, else of its nearest
+    neighbour, or None.
 
-    ``docs``: "full" where every doc fills its padded length, "ragged" where docs carry
-    lengths or masks; buckets tuned on the other kind count as farther.
+    ``nq, lq, nb, ld``: the call's sizes, bucketed as the runtime buckets them; the
+    bucket is chosen by the runtime's rule (:func:`maxsim_forge._keys.nearest`): a
+    neighbour has as many queries in kind (one, or a set) and, for a set, no query tile
+    taller than its ``nq * lq`` rows. ``docs``: "full" where every doc fills its padded
+    length, "ragged" where docs carry lengths or masks; buckets tuned on the other kind
+    count as farther. The file says nothing of the device's limits or of the kernels a
+    config was timed with: every bucket it holds is taken as usable.
 
     ``folder`` defaults to ``VLLM_TUNED_CONFIG_FOLDER``, as vLLM's own lookups do.
     """
@@ -133,16 +159,7 @@ def read_vllm_config(
     path = Path(folder) / file_name(op, dim, device_name, tag)
     if not path.exists():
         return None
-    doc = _load(str(path), path.stat().st_mtime)
-    want = (nq, lq, ld, nb)
-
-    def distance(label: str) -> float:  # the runtime's notion of the nearest bucket
-        have = _parse_fields(label)
-        return (bucket_distance(tuple(int(have[k]) for k in _BUCKET_FIELDS), want)
-                + docs_distance(have.get("docs", ""), docs))
-
-    labels = [k for k in doc if k != "triton_version"]
-    if not labels:
-        return None
-    best = min(labels, key=distance)
-    return KernelConfig.from_dict({k: v for k, v in doc[best].items() if k != "_winner"})
+    entries = _entries(str(path), path.stat().st_mtime)
+    want = Sizes(nq=nq, lq=lq, nb=nb, ld=ld).bucketed()
+    best = next(nearest(entries, want, docs=docs, tallest=query_tile_limit(nq=nq, lq=lq)), None)
+    return None if best is None else best.config

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._keys import DTYPE_NAMES
 from ..runtime import maxsim_pairs
 from ._vllm_configs import export_vllm, import_vllm, read_vllm_config
 
@@ -27,9 +28,6 @@ __all__ = [
     "read_vllm_config",
     "uninstall",
 ]
-
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
 
 def _check(q_embs: Sequence[torch.Tensor], d_embs: Sequence[torch.Tensor]) -> None:
     for i, (q, d) in enumerate(zip(q_embs, d_embs)):
@@ -73,7 +71,7 @@ def compute_maxsim_score_batched(
     if max_score_matrix_elements <= 0:
         raise ValueError(f"max_score_matrix_elements must be greater than 0, got {max_score_matrix_elements}")
     first = q_embs[0]
-    if isinstance(first, torch.Tensor) and first.dtype in _KERNEL_DTYPES:
+    if isinstance(first, torch.Tensor) and first.dtype in DTYPE_NAMES:  # a dtype the kernels take
         try:  # the common case: one dtype, one device; checked once while packing
             return list(_score(q_embs, d_embs, first.dtype).unbind(0))
         except (ValueError, TypeError):

@@ -22,11 +22,11 @@ from .._inputs import (
     Prepared, offsets_of_pairs, pack_pairs, pairs_packed, pairs_prepared, prepare_packed, prepare_padded,
     prepare_pairs_packed,
 )
+from .._keys import BucketKey, bucket, gpu_info
 from ..codegen import KernelConfig, interpreting, load_variant, variant_name
 from ..reference import reference_for
-from ..tuned_db import BucketKey
 from ._eager import eager_scores
-from ._keys import bucket, bucket_key, gpu_info
+from ._keys import bucket_key
 from ._lookup import HEURISTIC, TORCH, Lookup
 
 log = logging.getLogger("maxsim_forge")
@@ -245,7 +245,7 @@ def _check_values(validate: bool, *tensors) -> bool:
 # ---- the fast path: a call whose tensors have the shapes, dtypes and devices of an
 # earlier, fully checked call skips the structural checks and reuses its route.
 # Pairs from lists change shape on every call: their plans are keyed by ("pairs",
-# precision, device, dtype, dim, bucket sizes) instead.
+# precision, device, dtype, dim, lq, nb and ld buckets) instead.
 _plans: dict[tuple, tuple[_Route, bool, dict]] = {}
 _PLAN_LIMIT = 4096
 
@@ -357,7 +357,7 @@ def maxsim_pairs(
         return _run(pairs_prepared(packed, precision))
     # The fast path of serving batches: a bucket already routed and warm launches at once.
     nb, lq, ld = len(q_lens), max(q_lens), max(d_lens)
-    sig = ("pairs", precision, q.device, q.dtype, q.shape[1], bucket(nb), bucket(lq), bucket(ld))
+    sig = ("pairs", precision, q.device, q.dtype, q.shape[1], bucket(lq), bucket(nb), bucket(ld))
     plan = _plans.get(sig)
     if plan is not None:
         cu = offsets_of_pairs(q_lens, d_lens, q.device)

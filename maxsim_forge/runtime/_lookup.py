@@ -10,18 +10,16 @@ when a lookup reaches it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sqlite3
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..codegen import ConfigError, KernelConfig, KernelSpec, is_current, next_pow2, validate
-from ..tuned_db import BucketKey, SchemaError, open_db, read_winners, shipped_db_paths, user_db_path
+from .._keys import BucketKey, Entry, GpuInfo, nearest, query_tile_limit
+from ..codegen import ConfigError, KernelConfig, KernelSpec, is_current, validate
+from ..tuned_db import SchemaError, open_db, read_winners, shipped_db_paths, user_db_path
 from ._heuristics import default_config
-from ._keys import GpuInfo
 
 log = logging.getLogger("maxsim_forge")
 
@@ -29,31 +27,6 @@ USER_DB, SHIPPED_DB, NEAREST, SAME_ARCH, HEURISTIC, TORCH = (
     "user-db", "shipped-db", "nearest-bucket", "same-arch", "heuristic", "torch-fallback",
 )
 SOURCES = (USER_DB, SHIPPED_DB, NEAREST, SAME_ARCH, HEURISTIC, TORCH)
-_BUCKETS = ("nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket")
-
-
-@dataclass(frozen=True)
-class Entry:
-    buckets: tuple[int, int, int, int]
-    config: KernelConfig
-    source: str
-    gpu: str
-    docs: str = "full"
-    # What the row was tuned with: codegen.is_current judges it when a lookup reaches it.
-    stamp: tuple = ()
-
-
-def bucket_distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
-    """Between two (nq, lq, ld, nb) buckets: L1 in log2 space; doc and query lengths
-    weigh more than counts."""
-    weights = (1.0, 2.0, 2.0, 1.0)
-    return sum(w * abs(math.log2(max(x, 1)) - math.log2(max(y, 1))) for w, x, y in zip(weights, a, b))
-
-
-def docs_distance(have: str, want: str) -> float:
-    """Full docs against ragged ones count as one doubling of the batch apart; a row that
-    did not record its docs ("", tuned before the key had them) as half of that."""
-    return 0.0 if have == want else 0.5 if have == "" else 1.0
 
 
 class Lookup:
@@ -64,7 +37,9 @@ class Lookup:
         self._shipped_paths = shipped_paths
         self._lock = threading.Lock()
         self._loaded = False
-        # Per GPU and bucket, its rows in lookup order: the user's, then the shipped ones.
+        # Rows in lookup order (the user's, then the shipped ones): per GPU, family
+        # (layout, dtype, precision, dim), size buckets and docs; per GPU and family; per
+        # compute capability and family.
         self.exact: dict[tuple, list[Entry]] = defaultdict(list)
         self.family: dict[tuple, list[Entry]] = defaultdict(list)
         self.arch: dict[tuple, list[Entry]] = defaultdict(list)
@@ -113,9 +88,10 @@ class Lookup:
                 continue
             stamp = (str(path), row["layout"], row["dtype"], row["dim"], row["precision"],
                      row.get("kernel_hash") or "", row.get("template_hash") or "")
-            entry = Entry(tuple(row[b] for b in _BUCKETS), cfg, source, row["gpu"], row.get("docs") or "", stamp)
+            entry = Entry(sizes=BucketKey.from_row(row).sizes, config=cfg, docs=row.get("docs") or "",
+                          source=source, gpu=row["gpu"], stamp=stamp)
             family = (row["layout"], row["dtype"], row["precision"], row["dim"])
-            self.exact[(row["gpu"], *family, *entry.buckets, entry.docs)].append(entry)
+            self.exact[(row["gpu"], *family, entry.sizes, entry.docs)].append(entry)
             self.family[(row["gpu"], *family)].append(entry)
             self.arch[(row["cc"], *family)].append(entry)
 
@@ -128,38 +104,33 @@ class Lookup:
                                   "config": entry.config, "kernel_hash": khash, "template_hash": thash})
             self._current[entry] = current
             if not current:
-                self._report(f"{entry.source} {path}: the row for {layout}/{dtype}/d{dim} "
+                self._report(f"{entry.source} {path}: the row for {layout}/{dtype}/dim{dim} "
                              f"{entry.config.key()} was tuned with another template version; ignored")
         return current and _fits(spec, entry.config, gpu)
 
     # ---- deciding
     def decide(self, spec: KernelSpec, key: BucketKey, gpu: GpuInfo, sizes: dict) -> tuple[KernelConfig, str]:
-        """The config for this call's bucket and where it came from."""
+        """The config for this call's bucket and where it came from (``sizes``: the exact
+        ``nq, lq, nb, ld`` of the call)."""
         self.load()
         family = (key.layout, key.dtype, key.precision, key.dim)
-        buckets = (key.nq_bucket, key.lq_bucket, key.ld_bucket, key.nb_bucket)
-        # The bucket itself: tuned on docs like these, else by a row that did not record them.
-        for docs in (key.docs, ""):
-            for entry in self.exact.get((gpu.name, *family, *buckets, docs), ()):
-                if self._usable(entry, spec, gpu):
-                    return entry.config, entry.source
-        # A neighbour has as many queries as the call in kind: one, or a set. A config
-        # tuned for one query walks a set one query at a time and cannot fold it. Nor has
-        # a set's neighbour a query tile taller than the set's folded rows: it computes
-        # padding rows, and a set that fits one tile takes the one-tile store. 2 queries of
-        # 32 tokens on an H100 took 0.0571 ms with the 8-query bucket's 256-row persistent
-        # tile against 0.0415 ms with the heuristic (BENCHMARKS.md).
-        is_set = key.nq_bucket > 1
-        tallest = next_pow2(max(sizes["nq"] * sizes["lq"], 1)) if is_set else None
-        for pool, source in ((self.family.get((gpu.name, *family), ()), NEAREST),
-                             (self.arch.get((gpu.cc, *family), ()), SAME_ARCH)):
-            pool = [e for e in pool
-                    if (e.buckets[0] > 1) == is_set and (tallest is None or e.config.block_q <= tallest)]
-            ranked = sorted(pool, key=lambda e: (bucket_distance(e.buckets, buckets) + docs_distance(e.docs, key.docs),
-                                                 e.source != USER_DB))
-            for candidate in ranked:
-                if self._usable(candidate, spec, gpu):
-                    return candidate.config, source
+        want = key.sizes
+        # A query set's neighbour has no query tile taller than the set's folded rows: a
+        # set that fits one tile takes the one-tile store (BENCHMARKS.md).
+        tallest = query_tile_limit(nq=sizes["nq"], lq=sizes["lq"])
+
+        def usable(entry: Entry) -> bool:
+            return self._usable(entry, spec, gpu)
+
+        # The bucket itself (from its own source), else the nearest on this GPU.
+        here = next(nearest(self.family.get((gpu.name, *family), ()), want, docs=key.docs, tallest=tallest,
+                            usable=usable), None)
+        if here is not None:
+            return here.config, here.source if here.is_bucket(want, key.docs) else NEAREST
+        sibling = next(nearest(self.arch.get((gpu.cc, *family), ()), want, docs=key.docs, tallest=tallest,
+                               usable=usable, own_bucket=False), None)
+        if sibling is not None:
+            return sibling.config, SAME_ARCH
         return default_config(spec, **sizes, sm_count=gpu.sm_count, smem_limit=gpu.smem_limit), HEURISTIC
 
 

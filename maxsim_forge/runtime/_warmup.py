@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import torch
 
-from .._problems import Sizes, synth
+from .._keys import Sizes, gpu_info
+from .._problems import synth
 from ..codegen import KernelSpec
 from . import _api
-from ._keys import bucket, bucket_key, gpu_info
+from ._keys import bucket_key
 
 # Docs in the small problem each variant is compiled on (strides match the real bucket).
 _WARM_DOCS = 4
@@ -21,7 +22,7 @@ def _targets(buckets: list[dict] | None, gpu_name: str) -> list[tuple[KernelSpec
             (
                 KernelSpec(b["layout"], b["dtype"], int(b["dim"]), b.get("precision", "tf32"),
                            b.get("q_mask", "none"), b.get("d_mask", "none")),
-                Sizes(int(b.get("nq", 1)), int(b["lq"]), int(b["nb"]), int(b["ld"])),
+                Sizes(nq=int(b.get("nq", 1)), lq=int(b["lq"]), nb=int(b["nb"]), ld=int(b["ld"])),
             )
             for b in buckets
         ]
@@ -29,14 +30,14 @@ def _targets(buckets: list[dict] | None, gpu_name: str) -> list[tuple[KernelSpec
     full = {key[:-1] for key in exact if key[-1] == "full"}
     out = []
     for key in exact:
-        name, layout, dtype, precision, dim, nq, lq, ld, nb, docs = key
+        name, layout, dtype, precision, dim, sizes, docs = key
         if layout not in ("padded", "allpairs") or docs == "full":
             masks = ("none",)
         elif docs == "ragged" and key[:-1] in full:
             masks = ("lengths",)  # ragged docs most often come with lengths
         else:  # full docs of this bucket route here too (or the row did not record its docs)
             masks = ("none", "lengths")
-        out += [(KernelSpec(layout, dtype, dim, precision, "none", m), Sizes(nq, lq, nb, ld)) for m in masks]
+        out += [(KernelSpec(layout, dtype, dim, precision, "none", m), sizes) for m in masks]
     return out
 
 
@@ -52,8 +53,9 @@ def warmup(buckets: list[dict] | None = None, *, device: str | torch.device = "c
     decisions = []
     for spec, sizes in _targets(buckets, gpu.name):
         small = synth(spec, sizes.scaled(_WARM_DOCS), device=str(device), seed=0).prep
-        key = replace(bucket_key(small, gpu), nq_bucket=bucket(sizes.nq), lq_bucket=bucket(sizes.lq),
-                      ld_bucket=bucket(sizes.ld), nb_bucket=bucket(sizes.nb))
+        want = sizes.bucketed()
+        key = replace(bucket_key(small, gpu), nq_bucket=want.nq, lq_bucket=want.lq, nb_bucket=want.nb,
+                      ld_bucket=want.ld)
         _api._run(small, key, blocking=True)
         decisions.append(_api._route(small, key).decision())
     if device.type == "cuda":

@@ -6,11 +6,11 @@ import datetime as _dt
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
 
+from .._keys import BucketKey
 from ._schema import WINNER_KEY, open_db
 
 SHIPPED_DIR = Path(__file__).parent / "data"
@@ -32,38 +32,6 @@ def shipped_db_paths() -> list[Path]:
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class BucketKey:
-    """Where a result belongs: the GPU and the shape bucket."""
-
-    gpu: str
-    cc: str
-    layout: str
-    dtype: str
-    precision: str
-    dim: int
-    nq_bucket: int
-    lq_bucket: int
-    ld_bucket: int
-    nb_bucket: int
-    # "full": every doc fills its padded length; "ragged": docs carry lengths or masks;
-    # "": not recorded (rows tuned before the key had it).
-    docs: str = "full"
-
-    def as_row(self) -> dict:
-        return dict(self.__dict__)
-
-    def label(self) -> str:
-        docs = {"full": "", "": " any-docs"}.get(self.docs, f" {self.docs}")
-        return (f"{self.layout}/{self.dtype}/d{self.dim} nq{self.nq_bucket} lq{self.lq_bucket} "
-                f"ld{self.ld_bucket} nb{self.nb_bucket}{docs}")
-
-    @classmethod
-    def from_row(cls, row: dict) -> BucketKey:
-        """The key of a database or export row; rows from before ``docs`` was recorded get ""."""
-        return cls(**{k: row.get(k, "") if k == "docs" else row[k] for k in cls.__dataclass_fields__})
 
 
 class TunedDB:

@@ -10,6 +10,7 @@ from ._run import TuneReport, make_storage, summary_rows, trials_label, tune, tu
 from ._space import (
     RESTRICTIONS, SPACE, candidates_hash, check_static, in_current_space, space_hash, valid_configs,
 )
+from ._timing import time_fn
 from ._verify import stale_winners, stamp_kernel_hash, verify_winners
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "space_hash",
     "summary_rows",
     "trials_label",
+    "time_fn",
     "tune",
     "tune_on_device",
     "valid_configs",

@@ -15,7 +15,8 @@ import traceback
 from dataclasses import dataclass
 
 from ..codegen import ConfigError, KernelConfig, KernelSpec, validate
-from .._problems import Sizes, synth
+from .._keys import Sizes
+from .._problems import synth
 
 # Statuses stored with every trial.
 OK = "ok"

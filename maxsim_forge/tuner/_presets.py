@@ -10,19 +10,21 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .._keys import Sizes
 from ..codegen import KernelSpec
-from .._problems import Sizes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Bucket:
+    """A bucket to tune, by its representative sizes (``nq, lq, nb, ld``, as a call's)."""
+
     layout: str
     dtype: str
     dim: int
-    lq: int
-    ld: int
-    nb: int
     nq: int = 1
+    lq: int
+    nb: int
+    ld: int
     precision: str = "tf32"
     q_mask: str = "none"
     d_mask: str = "none"
@@ -34,7 +36,7 @@ class Bucket:
 
     @property
     def sizes(self) -> Sizes:
-        return Sizes(self.nq, self.lq, self.nb, self.ld)
+        return Sizes(nq=self.nq, lq=self.lq, nb=self.nb, ld=self.ld)
 
     def label(self) -> str:
         nq = f"{self.nq}x" if self.nq > 1 else ""
@@ -42,8 +44,8 @@ class Bucket:
 
     def tiny(self) -> Bucket:
         """The same bucket shrunk for Triton's interpreter: same code paths, small sizes."""
-        return replace(self, lq=min(self.lq, 8), ld=min(self.ld, 24), nb=min(self.nb, 3),
-                       nq=min(self.nq, 3), dim=min(self.dim, 64))
+        return replace(self, nq=min(self.nq, 3), lq=min(self.lq, 8), nb=min(self.nb, 3), ld=min(self.ld, 24),
+                       dim=min(self.dim, 64))
 
 
 def _colbert(dtype: str, dim: int, d_mask: str) -> list[Bucket]:
@@ -51,7 +53,7 @@ def _colbert(dtype: str, dim: int, d_mask: str) -> list[Bucket]:
     out = []
     for ld in (128, 200, 300):  # buckets 128, 256, 512
         for nb in (64, 1000, 4000, 16000):
-            out.append(Bucket("padded", dtype, dim, 32, ld, nb, d_mask=d_mask, name=name))
+            out.append(Bucket(layout="padded", dtype=dtype, dim=dim, lq=32, nb=nb, ld=ld, d_mask=d_mask, name=name))
     return out
 
 
@@ -60,30 +62,35 @@ def _default() -> list[Bucket]:
     for dtype in ("fp16", "bf16"):
         buckets += _colbert(dtype, 128, "lengths")
         for dim in (96, 64):
-            buckets += [Bucket("padded", dtype, dim, 32, 300, nb, d_mask="lengths", name="colbert")
-                        for nb in (1000, 16000)]
-        buckets += [Bucket("padded", dtype, 128, lq, 1030, 1000, name="colpali") for lq in (16, 32, 64)]
-        buckets += [Bucket("padded", dtype, 128, lq, 1024, 1000, name="image-query") for lq in (256, 1024)]
-        buckets += [Bucket("allpairs", dtype, 128, 32, 300, 1000, nq=nq, name="multi-query")
+            buckets += [Bucket(layout="padded", dtype=dtype, dim=dim, lq=32, nb=nb, ld=300, d_mask="lengths",
+                               name="colbert") for nb in (1000, 16000)]
+        buckets += [Bucket(layout="padded", dtype=dtype, dim=128, lq=lq, nb=1000, ld=1030, name="colpali")
+                    for lq in (16, 32, 64)]
+        buckets += [Bucket(layout="padded", dtype=dtype, dim=128, lq=lq, nb=1000, ld=1024, name="image-query")
+                    for lq in (256, 1024)]
+        buckets += [Bucket(layout="allpairs", dtype=dtype, dim=128, nq=nq, lq=32, nb=1000, ld=300, name="multi-query")
                     for nq in (2, 4, 8, 16, 32)]
-        buckets += [Bucket("pairs", dtype, 128, 32, 300, nb, name="serving-pairs") for nb in (64, 1000)]
-        buckets += [Bucket("packed", dtype, 128, 32, 512, nb, name="packed") for nb in (4000, 50000)]
+        buckets += [Bucket(layout="pairs", dtype=dtype, dim=128, lq=32, nb=nb, ld=300, name="serving-pairs")
+                    for nb in (64, 1000)]
+        buckets += [Bucket(layout="packed", dtype=dtype, dim=128, lq=32, nb=nb, ld=512, name="packed")
+                    for nb in (4000, 50000)]
     # Docs that fill their padded length (no lengths, no mask) prefer other tiles than
     # ragged ones and have buckets of their own; last, so a resumed run of the buckets
     # above finds them where it left them.
     for dtype in ("fp16", "bf16"):
         buckets += _colbert(dtype, 128, "none")
         for dim in (96, 64):
-            buckets += [Bucket("padded", dtype, dim, 32, 300, nb, name="colbert-full") for nb in (1000, 16000)]
+            buckets += [Bucket(layout="padded", dtype=dtype, dim=dim, lq=32, nb=nb, ld=300, name="colbert-full")
+                        for nb in (1000, 16000)]
     return buckets
 
 
 PRESETS: dict[str, list[Bucket]] = {
     "quick": [
-        Bucket("padded", "fp16", 128, 32, 300, 1000, d_mask="lengths", name="colbert"),
-        Bucket("padded", "fp16", 128, 32, 1030, 1000, name="colpali"),
-        Bucket("allpairs", "fp16", 128, 32, 300, 1000, nq=16, name="multi-query"),
-        Bucket("pairs", "fp16", 128, 32, 300, 64, name="serving-pairs"),
+        Bucket(layout="padded", dtype="fp16", dim=128, lq=32, nb=1000, ld=300, d_mask="lengths", name="colbert"),
+        Bucket(layout="padded", dtype="fp16", dim=128, lq=32, nb=1000, ld=1030, name="colpali"),
+        Bucket(layout="allpairs", dtype="fp16", dim=128, nq=16, lq=32, nb=1000, ld=300, name="multi-query"),
+        Bucket(layout="pairs", dtype="fp16", dim=128, lq=32, nb=64, ld=300, name="serving-pairs"),
     ],
     "default": _default(),
 }

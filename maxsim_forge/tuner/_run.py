@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import torch
 
+from .._keys import INTERPRETER, gpu_info
 from ..codegen import interpreting, is_current
-from ..runtime._keys import INTERPRETER, gpu_info
 from ..tuned_db import TunedDB, user_db_path
 from ._presets import Bucket
 from ._compile import CompilePool

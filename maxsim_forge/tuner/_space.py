@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..codegen import (
     ConfigError, KernelConfig, KernelSpec, exact_k_fits, next_pow2, partial_doc_tiles, query_programs, validate,
 )
-from .._problems import Sizes
+from .._keys import Sizes
 
 SPACE: dict[str, tuple] = {
     "block_q": (16, 32, 64, 128, 256),
@@ -218,7 +218,7 @@ def in_current_space(row: dict) -> bool:
     try:
         d = json.loads(recorded)
         spec = KernelSpec(row["layout"], row["dtype"], int(row["dim"]), row["precision"], d["q_mask"], d["d_mask"])
-        sizes = Sizes(int(d["nq"]), int(d["lq"]), int(d["nb"]), int(d["ld"]))
+        sizes = Sizes(nq=int(d["nq"]), lq=int(d["lq"]), nb=int(d["nb"]), ld=int(d["ld"]))
         current = candidates_hash(spec, sizes, sm_count=int(row["sm_count"]), smem_limit=row.get("smem_limit"))
     except (KeyError, TypeError, ValueError):  # a row this package cannot read back: tune it again
         return False

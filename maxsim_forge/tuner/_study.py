@@ -17,12 +17,11 @@ from optuna.trial import TrialState
 
 from .. import __version__
 from .._inputs import Prepared
+from .._keys import BucketKey, Entry, GpuInfo, bucket, nearest, query_tile_limit
 from .._problems import Problem, first_docs, synth
-from ..codegen import KernelConfig, is_current, kernel_hash, load_variant, template_hash
-from ..runtime import default_config
-from ..runtime._keys import GpuInfo, bucket, bucket_key
-from ..runtime._lookup import bucket_distance, docs_distance
-from ..tuned_db import BucketKey, TunedDB
+from ..codegen import ConfigError, KernelConfig, is_current, kernel_hash, load_variant, template_hash
+from ..runtime import bucket_key, default_config
+from ..tuned_db import TunedDB
 from . import _compile
 from ._baseline import torch_baseline
 from ._compile import OK, PRUNED_STATIC, RUNTIME_FAILED, CompileJob
@@ -246,20 +245,29 @@ class BucketTuner:
         return self._commit(study, name, cut=cut)
 
     def _family_winners(self) -> list[KernelConfig]:
-        """Winners of the nearest other tuned buckets of this family on this GPU that are
-        valid here: what worked next door is worth one trial."""
+        """Winners of the other tuned buckets of this family on this GPU nearest to this one
+        (the lookup's rule, :func:`nearest`) that are valid here: what worked next door is
+        worth one trial."""
         k = self.key
-        here = (k.nq_bucket, k.lq_bucket, k.ld_bucket, k.nb_bucket)
-        rows = [r for r in self.db.winners(gpu=k.gpu, layout=k.layout, dtype=k.dtype, precision=k.precision, dim=k.dim)
-                if BucketKey.from_row(r) != k and is_current(r)]
-        rows.sort(key=lambda r: bucket_distance((r["nq_bucket"], r["lq_bucket"], r["ld_bucket"], r["nb_bucket"]), here)
-                  + docs_distance(r.get("docs") or "", k.docs))
+        entries = []
+        for r in self.db.winners(gpu=k.gpu, layout=k.layout, dtype=k.dtype, precision=k.precision, dim=k.dim):
+            other = BucketKey.from_row(r)
+            if other == k:
+                continue
+            try:
+                config = KernelConfig.from_dict(r["config"])
+            except (ConfigError, TypeError):
+                continue  # a config this version cannot read: never valid here
+            entries.append(Entry(sizes=other.sizes, config=config, docs=other.docs or "", row=r))
+        sizes = self.bucket.sizes
         out: list[KernelConfig] = []
-        for r in rows:
-            cfg = KernelConfig.from_dict(r["config"])
-            if cfg in self.valid and cfg not in out:
-                out.append(cfg)
-        return out[:FAMILY_SEEDS]
+        for e in nearest(entries, k.sizes, docs=k.docs, tallest=query_tile_limit(nq=sizes.nq, lq=sizes.lq),
+                         usable=lambda e: e.config in self.valid and is_current(e.row)):
+            if e.config not in out:
+                out.append(e.config)
+            if len(out) == FAMILY_SEEDS:
+                break
+        return out
 
     def _enqueue_neighbours(self, study: optuna.Study, limit: int) -> None:
         timed = [(v, key) for key, (status, v) in self.seen.items() if status == OK and v is not None]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._problems import Sizes, relative_error, synth, tolerance
+from .._keys import Sizes
+from .._problems import relative_error, synth, tolerance
 from ..codegen import KernelConfig, KernelSpec, is_current, kernel_hash, load_variant, template_hash
 from ..tuned_db import BucketKey, TunedDB
 from ._compile import MISMATCH, OK, classify
@@ -44,10 +45,11 @@ def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[
         ragged = w["layout"] in ("padded", "allpairs") and w.get("docs") != "full"
         d_mask = "lengths" if ragged else "none"
         spec = KernelSpec(w["layout"], w["dtype"], w["dim"], precision, "none", d_mask)
-        sizes = Sizes(w["nq_bucket"], w["lq_bucket"], _DOCS, w["ld_bucket"])
+        key = BucketKey.from_row(w)
+        sizes = Sizes(nq=key.nq_bucket, lq=key.lq_bucket, nb=_DOCS, ld=key.ld_bucket)
         if device == "cpu":
-            sizes = Sizes(min(sizes.nq, 3), min(sizes.lq, 8), 3, min(sizes.ld, 24))
-        label = f"{w['gpu']} {BucketKey.from_row(w).label()}"
+            sizes = Sizes(nq=min(sizes.nq, 3), lq=min(sizes.lq, 8), nb=3, ld=min(sizes.ld, 24))
+        label = f"{w['gpu']} {key.label()}"
         cfg = KernelConfig.from_dict(w["config"])
         status, detail = check_variant(spec, cfg, sizes, device=device, seed=seed * 7919 + i,
                                        smem_limit=w.get("smem_limit"))
