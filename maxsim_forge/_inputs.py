@@ -1,9 +1,9 @@
 """Input checks and normalisation shared by every entry point.
 
-Each ``prepare_*`` function checks what a caller passed, raises a ``TypeError`` or
-``ValueError`` that names the argument, what was given and what is accepted, and
-returns a :class:`Prepared` call: the kernel spec plus the keyword arguments of a
-generated module's ``launch``. Checks of *values* (lengths in range, cu_seqlens
+Each ``prepare_*`` function, and :func:`pack_pairs` for pairs given as lists, checks
+what a caller passed, raises a ``TypeError`` or ``ValueError`` that names the argument,
+what was given and what is accepted, and returns a :class:`Prepared` call: the kernel
+spec plus the keyword arguments of a generated module's ``launch``. Checks of *values* (lengths in range, cu_seqlens
 monotone) read the data back to the host; callers skip them under CUDA graph capture.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import attrgetter
+from typing import NamedTuple
 
 import torch
 
@@ -247,7 +248,7 @@ def prepare_packed(
     )
 
 
-def prepare_pairs_packed(
+def prepare_pairs(
     q_packed,
     q_cu,
     d_packed,
@@ -276,19 +277,13 @@ def prepare_pairs_packed(
         )
     if not isinstance(max_q_len, int) or max_q_len < 0:
         raise ValueError(f"max_q_len must be a non-negative int, got {max_q_len!r}")
-    return _pairs(q, d, q_cu, d_cu, max_q_len, max_d_len, precision)
+    return _prepare_checked_pairs(q, d, q_cu, d_cu, max_q_len, max_d_len, precision)
 
 
-def _pairs(q, d, q_cu, d_cu, max_q_len: int, max_d_len: int, precision: str) -> Prepared:
+def _prepare_checked_pairs(q, d, q_cu, d_cu, max_q_len: int, max_d_len: int, precision: str) -> Prepared:
     """The checked call of aligned packed pairs."""
-    return Prepared(
-        spec=_spec("pairs", q, precision, "none", "none"),
-        q=q,
-        d=d,
-        launch_kwargs=dict(
-            nq=1, lq=max_q_len, nb=int(q_cu.numel()) - 1, ld=max_d_len, q_cu=q_cu, d_cu=d_cu
-        ),
-    )
+    kwargs = dict(nq=1, lq=max_q_len, nb=int(q_cu.numel()) - 1, ld=max_d_len, q_cu=q_cu, d_cu=d_cu)
+    return Prepared(spec=_spec("pairs", q, precision, "none", "none"), q=q, d=d, launch_kwargs=kwargs)
 
 
 def _check_pair(i: int, qi, di, first) -> None:
@@ -310,9 +305,19 @@ _DTYPE = attrgetter("dtype")
 _SHAPE = attrgetter("shape")
 
 
-def _packed_pairs(queries, docs):
-    """(q_lens, d_lens, q_packed, d_packed) when the pairs are plainly well formed; None
-    when anything is in doubt, for the checks pair by pair to say what is wrong.
+class PairBatch(NamedTuple):
+    """Aligned pairs from two sequences, concatenated on their device: each side's token
+    counts and its ``[total_tokens, dim]`` tensor."""
+
+    q_lens: list[int]
+    d_lens: list[int]
+    q: torch.Tensor
+    d: torch.Tensor
+
+
+def _try_concat_pairs(queries, docs) -> PairBatch | None:
+    """The pairs concatenated when they are plainly well formed; None when anything is
+    in doubt, for the checks pair by pair to say what is wrong.
 
     The hot path of serving batches, where host time is the whole cost: per item only
     its dtype and its length are read in Python; ``torch.cat`` itself refuses other
@@ -336,17 +341,17 @@ def _packed_pairs(queries, docs):
             if packed.dim() != 2 or packed.shape[1] < 1:
                 return None
             split = sum(q_lens)
-            return q_lens, d_lens, packed[:split], packed[split:]
+            return PairBatch(q_lens, d_lens, packed[:split], packed[split:])
         q_packed, d_packed = _cat(queries), _cat(docs)
     except (AttributeError, TypeError, IndexError, RuntimeError):
         return None
     if (q_packed.dim() != 2 or d_packed.dim() != 2 or q_packed.shape[1] != d_packed.shape[1]
             or q_packed.shape[1] < 1 or q_packed.device != d_packed.device):
         return None
-    return q_lens, d_lens, q_packed, d_packed
+    return PairBatch(q_lens, d_lens, q_packed, d_packed)
 
 
-def offsets_of_pairs(q_lens: list[int], d_lens: list[int], device: torch.device) -> torch.Tensor:
+def copy_pair_offsets(q_lens: list[int], d_lens: list[int], device: torch.device) -> torch.Tensor:
     """``[2, N + 1]`` offsets of both sides on ``device``, in one small copy.
 
     Built in an ``array`` (cheaper in host time than ``torch.tensor`` of nested lists),
@@ -372,14 +377,15 @@ def pack_pairs(
     *,
     precision: str = "tf32",
 ) -> Prepared:
-    """Aligned pairs from two equal-length sequences of 2-D tensors, packed in one copy."""
-    precision, packed = pairs_packed(queries, docs, precision)
-    return pairs_prepared(packed, precision)
+    """Aligned pairs from two equal-length sequences of 2-D tensors, packed in one copy:
+    :func:`concat_pairs`, then :func:`prepare_pair_batch`."""
+    precision, batch = concat_pairs(queries, docs, precision)
+    return prepare_pair_batch(batch, precision)
 
 
-def pairs_packed(queries, docs, precision: str) -> tuple[str, tuple]:
-    """The checks of :func:`pack_pairs` and its packing: ``(precision, (q_lens, d_lens,
-    q_packed, d_packed))``."""
+def concat_pairs(queries, docs, precision: str) -> tuple[str, PairBatch]:
+    """The checks of :func:`pack_pairs` and its host side: ``(precision, batch)``, both
+    sides concatenated (in one copy where :func:`_try_concat_pairs` can)."""
     for name, seq in (("queries", queries), ("docs", docs)):
         if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
             raise TypeError(f"{name} must be a sequence of 2-D tensors, got {type(seq).__name__}")
@@ -390,18 +396,20 @@ def pairs_packed(queries, docs, precision: str) -> tuple[str, tuple]:
     if not queries:
         raise ValueError("queries and docs are empty; at least one pair is needed to pack")
     precision = _precision(precision)
-    packed = _packed_pairs(queries, docs)
-    if packed is None:  # pair by pair: the checks name what is wrong, or pass the edge cases
+    batch = _try_concat_pairs(queries, docs)
+    if batch is None:  # pair by pair: the checks name what is wrong, or pass the edge cases
         first = _tensor("queries[0]", queries[0])
         for i, (qi, di) in enumerate(zip(queries, docs)):
             _check_pair(i, qi, di, first)
-        packed = [int(t.shape[0]) for t in queries], [int(t.shape[0]) for t in docs], _cat(queries), _cat(docs)
-    return precision, packed
+        batch = PairBatch([int(t.shape[0]) for t in queries], [int(t.shape[0]) for t in docs],
+                          _cat(queries), _cat(docs))
+    return precision, batch
 
 
-def pairs_prepared(packed: tuple, precision: str) -> Prepared:
-    """The checked call of packed pairs: their offsets on the device, in one small copy."""
-    q_lens, d_lens, q, d = packed
-    # Everything prepare_pairs_packed checks holds by construction here.
-    cu = offsets_of_pairs(q_lens, d_lens, q.device)
-    return _pairs(q, d, cu[0], cu[1], max(q_lens), max(d_lens), precision)
+def prepare_pair_batch(batch: PairBatch, precision: str) -> Prepared:
+    """The checked call of a batch from :func:`concat_pairs`: its offsets on the device,
+    in one small copy."""
+    q_lens, d_lens, q, d = batch
+    # Everything prepare_pairs checks holds by construction here.
+    cu = copy_pair_offsets(q_lens, d_lens, q.device)
+    return _prepare_checked_pairs(q, d, cu[0], cu[1], max(q_lens), max(d_lens), precision)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maxsim_forge._inputs import pack_pairs, prepare_packed, prepare_padded, prepare_pairs_packed
+from maxsim_forge._inputs import pack_pairs, prepare_packed, prepare_padded, prepare_pairs
 
 
 def _q(*shape, dtype=torch.float16):
@@ -99,9 +99,9 @@ def test_pairs_rejects():
     with pytest.raises(ValueError, match=r"queries\[0\] has shape \(1, 3, 8\); expected \[Lq, dim\]"):
         pack_pairs([_q(1, 3, 8), _q(1, 2, 8)], [_q(1, 4, 8), _q(1, 2, 8)])
     with pytest.raises(ValueError, match="q_cu describes 2 queries but d_cu 1 docs"):
-        prepare_pairs_packed(_q(5, 8), torch.tensor([0, 2, 5]), _q(4, 8), torch.tensor([0, 4]), max_q_len=3)
+        prepare_pairs(_q(5, 8), torch.tensor([0, 2, 5]), _q(4, 8), torch.tensor([0, 4]), max_q_len=3)
     with pytest.raises(ValueError, match="max_q_len must be a non-negative int"):
-        prepare_pairs_packed(_q(5, 8), torch.tensor([0, 5]), _q(4, 8), torch.tensor([0, 4]), max_q_len=None)
+        prepare_pairs(_q(5, 8), torch.tensor([0, 5]), _q(4, 8), torch.tensor([0, 4]), max_q_len=None)
 
 
 def test_two_dim_query_accepts_scalar_length_and_1d_mask():

@@ -363,7 +363,7 @@ def test_repeated_pairs_stay_correct_on_every_path():
     # On a GPU the second and later calls of a bucket take the pairs fast path, with new
     # lengths each time. Token rows of a multiple of 16 bytes pack both sides into one
     # buffer (the docs start aligned); other rows pack each side on its own.
-    from maxsim_forge._inputs import _packed_pairs
+    from maxsim_forge._inputs import _try_concat_pairs
     from maxsim_forge.runtime import _api
 
     for dim, dtype, shared in ((48, torch.float16, True), (100, torch.float16, False), (5, torch.float32, False)):
@@ -373,7 +373,7 @@ def test_repeated_pairs_stay_correct_on_every_path():
             docs = [randn(n, dim, dtype=dtype) for n in d_lens]
             out = mf.maxsim_pairs(queries, docs, precision="ieee")
             assert_scores(out, maxsim_pairs_reference(queries, docs), 1e-5, f"pairs dim {dim} call {i}")
-            _, _, q, d = _packed_pairs(queries, docs)
+            _, _, q, d = _try_concat_pairs(queries, docs)
             assert (q.untyped_storage().data_ptr() == d.untyped_storage().data_ptr()) == shared
             assert d.data_ptr() % 16 == 0 or not shared
         if DEVICE == "cuda":

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .._inputs import (
-    Prepared, offsets_of_pairs, pack_pairs, pairs_packed, pairs_prepared, prepare_packed, prepare_padded,
-    prepare_pairs_packed,
+    Prepared, concat_pairs, copy_pair_offsets, pack_pairs, prepare_packed, prepare_padded, prepare_pair_batch,
+    prepare_pairs,
 )
 from .._keys import BucketKey, bucket, gpu_info
 from ..codegen import KernelConfig, interpreting, load_variant, variant_name
@@ -351,19 +351,19 @@ def maxsim_pairs(
     if isinstance(queries, Sequence) and not isinstance(queries, torch.Tensor) and len(queries) == 0:
         if isinstance(docs, Sequence) and not isinstance(docs, torch.Tensor) and len(docs) == 0:
             return torch.zeros(0, dtype=torch.float32)
-    precision, packed = pairs_packed(queries, docs, precision)
-    q_lens, d_lens, q, d = packed
+    precision, batch = concat_pairs(queries, docs, precision)
+    q_lens, d_lens, q, d = batch
     if not q.is_cuda:
-        return _run(pairs_prepared(packed, precision))
+        return _run(prepare_pair_batch(batch, precision))
     # The fast path of serving batches: a bucket already routed and warm launches at once.
     nb, lq, ld = len(q_lens), max(q_lens), max(d_lens)
     sig = ("pairs", precision, q.device, q.dtype, q.shape[1], bucket(lq), bucket(nb), bucket(ld))
     plan = _plans.get(sig)
     if plan is not None:
-        cu = offsets_of_pairs(q_lens, d_lens, q.device)
+        cu = copy_pair_offsets(q_lens, d_lens, q.device)
         with _device_guard(q):
             return plan[0].launch(q, d, nq=1, lq=lq, nb=nb, ld=ld, q_cu=cu[0], d_cu=cu[1])
-    prep = pairs_prepared(packed, precision)
+    prep = prepare_pair_batch(batch, precision)
     out = _run(prep)
     if ld > 0:
         _remember(sig, prep)
@@ -382,7 +382,7 @@ def maxsim_pairs_packed(
     validate: bool = True,
 ) -> torch.Tensor:
     """Aligned pairs already packed: query i is ``q_packed[q_cu[i]:q_cu[i+1]]``."""
-    prep = prepare_pairs_packed(
+    prep = prepare_pairs(
         q_packed, q_cu, d_packed, d_cu, max_q_len=max_q_len, max_d_len=max_d_len,
         precision=precision, check_values=_check_values(validate, q_cu, d_cu),
     )
