@@ -18,11 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .codegen import DTYPES, KernelConfig, KernelSpec, next_pow2, torch_dtype
-
-# Hopper's per-block shared-memory opt-in limit: the interpreter's stand-in, and the
-# limit assumed where a device reports none (codegen.validate's default is the same).
-DEFAULT_SMEM_LIMIT = 232_448
+from .codegen import DEFAULT_SMEM_LIMIT, DTYPES, KernelConfig, KernelSpec, next_pow2, torch_dtype
 
 # A tensor's dtype -> the name keys, files and the CLI write (codegen's dtype table read
 # the other way round).

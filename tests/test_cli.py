@@ -38,7 +38,10 @@ def test_codegen_prints_parseable_source():
                                        "--config", '{"q_mode": "fold", "block_q": 64}'])
     assert result.exit_code == 0, result.output
     ast.parse(result.output)
-    assert "BLOCK_Q = 64" in result.output and 'LAYOUT = "allpairs"' in result.output
+    header = result.output.splitlines()[:2]
+    assert "templates/maxsim_fwd_folded.py.j2" in header[0], header
+    assert header[1].startswith("# variant: allpairs-fp16-dim96-") and ".bq64-" in header[1] and "-fold-" in header[1]
+    assert "\n\n\n\n" not in result.output and "def _maxsim_fwd_kernel(" in result.output
 
 
 def test_codegen_reports_invalid_knob():
@@ -71,7 +74,7 @@ def test_warmup_command_compiles_a_given_bucket():
     bucket = '{"layout": "padded", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 20, "nb": 100}'
     result = CliRunner().invoke(main, ["warmup", "--bucket", bucket])
     assert result.exit_code == 0, result.output
-    assert "warmed 1 variants" in result.output and "padded-fp16-d32" in result.output
+    assert "warmed 1 variants" in result.output and "padded-fp16-dim32" in result.output
     result = CliRunner().invoke(main, ["warmup", "--bucket", '{"layout": "padded"}'])
     assert result.exit_code == 1 and "dtype" in result.output
 

@@ -80,7 +80,7 @@ def test_explain_names_generated_variant_and_heuristic_source():
     q, d = randn(32, 128), randn(3, 40, 128)
     decision = mf.explain(q, d)
     assert decision.source == "heuristic"
-    assert decision.variant.startswith("padded-fp16-d128") and decision.config["block_q"] >= 16
+    assert decision.variant.startswith("padded-fp16-dim128") and decision.config["block_q"] >= 16
     assert decision.layout == "padded"
 
 

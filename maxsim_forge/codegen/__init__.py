@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._cache import CacheError, cache_dir, load_source, load_variant
 from ._config import (
+    DEFAULT_SMEM_LIMIT,
     DTYPES,
     LAYOUTS,
     MASK_KINDS,
@@ -36,6 +37,7 @@ from ._render import (
 from ._variant import Variant
 
 __all__ = [
+    "DEFAULT_SMEM_LIMIT",
     "DTYPES",
     "LAUNCH_REVISION",
     "LAYOUTS",

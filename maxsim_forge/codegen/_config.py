@@ -19,7 +19,8 @@ PRECISIONS = ("tf32", "ieee")
 MASK_KINDS = ("none", "lengths", "mask")
 Q_MODES = ("loop", "grid", "fold", "tile", "persist")
 
-# Hopper's per-block opt-in limit; used when the caller gives no device limit.
+# Hopper's per-block shared-memory opt-in limit: assumed where the caller or the device
+# gives none, and the interpreter's stand-in.
 DEFAULT_SMEM_LIMIT = 232_448
 # A register budget per thread above which Triton spills heavily.
 MAX_REGS_PER_THREAD = 255
@@ -193,8 +194,8 @@ def smem_bytes(spec: KernelSpec, cfg: KernelConfig) -> int:
     """Shared memory a variant needs: doc tiles per pipeline stage plus the query tile.
 
     A split dim (several feature chunks) needs them per chunk: Triton 3.6 gave each chunk
-    buffers of its own (dim 320 at 3 stages, on sm_90: ``q128-d64-k128`` fp16 took
-    245760 bytes, ``q128-d32-k64`` fp32 286720, chunks x (stages x doc tile + query
+    buffers of its own (dim 320 at 3 stages, on sm_90: ``bq128-bdoc64-bk128`` fp16 took
+    245760 bytes, ``bq128-bdoc32-bk64`` fp32 286720, chunks x (stages x doc tile + query
     tile) each). The larger of that and the query tile pipelined with the doc tiles (as
     another Triton may lay it out) is the estimate."""
     esize = ELEMENT_BYTES[spec.dtype]
