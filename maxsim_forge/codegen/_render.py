@@ -47,10 +47,11 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
 
     ``interpret`` renders for Triton's interpreter (default: whether it is on)."""
     interpret = interpreting() if interpret is None else interpret
-    chunks = k_chunks(spec, cfg) if cfg.exact_k else []
+    # Exact feature tiles: the name of each one's query tile, its first feature, its width.
+    chunks = [(f"q{i}", off, width) for i, (off, width) in enumerate(k_chunks(spec, cfg))] if cfg.exact_k else []
     split_k = num_k_chunks(spec, cfg) > 1
     # The query tile(s) held in registers and passed to each doc tile.
-    q_args = [f"q{i}" for i in range(len(chunks))] if chunks else ["q"]
+    q_args = [name for name, _, _ in chunks] or ["q"]
     return {
         "TEMPLATE": family(cfg),
         "VARIANT": variant_name(spec, cfg),
