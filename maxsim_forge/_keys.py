@@ -6,7 +6,7 @@ result is stored under, and :func:`nearest`, which the runtime's lookup, the tun
 seeds and the vLLM config reader all rank tuned buckets by.
 
 The runtime imports this on every call path, so it stays cheap: torch, the standard
-library and codegen's config module (no tuner, no Optuna).
+library and codegen (which the runtime loads anyway); never the tuner or Optuna.
 """
 
 from __future__ import annotations
