@@ -75,6 +75,20 @@ def device() -> str:
     return DEVICE
 
 
+@pytest.fixture
+def isolated_lookup(tmp_path, monkeypatch):
+    """Each test starts with no user DB and no shipped DBs unless it makes them."""
+    from maxsim_forge.runtime import Lookup, reset
+
+    monkeypatch.setenv("MAXSIM_FORGE_DB", str(tmp_path / "absent-user.db"))
+    monkeypatch.delenv("MAXSIM_FORGE_DISABLE", raising=False)
+    # Kernels run from the first call here; the background mode has tests of its own.
+    monkeypatch.setenv("MAXSIM_FORGE_COMPILE", "blocking")
+    reset(Lookup(user_path=tmp_path / "absent-user.db", shipped_paths=[]))
+    yield
+    reset()
+
+
 def randn(*shape, dtype=torch.float16, device=DEVICE) -> torch.Tensor:
     """Random normal data of this test's seed (never zeros), made on the CPU so runs
     on any device draw the same values."""

@@ -11,6 +11,7 @@ import pytest
 from maxsim_forge.codegen import MASK_KINDS, Q_MODES, ConfigError, KernelConfig, KernelSpec, validate
 from maxsim_forge.runtime import default_config
 from maxsim_forge.runtime._heuristics import REGIMES, STEPS, Call, heuristic_regime, regime_for
+from maxsim_forge.tuner import PRESETS, check_static
 
 SEED = 18
 LAYOUTS = ("padded", "allpairs", "packed", "pairs")
@@ -245,3 +246,57 @@ def test_order_matters_where_two_rows_apply(first, later, spec, sizes):
     assert by_name[first].applies(call) and by_name[later].applies(call), (first, later, call)
     assert [r.name for r in REGIMES].index(first) < [r.name for r in REGIMES].index(later)
     assert heuristic_regime(spec, **sizes, nb=1000, ld=300) == first
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_heuristic_default_passes_static_checks_for_every_preset_bucket(preset):
+    from maxsim_forge._problems import Sizes
+
+    for b in PRESETS[preset]:
+        layout = "allpairs" if b.layout == "allpairs" and b.nq > 1 else b.layout
+        spec = b.spec if layout == b.layout else b.spec.__class__(layout, b.dtype, b.dim)
+        cfg = default_config(spec, nq=b.nq, lq=b.lq, nb=b.nb, ld=b.ld, sm_count=132)
+        assert check_static(spec, cfg, b.sizes, sm_count=132, smem_limit=232_448) is None, (b, cfg)
+
+
+@pytest.mark.parametrize("smem_limit", (232_448, 166_912, 101_376))  # H100, A100, Ada
+@pytest.mark.parametrize("dtype", ("fp16", "fp32"))
+def test_heuristic_default_fits_the_devices_shared_memory(smem_limit, dtype):
+    from maxsim_forge.codegen import validate
+
+    for dim in (32, 96, 128, 256, 384):
+        for layout, nq, lq in (("padded", 1, 32), ("padded", 1, 300), ("padded", 1, 1024), ("allpairs", 16, 32)):
+            spec = KernelSpec(layout, dtype, dim)
+            cfg = default_config(spec, nq=nq, lq=lq, nb=1000, ld=1024, sm_count=132, smem_limit=smem_limit)
+            validate(spec, cfg, smem_limit=smem_limit)  # raises ConfigError if it does not fit
+    # Hopper keeps the 256-row tile for long half-precision queries.
+    big = default_config(KernelSpec("padded", "fp16", 128), nq=1, lq=1024, nb=1000, ld=1024)
+    assert (big.block_q, big.num_warps, big.q_mode) == (256, 8, "grid")
+    # Shared queries over padded docs: the persistent grid, without a doc split even
+    # where the docs are too few to fill the GPU; over packed docs, fold.
+    for nq, nb in ((8, 1000), (16, 1000), (32, 3)):
+        folded = default_config(KernelSpec("allpairs", "bf16", 128), nq=nq, lq=32, nb=nb, ld=300)
+        assert (folded.block_q, folded.num_warps, folded.num_stages, folded.q_mode, folded.split_d) == (
+            256, 8, 3, "persist", 1), (nq, nb, folded)
+    packed = default_config(KernelSpec("packed", "bf16", 128), nq=16, lq=32, nb=1000, ld=300)
+    assert (packed.block_q, packed.num_warps, packed.q_mode) == (256, 8, "fold")
+    eight = default_config(KernelSpec("packed", "bf16", 128), nq=8, lq=32, nb=1000, ld=300)
+    assert (eight.block_q, eight.q_mode) == (128, "fold")
+    # A few shared queries: all their rows in one fold tile (each query's sum stored).
+    for nq, block_q, stages in ((2, 64, 1), (3, 128, 3), (4, 128, 3)):
+        few = default_config(KernelSpec("allpairs", "fp16", 128), nq=nq, lq=32, nb=1000, ld=300)
+        assert (few.q_mode, few.block_q, few.num_stages) == ("fold", block_q, stages), (nq, few)
+        assert few.block_q >= nq * 32
+    # Many short queries: rows that fit one tile stay in it (the store takes 32 queries a
+    # step); over packed docs, 65 to 128 rows take two tiles past 8 queries.
+    cases = {
+        "allpairs": ((8, 16, 128, 1), (16, 8, 128, 1), (128, 1, 128, 1), (4, 32, 128, 1),
+                     (16, 4, 64, 1), (32, 2, 64, 1), (64, 1, 64, 1)),
+        "packed": ((8, 16, 128, 1), (16, 8, 64, 2), (128, 1, 64, 2), (4, 32, 128, 1),
+                   (16, 4, 64, 1), (32, 2, 64, 1), (64, 1, 64, 1)),
+    }
+    for layout, shapes in cases.items():
+        for nq, lq, block_q, tiles in shapes:
+            many = default_config(KernelSpec(layout, "fp16", 128), nq=nq, lq=lq, nb=4000, ld=300)
+            assert (many.q_mode, many.block_q, -(-nq * lq // many.block_q)) == ("fold", block_q, tiles), (
+                layout, nq, lq, many)

@@ -1,4 +1,5 @@
-"""The public API: every entry point against float64, the lookup order, fallbacks, threads."""
+"""The public API (runtime/_api.py): every entry point against float64, fallbacks, the
+background compile, threads, repeated calls and bad input."""
 
 from __future__ import annotations
 
@@ -10,27 +11,13 @@ import pytest
 import torch
 
 import maxsim_forge as mf
-from maxsim_forge.codegen import KernelConfig, kernel_hash, template_hash
 from maxsim_forge.reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
 from maxsim_forge.runtime import Lookup, reset
-from maxsim_forge._keys import gpu_info
-from maxsim_forge.tuned_db import BucketKey, TunedDB
 
+from _helpers import _call
 from conftest import DEVICE, assert_scores, randn
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Each test starts with no user DB and no shipped DBs unless it makes them."""
-    monkeypatch.setenv("MAXSIM_FORGE_DB", str(tmp_path / "absent-user.db"))
-    monkeypatch.delenv("MAXSIM_FORGE_DISABLE", raising=False)
-    # Kernels run from the first call here; the background mode has tests of its own.
-    monkeypatch.setenv("MAXSIM_FORGE_COMPILE", "blocking")
-    reset(Lookup(user_path=tmp_path / "absent-user.db", shipped_paths=[]))
-    yield
-    reset()
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("isolated_lookup")]
 
 
 @pytest.mark.parametrize("dim", (48, 96, 128))
@@ -84,185 +71,6 @@ def test_explain_names_generated_variant_and_heuristic_source():
     assert decision.layout == "padded"
 
 
-def _gpu():
-    return gpu_info(torch.device(DEVICE))
-
-
-def _winner(db: TunedDB, cfg: KernelConfig, *, gpu=None, cc=None, lq=32, ld=64, nb=4, nq=1, layout="padded",
-            docs="full"):
-    g = _gpu()
-    key = BucketKey(gpu=gpu or g.name, cc=cc or g.cc, layout=layout, dtype="fp16", precision="native", dim=128,
-                    nq_bucket=nq, lq_bucket=lq, nb_bucket=nb, ld_bucket=ld, docs=docs)
-    db.put_winner(key, {"config": cfg.to_dict(), "time_ms": 1.0, "baseline_ms": 2.0, "speedup": 2.0,
-                        "near_best": [], "trials": 3, "seed": 0, "template_hash": template_hash()})
-    return key
-
-
-def _call():
-    q, d = randn(32, 128), randn(3, 40, 128)  # buckets: lq 32, ld 64, nb 4
-    return q, d
-
-
-CFG_A = KernelConfig(block_q=32, block_d=16, block_k=64, num_warps=2, num_stages=2)
-CFG_B = KernelConfig(block_q=16, block_d=32, block_k=128, num_warps=4, num_stages=1)
-
-
-def test_lookup_order_user_then_shipped_then_nearest_then_same_arch(tmp_path):
-    q, d = _call()
-    user, shipped = TunedDB(tmp_path / "user.db"), TunedDB(tmp_path / "shipped.db")
-    _winner(user, CFG_A)
-    _winner(shipped, CFG_B)
-    reset(Lookup(user_path=user.path, shipped_paths=[shipped.path]))
-    dec = mf.explain(q, d)
-    assert (dec.source, dec.config) == ("user-db", CFG_A.to_dict())
-    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "user-db")
-
-    reset(Lookup(user_path=tmp_path / "none.db", shipped_paths=[shipped.path]))
-    assert mf.explain(q, d).source == "shipped-db"
-    assert mf.explain(q, d).config == CFG_B.to_dict()
-
-    near = TunedDB(tmp_path / "near.db")
-    _winner(near, CFG_A, nb=1024)  # same GPU, another batch bucket
-    _winner(near, CFG_B, nb=1 << 20, ld=4096)  # farther away
-    reset(Lookup(user_path=near.path, shipped_paths=[]))
-    dec = mf.explain(q, d)
-    assert (dec.source, dec.config) == ("nearest-bucket", CFG_A.to_dict())
-    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "nearest")
-
-    arch = TunedDB(tmp_path / "arch.db")
-    _winner(arch, CFG_B, gpu="SOME_OTHER_GPU")
-    reset(Lookup(user_path=arch.path, shipped_paths=[]))
-    dec = mf.explain(q, d)
-    assert (dec.source, dec.config) == ("same-arch", CFG_B.to_dict())
-    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "same-arch")
-
-
-def test_nearest_bucket_has_as_many_queries_in_kind(tmp_path):
-    # A config tuned for one query is no neighbour of a query set (it cannot fold it),
-    # and a set's config is none of one query: each kind takes its own or the heuristic.
-    d = randn(50, 128)
-    cu = torch.tensor([0, 20, 50], dtype=torch.int32, device=DEVICE)
-    one, many = randn(32, 128), randn(16, 32, 128)
-    db = TunedDB(tmp_path / "user.db")
-    _winner(db, CFG_A, layout="packed", nq=1, lq=32, ld=32, nb=2)
-    reset(Lookup(user_path=db.path, shipped_paths=[]))
-    assert (mf.explain(one, d, cu).source, mf.explain(one, d, cu).config) == ("user-db", CFG_A.to_dict())
-    dec = mf.explain(many, d, cu)
-    assert dec.source == "heuristic" and dec.config["q_mode"] == "fold", dec
-    assert_scores(mf.maxsim_packed(many, d, cu), maxsim_packed_reference(many, d, cu), 1e-5, "heuristic fold")
-    _winner(db, CFG_B, layout="packed", nq=8, lq=32, ld=32, nb=2)
-    reset(Lookup(user_path=db.path, shipped_paths=[]))
-    assert (mf.explain(many, d, cu).source, mf.explain(many, d, cu).config) == ("nearest-bucket", CFG_B.to_dict())
-    assert mf.explain(randn(3, 32, 128), d, cu).source == "nearest-bucket"
-    assert mf.explain(randn(17, 128), d, cu).config == CFG_A.to_dict()
-
-
-def test_nearest_bucket_of_a_query_set_has_no_taller_tile(tmp_path):
-    # A neighbour's query tile taller than the call's folded rows computes padding rows
-    # and keeps a set that fits one tile from the one-tile store: the heuristic instead.
-    d = randn(6, 40, 128)
-    db = TunedDB(tmp_path / "user.db")
-    tall = KernelConfig(block_q=128, block_d=32, block_k=128, num_warps=4, num_stages=2, q_mode="fold")
-    _winner(db, tall, layout="allpairs", nq=8, lq=32, ld=64, nb=8)
-    reset(Lookup(user_path=db.path, shipped_paths=[]))
-    for nq, lq, source in ((2, 32, "heuristic"), (2, 33, "nearest-bucket"), (4, 32, "nearest-bucket"),
-                           (3, 7, "heuristic")):
-        q = randn(nq, lq, 128)
-        dec = mf.explain(q, d)
-        assert dec.source == source, (nq, lq, dec)
-        if source == "heuristic":
-            assert dec.config["block_q"] <= 64, dec
-        assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, f"{nq} x {lq}")
-
-
-def test_full_and_ragged_docs_have_buckets_of_their_own(tmp_path):
-    q, d = _call()
-    lengths = torch.tensor([40, 7, 1], device=DEVICE)
-    db = TunedDB(tmp_path / "user.db")
-    _winner(db, CFG_A, docs="full")
-    _winner(db, CFG_B, docs="ragged")
-    reset(Lookup(user_path=db.path, shipped_paths=[]))
-    assert mf.explain(q, d).config == CFG_A.to_dict()
-    assert mf.explain(q, d).bucket.endswith("nb4 ld64")
-    dec = mf.explain(q, d, d_lengths=lengths)
-    assert (dec.config, dec.source) == (CFG_B.to_dict(), "user-db")
-    assert dec.bucket.endswith("nb4 ld64 ragged")
-    assert_scores(mf.maxsim(q, d, d_lengths=lengths), maxsim_reference(q, d, d_lengths=lengths), 1e-5, "ragged")
-
-    # A row that did not record its docs serves both kinds of its bucket; the nearest
-    # bucket prefers rows tuned on the same kind of docs.
-    legacy = TunedDB(tmp_path / "legacy.db")
-    _winner(legacy, CFG_B, docs="")
-    _winner(legacy, CFG_A, docs="ragged", nb=1024)
-    reset(Lookup(user_path=legacy.path, shipped_paths=[]))
-    assert mf.explain(q, d).config == CFG_B.to_dict()
-    assert mf.explain(q, d, d_lengths=lengths).config == CFG_B.to_dict()
-    other = TunedDB(tmp_path / "other.db")
-    _winner(other, CFG_A, docs="full", nb=16)
-    _winner(other, CFG_B, docs="ragged", nb=8)
-    reset(Lookup(user_path=other.path, shipped_paths=[]))
-    dec = mf.explain(q, d, d_lengths=lengths)
-    assert (dec.config, dec.source) == (CFG_B.to_dict(), "nearest-bucket")
-    assert mf.explain(q, d).config == CFG_A.to_dict()
-
-
-def test_stale_template_rows_are_ignored(tmp_path, caplog):
-    q, d = _call()
-    db = TunedDB(tmp_path / "user.db")
-    key = _winner(db, CFG_A)
-    db.put_winner(key, {**db.winner(key), "template_hash": "0" * 16})
-    reset(Lookup(user_path=db.path, shipped_paths=[]))
-    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
-        assert mf.explain(q, d).source == "heuristic"
-    assert "another template version" in caplog.text
-
-
-def test_rows_stay_valid_while_their_kernels_do(tmp_path, caplog):
-    q, d = _call()
-    user, shipped = TunedDB(tmp_path / "user.db"), TunedDB(tmp_path / "shipped.db")
-    key = _winner(user, CFG_A)
-    _winner(shipped, CFG_B)
-    g = _gpu()
-    # A row of an older template whose kernels are unchanged (its kernel hash matches) is used.
-    current = kernel_hash("padded", "fp16", 128, "native", CFG_A)
-    user.put_winner(key, {**user.winner(key), "template_hash": "0" * 16, "kernel_hash": current})
-    reset(Lookup(user_path=user.path, shipped_paths=[shipped.path]))
-    assert (mf.explain(q, d).config, mf.explain(q, d).source) == (CFG_A.to_dict(), "user-db")
-    # One whose kernels changed is skipped, reported once, and does not hide the shipped
-    # row of the same bucket.
-    user.put_winner(key, {**user.winner(key), "kernel_hash": "f" * 16})
-    reset(Lookup(user_path=user.path, shipped_paths=[shipped.path]))
-    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
-        dec = mf.explain(q, d)
-        mf.explain(q, d[:2])
-    assert (dec.config, dec.source) == (CFG_B.to_dict(), "shipped-db")
-    assert caplog.text.count("another template version") == 1 and g.name in str(key)
-
-
-@pytest.mark.parametrize("problem", ("missing", "corrupt", "newer"))
-def test_bad_database_is_reported_once_and_call_answers(tmp_path, caplog, problem):
-    q, d = _call()
-    path = tmp_path / "user.db"
-    if problem == "corrupt":
-        path.write_bytes(b"this is not a database" * 100)
-    elif problem == "newer":
-        db = TunedDB(path)
-        _winner(db, CFG_A)
-        db.db.execute("PRAGMA user_version = 99")
-        db.db.conn.commit()
-    shipped = TunedDB(tmp_path / "shipped.db")
-    _winner(shipped, CFG_B)
-    reset(Lookup(user_path=path, shipped_paths=[shipped.path]))
-    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
-        for _ in range(3):
-            out = mf.maxsim(q, d)
-        dec = mf.explain(q, d)
-    assert dec.source == "shipped-db"
-    assert_scores(out, maxsim_reference(q, d), 1e-5, problem)
-    reports = [r for r in caplog.records if "user-db" in r.getMessage()]
-    assert len(reports) == 1, [r.getMessage() for r in caplog.records]
-
-
 def test_disable_forces_torch_reference(monkeypatch):
     q, d = _call()
     monkeypatch.setenv("MAXSIM_FORGE_DISABLE", "1")
@@ -301,36 +109,6 @@ def test_threads_get_correct_results():
     for t in threads:
         t.join()
     assert not errors, errors[0]
-
-
-def test_warmup_compiles_tuned_buckets(tmp_path):
-    db = TunedDB(tmp_path / "user.db")
-    _winner(db, CFG_A)
-    reset(Lookup(user_path=db.path, shipped_paths=[]))
-    decisions = mf.warmup(device=DEVICE)
-    assert {d.source for d in decisions} == {"user-db"}
-    assert all(d.config == CFG_A.to_dict() for d in decisions)
-    given = mf.warmup([{"layout": "allpairs", "dtype": "bf16", "dim": 96, "nq": 4, "lq": 16, "ld": 40, "nb": 100}],
-                      device=DEVICE)
-    assert given[0].source == "heuristic" and given[0].layout == "allpairs"
-
-
-def test_warmup_covers_full_docs_that_route_to_a_ragged_row(tmp_path):
-    from maxsim_forge.runtime._warmup import _targets
-
-    db = TunedDB(tmp_path / "user.db")
-    _winner(db, CFG_A, docs="ragged")
-    _winner(db, CFG_B, docs="ragged", nb=1024)
-    _winner(db, CFG_B, docs="full", nb=1024)
-    reset(Lookup(user_path=db.path, shipped_paths=[]))
-    masks = sorted((sizes.nb, spec.d_mask) for spec, sizes in _targets(None, _gpu().name))
-    # nb 4: only a ragged row, which full docs route to as well; nb 1024: a row of each kind.
-    assert masks == [(4, "lengths"), (4, "none"), (1024, "lengths"), (1024, "none")]
-    decisions = mf.warmup(device=DEVICE)
-    assert sorted(d.bucket for d in decisions) == sorted([
-        "padded/fp16/dim128 nq1 lq32 nb4 ld64", "padded/fp16/dim128 nq1 lq32 nb4 ld64 ragged",
-        "padded/fp16/dim128 nq1 lq32 nb1024 ld64", "padded/fp16/dim128 nq1 lq32 nb1024 ld64 ragged"])
-    assert all(d.config == CFG_A.to_dict() for d in decisions if " nb4" in d.bucket)
 
 
 def test_bad_input_raises_before_launch():
