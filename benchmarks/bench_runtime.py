@@ -96,7 +96,8 @@ def pair_stages(n: int = 64, reps: int = 300) -> dict:
     from itertools import accumulate
 
     import maxsim_forge as mf
-    from maxsim_forge._inputs import _try_concat_pairs, pack_pairs
+    from maxsim_forge._inputs import pack_pairs
+    from maxsim_forge._pairs import _try_concat_pairs
     from maxsim_forge.runtime._api import _run
 
     g = torch.Generator().manual_seed(n)

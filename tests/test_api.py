@@ -141,7 +141,7 @@ def test_repeated_pairs_stay_correct_on_every_path():
     # On a GPU the second and later calls of a bucket take the pairs fast path, with new
     # lengths each time. Token rows of a multiple of 16 bytes pack both sides into one
     # buffer (the docs start aligned); other rows pack each side on its own.
-    from maxsim_forge._inputs import _try_concat_pairs
+    from maxsim_forge._pairs import _try_concat_pairs
     from maxsim_forge.runtime import _api
 
     for dim, dtype, shared in ((48, torch.float16, True), (100, torch.float16, False), (5, torch.float32, False)):
