@@ -190,30 +190,7 @@ class BucketTuner:
         study = optuna.create_study(study_name=name, storage=opts.storage, sampler=sampler,
                                     direction="minimize", load_if_exists=True)
         if not study.get_trials(deepcopy=False):
-            seeds = []
-            current = self.db.winner(self.key)
-            if current is not None and is_current(current):
-                seeds.append(KernelConfig.from_dict(current["config"]))
-            seeds.append(default_config(self.spec, **self.problem.prep.sizes, sm_count=self.gpu.sm_count,
-                                        smem_limit=self.gpu.smem_limit))
-            seeds += self._family_winners()
-            # A loop config of one query tile has a straight-line twin (q_mode tile), which
-            # was faster in most buckets where both ran: try the twin of every seed.
-            seeds += [twin for cfg in seeds if cfg.q_mode == "loop"
-                      and (twin := dataclasses.replace(cfg, q_mode="tile")) in self.valid]
-            # Folded queries: the same tiles on the persistent grid, which keeps each query
-            # tile across docs, and the other way round.
-            other = {"fold": "persist", "persist": "fold"}
-            seeds += [twin for cfg in seeds if cfg.q_mode in other
-                      and (twin := dataclasses.replace(cfg, q_mode=other[cfg.q_mode])) in self.valid]
-            # Where docs end mid-tile, the same config with its partial tile pipelined in
-            # one masked loop.
-            seeds += [twin for cfg in seeds if not cfg.masked_loop
-                      and (twin := dataclasses.replace(cfg, masked_loop=True)) in self.valid]
-            if exhaustive:
-                seeds += space
-            for cfg in dict.fromkeys(seeds):
-                study.enqueue_trial(cfg.to_dict(), skip_if_exists=True)
+            self._enqueue_seeds(study, space if exhaustive else [])
         for t in study.get_trials(deepcopy=False):
             if "config_key" in t.user_attrs:
                 self.seen[t.user_attrs["config_key"]] = (t.user_attrs.get("status", OK), t.value)
@@ -243,6 +220,34 @@ class BucketTuner:
                 bar.set_postfix_str(f"best {best:.4f} ms" if best is not None else "no winner yet")
                 bar.refresh()
         return self._commit(study, name, cut=cut)
+
+    def _enqueue_seeds(self, study: optuna.Study, grid: list[KernelConfig]) -> None:
+        """A new study's first trials: the current winner, the heuristic default, the
+        winners next door and their twins, then every config of ``grid`` (the whole space
+        where it is searched as a grid)."""
+        seeds = []
+        current = self.db.winner(self.key)
+        if current is not None and is_current(current):
+            seeds.append(KernelConfig.from_dict(current["config"]))
+        seeds.append(default_config(self.spec, **self.problem.prep.sizes, sm_count=self.gpu.sm_count,
+                                    smem_limit=self.gpu.smem_limit))
+        seeds += self._family_winners()
+        # A loop config of one query tile has a straight-line twin (q_mode tile), which
+        # was faster in most buckets where both ran: try the twin of every seed.
+        seeds += [twin for cfg in seeds if cfg.q_mode == "loop"
+                  and (twin := dataclasses.replace(cfg, q_mode="tile")) in self.valid]
+        # Folded queries: the same tiles on the persistent grid, which keeps each query
+        # tile across docs, and the other way round.
+        other = {"fold": "persist", "persist": "fold"}
+        seeds += [twin for cfg in seeds if cfg.q_mode in other
+                  and (twin := dataclasses.replace(cfg, q_mode=other[cfg.q_mode])) in self.valid]
+        # Where docs end mid-tile, the same config with its partial tile pipelined in
+        # one masked loop.
+        seeds += [twin for cfg in seeds if not cfg.masked_loop
+                  and (twin := dataclasses.replace(cfg, masked_loop=True)) in self.valid]
+        seeds += grid
+        for cfg in dict.fromkeys(seeds):
+            study.enqueue_trial(cfg.to_dict(), skip_if_exists=True)
 
     def _family_winners(self) -> list[KernelConfig]:
         """Winners of the other tuned buckets of this family on this GPU nearest to this one
