@@ -63,6 +63,43 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _search(study, table: dict, space: dict, trials: int, best: float, *, refine: bool,
+            batch: int) -> tuple[int | None, dict[int, float]]:
+    """One sampler seed's search of the measured ``table``: the trial at which the best so
+    far came within 3% of ``best`` (None if it never did), and the best so far over
+    ``best`` after 24 and after 48 trials (where the search got that far)."""
+    import optuna
+
+    from maxsim_forge.codegen import KernelConfig
+    from maxsim_forge.tuner._space import neighbors
+    from maxsim_forge.tuner._study import REFINE_AT
+
+    valid = set(table)
+    hit, running, n, seen, after = None, float("inf"), 0, {}, {}
+    while n < trials:
+        asked = [study.ask() for _ in range(min(batch, trials - n))]
+        # As in ``tune``: every config of a batch is drawn before any is told.
+        configs = [KernelConfig(**{k: tr.suggest_categorical(k, v) for k, v in space.items()}) for tr in asked]
+        for trial, cfg in zip(asked, configs):
+            t = table.get(cfg)
+            if t is None:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, t)
+                seen[cfg] = t
+                running = min(running, t)
+            n += 1
+            if hit is None and running <= best * 1.03:
+                hit = n
+            if n in (24, 48):
+                after[n] = running / best
+        if refine and seen and REFINE_AT * trials <= n < trials:
+            top = min(seen, key=seen.get)
+            for cfg in [c for c in neighbors(top, valid) if c not in seen][: min(batch, trials - n)]:
+                study.enqueue_trial(cfg.to_dict(), skip_if_exists=True)
+    return hit, after
+
+
 def replay(path: str, trials: int, seeds: int, *, seeded: bool, refine: bool, batch: int) -> None:
     """Run the tuner's search against the measured table instead of the GPU.
 
@@ -76,8 +113,8 @@ def replay(path: str, trials: int, seeds: int, *, seeded: bool, refine: bool, ba
     from maxsim_forge._keys import Sizes
     from maxsim_forge.codegen import KernelConfig, KernelSpec
     from maxsim_forge.runtime import default_config
-    from maxsim_forge.tuner._space import bucket_space, check_static, neighbors
-    from maxsim_forge.tuner._study import REFINE_AT, make_sampler
+    from maxsim_forge.tuner._space import bucket_space, check_static
+    from maxsim_forge.tuner._study import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     doc = json.load(open(path))
@@ -96,7 +133,6 @@ def replay(path: str, trials: int, seeds: int, *, seeded: bool, refine: bool, ba
         sizes = Sizes(nq=nq, lq=lq, nb=nb, ld=ld)
         table = {c: t for c, t in measured.items()
                  if check_static(spec, c, sizes, sm_count=132, smem_limit=232_448) is None}
-        valid = set(table)
         heuristic = default_config(spec, nq=nq, lq=lq, nb=nb, ld=ld, sm_count=132)
         space = bucket_space(list(table))
         needed, after24, after48 = [], [], []
@@ -105,30 +141,9 @@ def replay(path: str, trials: int, seeds: int, *, seeded: bool, refine: bool, ba
             study = optuna.create_study(sampler=sampler)
             if seeded:
                 study.enqueue_trial(heuristic.to_dict())
-            hit, running, n, seen = None, float("inf"), 0, {}
-            while n < trials:
-                asked = [study.ask() for _ in range(min(batch, trials - n))]
-                # As in ``tune``: every config of a batch is drawn before any is told.
-                configs = [KernelConfig(**{k: tr.suggest_categorical(k, v) for k, v in space.items()}) for tr in asked]
-                for trial, cfg in zip(asked, configs):
-                    t = table.get(cfg)
-                    if t is None:
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    else:
-                        study.tell(trial, t)
-                        seen[cfg] = t
-                        running = min(running, t)
-                    n += 1
-                    if hit is None and running <= best * 1.03:
-                        hit = n
-                    if n == 24:
-                        after24.append(running / best)
-                    if n == 48:
-                        after48.append(running / best)
-                if refine and seen and REFINE_AT * trials <= n < trials:
-                    top = min(seen, key=seen.get)
-                    for cfg in [c for c in neighbors(top, valid) if c not in seen][: min(batch, trials - n)]:
-                        study.enqueue_trial(cfg.to_dict(), skip_if_exists=True)
+            hit, after = _search(study, table, space, trials, best, refine=refine, batch=batch)
+            after24 += [after[24]] if 24 in after else []
+            after48 += [after[48]] if 48 in after else []
             needed.append(hit if hit is not None else float("inf"))
         found = [n for n in needed if n != float("inf")]
         h = table.get(heuristic)
