@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .codegen import torch_dtype
-from .reference import valid_tokens
+from ..codegen import torch_dtype
+from ..reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference, valid_tokens
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,18 +59,46 @@ class Inputs:
     queries: list | None = None  # pairs
     docs: list | None = None
 
-    def nbytes(self) -> int:
+    def doc_tokens(self) -> int:
+        """Valid doc tokens: what any implementation must read (padding excluded)."""
         if self.docs is not None:
-            return sum(t.numel() * t.element_size() for t in self.docs)
-        d = self.d_packed if self.d_packed is not None else self.d
-        return d.numel() * d.element_size()
+            return sum(int(t.shape[0]) for t in self.docs)
+        if self.d_packed is not None:
+            return int(self.d_packed.shape[0])
+        if self.d_lengths is not None:
+            return int(self.d_lengths.clamp(0, self.case.ld).sum())
+        return self.case.nb * self.case.ld
+
+    def nbytes(self) -> int:
+        """Bytes the work needs to move: the valid doc and query tokens read, the float32
+        scores written."""
+        c, esize = self.case, self.q.element_size()
+        if self.docs is not None:
+            q_tokens = sum(int(t.shape[0]) for t in self.queries)
+            return (self.doc_tokens() + q_tokens) * c.dim * esize + 4 * len(self.docs)
+        return (self.doc_tokens() + c.nq * c.lq) * c.dim * esize + 4 * c.nq * c.nb
 
     def flops(self) -> float:
+        """Multiply-adds of every valid (query token, doc token) pair, as 2 flops each."""
         c = self.case
         if self.docs is not None:
             return float(sum(2 * q.shape[0] * d.shape[0] * c.dim for q, d in zip(self.queries, self.docs)))
-        tokens = self.d_packed.shape[0] if self.d_packed is not None else c.nb * c.ld
-        return 2.0 * c.nq * c.lq * tokens * c.dim
+        return 2.0 * c.nq * c.lq * self.doc_tokens() * c.dim
+
+
+def reference_of(x: Inputs, *, absolute: bool = False) -> torch.Tensor:
+    """The float64 scores of every output of a case (chunked), in the shape the
+    implementations return: ``[B]``, ``[Nq, B]`` or ``[N]`` for pairs."""
+    if x.queries is not None:
+        return maxsim_pairs_reference(x.queries, x.docs, absolute=absolute)
+    if x.d_packed is not None:
+        return maxsim_packed_reference(x.q, x.d_packed, x.cu, absolute=absolute)
+    return maxsim_reference(x.q, x.d, d_lengths=x.d_lengths, absolute=absolute)
+
+
+def as_tensor(out) -> torch.Tensor:
+    """An implementation's result as one tensor (vLLM's algorithm returns a list)."""
+    return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
 
 
 def make_inputs(case: Case, device: str, seed: int = 0) -> Inputs:
@@ -120,7 +148,7 @@ def _eager(x: Inputs):
 
 
 def _vanilla(x: Inputs):
-    from .integrations import vanilla_maxsim_batched
+    from ..integrations import vanilla_maxsim_batched
 
     if x.queries is not None:
         return lambda: vanilla_maxsim_batched(x.queries, x.docs)
@@ -178,3 +206,20 @@ IMPLS: dict[str, Callable] = {
     "maxsim-forge": _forge,
 }
 GPU_ONLY = {"flash-maxsim", "late-interaction-kernels"}
+
+
+def resolve_impl(name: str) -> Callable:
+    """An implementation by name: one of :data:`IMPLS`, or ``"module:function"`` for one
+    of your own (a function of :class:`Inputs` that returns a zero-argument callable,
+    or None where it does not take the case)."""
+    if name in IMPLS:
+        return IMPLS[name]
+    module, _, attr = name.partition(":")
+    if not module or not attr:
+        raise ValueError(f"unknown implementation {name!r}; accepted: {', '.join(IMPLS)}, or module:function")
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"implementation {name!r} cannot be loaded: {exc}") from None
