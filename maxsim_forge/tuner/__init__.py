@@ -6,6 +6,7 @@ Imported by ``maxsim-forge tune`` only; the runtime never imports it.
 from __future__ import annotations
 
 from ._presets import PRESETS, Bucket, load_buckets, resolve
+from ._replay import ExhaustiveTable, judge, replay
 from ._run import TuneReport, make_storage, summary_rows, trials_label, tune, tune_on_device
 from ._space import (
     RESTRICTIONS, SPACE, candidates_hash, check_static, in_current_space, space_hash, valid_configs,
@@ -18,12 +19,15 @@ __all__ = [
     "RESTRICTIONS",
     "SPACE",
     "Bucket",
+    "ExhaustiveTable",
     "TuneReport",
     "candidates_hash",
     "check_static",
     "in_current_space",
+    "judge",
     "load_buckets",
     "make_storage",
+    "replay",
     "resolve",
     "space_hash",
     "summary_rows",
