@@ -118,10 +118,6 @@ def collect_bucket(bucket, *, out: Path, gpu, device: str, pool, deadline: float
         table.complete = len(table.rows) == len(configs)
         table.save(path)
     bar.close()
-    if not table.rows:
-        raise ValueError(f"{bucket.label()}: no config was timed (time budget {deadline is not None})")
-    table.complete = len(table.rows) == len(configs)
-    table.save(path)
     return table
 
 
@@ -152,9 +148,13 @@ def collect(labels: tuple[str, ...] = BUCKETS, *, out: str | Path | None = None,
             bucket = bucket if on_gpu else bucket.tiny()
             table = collect_bucket(bucket, out=out, gpu=gpu, device=device, pool=pool, deadline=deadline,
                                    max_configs=max_configs, seed=seed, progress=progress)
+            if not table.rows:
+                print(f"{bucket.label()}: not reached (time budget)", flush=True)
+                continue
             ok = [r.time_ms for r in table.rows if r.time_ms is not None]
-            print(f"{bucket.label()}: {len(table.rows)} configs in the table ({'complete' if table.complete else 'not complete'}), "
-                  f"best {min(ok):.4f} ms" if ok else f"{bucket.label()}: no config passed", flush=True)
+            state = "complete" if table.complete else "not complete"
+            best = f"best {min(ok):.4f} ms" if ok else "none passed"
+            print(f"{bucket.label()}: {len(table.rows)} configs in the table ({state}), {best}", flush=True)
             paths.append(table_path(out, bucket))
     return paths
 

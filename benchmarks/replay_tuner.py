@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 # The buckets of bench_tuner.py's older tables, by the names it gave them.
@@ -35,7 +34,6 @@ def from_old(doc: dict, source: str) -> list:
     exact_k, overlap_max, masked_loop or defer_max; no tile or persist mode; query tiles
     up to 128 rows) with older kernels. The replay narrows today's space to their configs."""
     from maxsim_forge._keys import GpuInfo
-    from maxsim_forge.tuner import Bucket
     from maxsim_forge.tuner._replay import ExhaustiveTable
 
     if doc.get("gpu") not in OLD_GPUS:
@@ -65,7 +63,10 @@ def load_tables(paths: list[str]) -> list:
         raise ValueError(f"no exhaustive*.json table in {', '.join(paths)}")
     tables = []
     for f in files:
-        doc = json.loads(f.read_text())
+        try:
+            doc = json.loads(f.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{f} is not JSON: {exc}") from None
         tables += from_old(doc, f.name) if isinstance(doc, dict) and "buckets" in doc else [ExhaustiveTable.load(f)]
     return tables
 
@@ -74,7 +75,7 @@ def _n(x: float | None) -> str:
     return "never" if x is None else f"{x:g}"
 
 
-def report(table, j, budget: int) -> dict:
+def report(table, j) -> dict:
     """Print one table's judgement; its JSON form."""
     gpu = table.gpu.name
     print(f"\n{j.bucket} on {gpu}, {table.date} ({', '.join(f'{k} {v}' for k, v in table.versions.items())})")
@@ -122,11 +123,12 @@ def main(argv: list[str] | None = None) -> Path:
     how = (f"{args.seeds} seeds, budget {args.budget} trials, batches of {args.batch}, "
            + ("seeded with the heuristic default (fitted to older tables: in-sample)" if args.seeded
               else "no heuristic seed"))
-    print(f"Replay: {how}; trials = distinct configs timed, as tune counts its budget")
+    print(f"Replay: {how}. Trials until a config within 3% of the table's best was timed (distinct configs, "
+          "as tune counts its budget); reached: the share of seeds that got there within the budget")
     results = []
     for table in tables:
         j = judge(table, strategies, seeds=args.seeds, budget=args.budget, batch=args.batch, seeded=args.seeded)
-        results.append(report(table, j, args.budget))
+        results.append(report(table, j))
     first = Path(args.tables[0])
     folder = first if first.is_dir() else first.parent
     out = Path(args.out) if args.out else folder / (
@@ -138,4 +140,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
