@@ -61,7 +61,7 @@ def open_table(path: Path, bucket, gpu):
     """The table at ``path`` to resume, or a new one; one of another bucket, GPU, space
     or version is refused (its times would not compare with this run's)."""
     from maxsim_forge.tuner import space_hash
-    from maxsim_forge.tuner._replay import ExhaustiveTable
+    from maxsim_forge.tuner import ExhaustiveTable
 
     fresh = ExhaustiveTable(bucket, gpu, _versions(), time.strftime("%Y-%m-%d"), space_hash())
     if not path.exists():
@@ -81,7 +81,7 @@ def collect_bucket(bucket, *, out: Path, gpu, device: str, pool, deadline: float
 
     from maxsim_forge.tuner import valid_configs
     from maxsim_forge.tuner._compile import COMPILE_FAILED, OK, PRUNED_STATIC, RUNTIME_FAILED, CompileJob, compile_one
-    from maxsim_forge.tuner._replay import TableRow
+    from maxsim_forge.tuner import TableRow
     from maxsim_forge.tuner._study import BucketTuner, TuneOptions
 
     path = table_path(out, bucket)

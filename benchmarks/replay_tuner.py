@@ -34,7 +34,7 @@ def from_old(doc: dict, source: str) -> list:
     exact_k, overlap_max, masked_loop or defer_max; no tile or persist mode; query tiles
     up to 128 rows) with older kernels. The replay narrows today's space to their configs."""
     from maxsim_forge._keys import GpuInfo
-    from maxsim_forge.tuner._replay import ExhaustiveTable
+    from maxsim_forge.tuner import ExhaustiveTable
 
     if doc.get("gpu") not in OLD_GPUS:
         raise ValueError(f"{source}: GPU {doc.get('gpu')!r} has no known limits; accepted: {', '.join(OLD_GPUS)}")
@@ -54,7 +54,7 @@ def from_old(doc: dict, source: str) -> list:
 
 
 def load_tables(paths: list[str]) -> list:
-    from maxsim_forge.tuner._replay import ExhaustiveTable
+    from maxsim_forge.tuner import ExhaustiveTable
 
     files = []
     for p in map(Path, paths):
@@ -101,7 +101,7 @@ def report(table, j) -> dict:
 def main(argv: list[str] | None = None) -> Path:
     import optuna
 
-    from maxsim_forge.tuner._replay import STRATEGIES, judge
+    from maxsim_forge.tuner import STRATEGIES, judge
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tables", nargs="+", help="table files, or folders of exhaustive*.json")

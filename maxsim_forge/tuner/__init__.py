@@ -6,7 +6,8 @@ Imported by ``maxsim-forge tune`` only; the runtime never imports it.
 from __future__ import annotations
 
 from ._presets import PRESETS, Bucket, load_buckets, resolve
-from ._replay import ExhaustiveTable, judge, replay
+from ._replay import STRATEGIES, judge, replay
+from ._tables import ExhaustiveTable, TableRow
 from ._run import TuneReport, make_storage, summary_rows, trials_label, tune, tune_on_device
 from ._space import (
     RESTRICTIONS, SPACE, candidates_hash, check_static, in_current_space, space_hash, valid_configs,
@@ -20,6 +21,8 @@ __all__ = [
     "SPACE",
     "Bucket",
     "ExhaustiveTable",
+    "STRATEGIES",
+    "TableRow",
     "TuneReport",
     "candidates_hash",
     "check_static",
