@@ -7,31 +7,39 @@ re-exported here, where results are stored under it.
 from __future__ import annotations
 
 from .._keys import BucketKey
-from ._schema import SCHEMA_VERSION, SchemaError, migrate, open_db
+from ._merge import EXPORT_FORMAT, export_json, import_json, merge_db, merge_rows, ship
+from ._rows import RowError, check_config, check_winner, row_label
+from ._schema import (
+    READ_WAIT_S, SCHEMA_VERSION, WRITE_WAIT_S, LockedError, SchemaError, TunedDBError, migrate, open_db,
+)
 from ._store import (
-    TunedDB,
-    export_json,
-    import_json,
-    merge_db,
-    merge_rows,
-    read_winners,
-    ship,
-    shipped_db_paths,
-    user_db_path,
+    TunedDB, better, load_winners, read_winners, scan_winners, shipped_db_paths, user_db_path,
 )
 
 __all__ = [
+    "EXPORT_FORMAT",
+    "READ_WAIT_S",
     "SCHEMA_VERSION",
+    "WRITE_WAIT_S",
     "BucketKey",
+    "LockedError",
+    "RowError",
     "SchemaError",
     "TunedDB",
+    "TunedDBError",
+    "better",
+    "check_config",
+    "check_winner",
     "export_json",
     "import_json",
+    "load_winners",
     "merge_db",
     "merge_rows",
     "migrate",
     "open_db",
     "read_winners",
+    "row_label",
+    "scan_winners",
     "ship",
     "shipped_db_paths",
     "user_db_path",

@@ -1,20 +1,28 @@
-"""Reading and writing winners and trials; JSON export/import; merging databases."""
+"""Reading and writing winners and trials.
+
+Every row read passes the schema (``_rows.check_winner``): a bad one is skipped and
+reported once, the rest serves. Tuning and merging offer their winners
+(:meth:`TunedDB.offer_winner`): inside one write transaction the stored row is read and
+the better of the two kept (:func:`better`), so concurrent processes never lose the
+faster current winner.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-from collections.abc import Callable, Iterable
+import sqlite3
 from pathlib import Path
 
 import sqlite_utils
 
 from .._keys import BucketKey
-from ._schema import WINNER_KEY, open_db
+from ..codegen import is_current
+from ._rows import RowError, check_winner, report_once
+from ._schema import WINNER_KEY, as_tuned_db_error, open_db, write_transaction
 
 SHIPPED_DIR = Path(__file__).parent / "data"
-EXPORT_FORMAT = "maxsim-forge-db"
 
 
 def user_db_path() -> Path:
@@ -34,13 +42,45 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-class TunedDB:
-    """A writable tuned database (the user's, or one a tune run fills)."""
+def better(new: dict, old: dict | None, *, study: bool = False) -> bool:
+    """Whether winner ``new`` should replace ``old`` of the same key: a row that runs the
+    kernels it was timed with over a stale one; for a tuning study's row (``study``), one
+    of a finished study over one cut short by the time budget, and one of the writer's
+    search space over one found in another; then the faster. An equal time keeps ``old``."""
+    if old is None:
+        return True
+    current = is_current(new)
+    if current != is_current(old):
+        return current
+    if study:
+        if bool(new.get("cut")) != bool(old.get("cut")):
+            return not new.get("cut")
+        if new.get("space_hash") != old.get("space_hash"):
+            return True
+    t_new, t_old = new.get("time_ms"), old.get("time_ms")
+    return t_new is not None and (t_old is None or t_new < t_old)
 
-    def __init__(self, path: str | Path):
+
+class TunedDB:
+    """A tuned database: writable (the user's, or one a tune run fills), or opened
+    ``read_only`` for the commands that only read (never created, migrated or switched
+    to WAL)."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False, wait_s: float | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = open_db(str(self.path))
+        self.read_only = read_only
+        if not read_only and not self.path.parent.is_dir():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = open_db(str(self.path), read_only=read_only, wait_s=wait_s)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> TunedDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- writes
     def add_trial(self, key: BucketKey, *, study: str, number: int, config: dict, config_key: str,
@@ -52,35 +92,57 @@ class TunedDB:
                 "template_hash": template_hash, "created_at": now(),
             })
 
-    def put_winner(self, key: BucketKey, row: dict) -> None:
-        data = {**key.as_row(), **row}
-        for name in ("config", "near_best"):
-            if not isinstance(data.get(name), str):
-                data[name] = json.dumps(data.get(name), sort_keys=True)
+    def _checked(self, key: BucketKey, row: dict) -> dict:
+        """The row under ``key``, checked against the schema (RowError otherwise), decoded."""
+        return check_winner({**row, **key.as_row()}, where=str(self.path))
+
+    def _upsert(self, data: dict) -> None:
+        data = {**data, **{name: json.dumps(data.get(name), sort_keys=True) for name in ("config", "near_best")}}
         data.setdefault("created_at", now())
-        with self.db.conn:
-            self.db["winners"].upsert(data, pk=WINNER_KEY, alter=False)
+        self.db["winners"].upsert(data, pk=WINNER_KEY, alter=False)
+
+    def put_winner(self, key: BucketKey, row: dict) -> None:
+        """Store ``row`` under ``key``, replacing whatever is stored (a repair; tuning and
+        merging go through :meth:`offer_winner`, which keeps the better row)."""
+        data = self._checked(key, row)
+        with write_transaction(self.db):
+            self._upsert(data)
+
+    def offer_winner(self, key: BucketKey, row: dict, *, study: bool = False) -> bool:
+        """Store ``row`` under ``key`` unless the stored row is better (:func:`better`),
+        compared inside the write transaction; returns whether it was stored. A row
+        without a torch baseline keeps the stored one's (the same bucket on the same GPU)."""
+        data = self._checked(key, row)
+        with write_transaction(self.db):
+            old = self.winner(key)
+            if not better(data, old, study=study):
+                return False
+            if old is not None and data.get("baseline_ms") is None and old.get("baseline_ms") and data.get("time_ms"):
+                data["baseline_ms"] = old["baseline_ms"]
+                data["speedup"] = old["baseline_ms"] / data["time_ms"]
+            self._upsert(data)
+        return True
 
     # ---- reads
     def winner(self, key: BucketKey) -> dict | None:
+        """The row stored under ``key``; None if there is none, or if it breaks the schema
+        (reported once)."""
         rows = list(self.db["winners"].rows_where(
             " and ".join(f"{c} = ?" for c in WINNER_KEY), [getattr(key, c) for c in WINNER_KEY]))
-        return decode(rows[0]) if rows else None
+        if not rows:
+            return None
+        try:
+            return check_winner(rows[0], where=str(self.path))
+        except RowError as exc:
+            report_once(exc)
+            return None
 
     def winners(self, **filters) -> list[dict]:
-        return read_winners(self.db, **filters)
+        return read_winners(self.db, where=str(self.path), **filters)
 
     def trials(self, **filters) -> list[dict]:
         where, args = _where(filters)
         return list(self.db["trials"].rows_where(where, args, order_by="id"))
-
-
-def decode(row: dict) -> dict:
-    out = dict(row)
-    for name in ("config", "near_best"):
-        if isinstance(out.get(name), str):
-            out[name] = json.loads(out[name])
-    return out
 
 
 def _where(filters: dict) -> tuple[str | None, list]:
@@ -90,66 +152,38 @@ def _where(filters: dict) -> tuple[str | None, list]:
     return " and ".join(f"{k} = ?" for k, _ in items), [v for _, v in items]
 
 
-def read_winners(db: sqlite_utils.Database, **filters) -> list[dict]:
+def scan_winners(db: sqlite_utils.Database, *, where: str = "database",
+                 **filters) -> tuple[list[dict], list[RowError]]:
+    """(the rows that pass the schema, decoded; the errors of those that do not), in order."""
     if "winners" not in db.table_names():
-        return []
-    where, args = _where(filters)
-    return [decode(r) for r in db["winners"].rows_where(where, args, order_by="gpu, layout, dtype, dim")]
+        return [], []
+    query, args = _where(filters)
+    good, bad = [], []
+    for i, row in enumerate(db["winners"].rows_where(query, args, order_by="gpu, layout, dtype, dim")):
+        try:
+            good.append(check_winner(row, where=where, index=i))
+        except RowError as exc:
+            bad.append(exc)
+    return good, bad
 
 
-# ---- moving results between machines
-def export_json(db: TunedDB, *, trials: bool = False, **filters) -> dict:
-    doc = {"format": EXPORT_FORMAT, "version": 1, "exported_at": now(), "winners": db.winners(**filters)}
-    if trials:
-        doc["trials"] = db.trials(**filters)
-    return doc
+def read_winners(db: sqlite_utils.Database, *, where: str = "database", **filters) -> list[dict]:
+    """The rows that pass the schema; each other row is reported once and skipped."""
+    good, bad = scan_winners(db, where=where, **filters)
+    for exc in bad:
+        report_once(exc)
+    return good
 
 
-def import_json(db: TunedDB, doc: dict) -> int:
-    """Merge an export into ``db`` (faster winner per key); returns winners taken."""
-    if doc.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"not a maxsim-forge export (format {doc.get('format')!r}, expected {EXPORT_FORMAT!r})")
-    return merge_rows(db, doc.get("winners", []))
-
-
-def merge_rows(db: TunedDB, rows: Iterable[dict]) -> int:
-    taken = 0
-    for row in rows:
-        key = BucketKey.from_row(row)
-        mine = db.winner(key)
-        if mine is None or (row.get("time_ms") is not None and (mine.get("time_ms") is None or row["time_ms"] < mine["time_ms"])):
-            data = {k: v for k, v in row.items() if k not in BucketKey.__dataclass_fields__}
-            if mine is not None and data.get("baseline_ms") is None and mine.get("baseline_ms"):
-                # The torch baseline of the same bucket on the same GPU still holds.
-                data["baseline_ms"] = mine["baseline_ms"]
-                data["speedup"] = mine["baseline_ms"] / data["time_ms"]
-            db.put_winner(key, data)
-            taken += 1
-    return taken
-
-
-def merge_db(db: TunedDB, other_path: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
-    """Merge another database's winners into ``db``, keeping the faster winner per key;
-    ``prepare`` maps each row first."""
-    other = open_db(str(other_path), read_only=True)
-    rows = read_winners(other)
-    return merge_rows(db, map(prepare, rows) if prepare else rows)
-
-
-def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
-    """Write a database fit to ship in the package: the faster winner per key of
-    ``sources`` (each row mapped by ``prepare`` first), no trials, one file (no WAL)
-    that opens read-only anywhere."""
-    out = Path(out)
-    if out.exists():
-        out.unlink()
-    db = TunedDB(out)
-    taken = 0
-    for src in sources:
-        taken += merge_db(db, src, prepare=prepare)
-    with db.db.conn:
-        db.db.execute("DELETE FROM trials")
-    db.db.execute("PRAGMA journal_mode = DELETE")
-    db.db.execute("VACUUM")
-    db.db.conn.close()
-    return taken
+def load_winners(path: str | Path, *, immutable: bool = False,
+                 wait_s: float | None = None) -> tuple[list[dict], list[RowError]]:
+    """Open ``path`` read-only, read every winner, close: (good rows, bad rows' errors), as
+    :func:`scan_winners`. Errors are this package's (``TunedDBError`` and its kinds), each
+    naming the file; :class:`LockedError` where a writer held it past ``wait_s``."""
+    db = open_db(str(path), read_only=True, immutable=immutable, wait_s=wait_s)
+    try:
+        return scan_winners(db, where=str(path))
+    except sqlite3.Error as exc:
+        raise as_tuned_db_error(path, exc) from None
+    finally:
+        db.conn.close()

@@ -1,0 +1,78 @@
+"""Moving results between machines: JSON export and import, merging databases, shipping one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .._keys import BucketKey
+from ._rows import RowError, check_winner
+from ._store import TunedDB, now, read_winners
+
+EXPORT_FORMAT = "maxsim-forge-db"
+
+
+def export_json(db: TunedDB, *, trials: bool = False, **filters) -> dict:
+    doc = {"format": EXPORT_FORMAT, "version": 1, "exported_at": now(), "winners": db.winners(**filters)}
+    if trials:
+        doc["trials"] = db.trials(**filters)
+    return doc
+
+
+def import_json(db: TunedDB, doc: dict, *, where: str = "export") -> int:
+    """Merge an export into ``db`` (the better winner per key, :func:`merge_rows`); returns
+    winners taken. Every row is checked first: a bad one (:class:`RowError`, naming
+    ``where``, the row and the field) stores nothing."""
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{where}: not a maxsim-forge export (format {got!r}, expected {EXPORT_FORMAT!r})")
+    rows = doc.get("winners", [])
+    if not isinstance(rows, list):
+        raise ValueError(f"{where}: 'winners' is {type(rows).__name__}; accepted: a list of rows")
+    return merge_rows(db, [check_winner(row, where=where, index=i) for i, row in enumerate(rows)])
+
+
+def merge_rows(db: TunedDB, rows: Iterable[dict]) -> int:
+    """Offer each row to ``db``: a current row over a stale one, then the faster
+    (:meth:`TunedDB.offer_winner`); returns the rows taken."""
+    taken = 0
+    for row in rows:
+        key = BucketKey.from_row(row)
+        data = {k: v for k, v in row.items() if k not in BucketKey.__dataclass_fields__}
+        taken += db.offer_winner(key, data)
+    return taken
+
+
+def merge_db(db: TunedDB, other_path: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
+    """Merge another database's winners into ``db``: a current row over a stale one, then
+    the faster, per key; ``prepare`` maps each row first. The other database is opened
+    read-only (its errors name it); its bad rows are reported once and skipped."""
+    other = TunedDB(other_path, read_only=True)
+    try:
+        rows = other.winners()
+    finally:
+        other.close()
+    return merge_rows(db, map(prepare, rows) if prepare else rows)
+
+
+def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
+    """Write a database fit to ship in the package: the better winner per key of
+    ``sources`` (each row mapped by ``prepare`` first), no trials, one file (no WAL)
+    that opens read-only anywhere."""
+    out = Path(out)
+    if out.exists():
+        out.unlink()
+    db = TunedDB(out)
+    taken = 0
+    for src in sources:
+        taken += merge_db(db, src, prepare=prepare)
+    with db.db.conn:
+        db.db.execute("DELETE FROM trials")
+    db.db.execute("PRAGMA journal_mode = DELETE")
+    db.db.execute("VACUUM")
+    db.close()
+    return taken
+
+
+__all__ = ["EXPORT_FORMAT", "RowError", "export_json", "import_json", "merge_db", "merge_rows", "read_winners",
+           "ship"]

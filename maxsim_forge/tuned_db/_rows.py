@@ -1,0 +1,186 @@
+"""The one schema of a winner row, applied to every row read from outside.
+
+Database rows, JSON exports and vLLM config files all pass :func:`check_winner` before a
+row is stored or used: every key known, types exact (a bool is no integer, ``2.0`` is no
+warp count), the key fields within their choices, ``config`` a JSON object of known knobs
+of the right types (``near_best`` a list of such objects). A row that fails raises
+:class:`RowError`, which names the file, the row (its key) and the field. A database
+reader skips such a row and reports it once (:func:`report_once`); the rest still serves.
+
+Only types and choices are checked here: whether a config's values make a kernel on this
+device (tile sizes, shared memory) is ``codegen.validate``'s question, asked where the
+config is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+
+from .._keys import BucketKey
+from ..codegen import DTYPES, LAYOUTS, ConfigError, KernelConfig
+
+log = logging.getLogger("maxsim_forge")
+
+_PRECISIONS = ("native", "tf32", "ieee")
+_DOCS = ("", "full", "ragged")
+_FLOAT = (int, float)  # JSON writes 1.0 as 1; a bool is still refused
+
+# The key: required (docs may be absent in rows tuned before it was recorded).
+KEY_FIELDS: dict[str, type | tuple] = {
+    "gpu": str, "cc": str, "layout": str, "dtype": str, "precision": str, "dim": int,
+    "nq_bucket": int, "lq_bucket": int, "ld_bucket": int, "nb_bucket": int, "docs": str,
+}
+# Everything else a winner holds: optional (None where a database column is NULL).
+VALUE_FIELDS: dict[str, type | tuple] = {
+    "config": dict, "time_ms": _FLOAT, "baseline_ms": _FLOAT, "speedup": _FLOAT, "near_best": list,
+    "trials": int, "seed": int, "template_hash": str, "created_at": str, "sm_count": int,
+    "smem_limit": int, "triton_version": str, "torch_version": str, "package_version": str,
+    "kernel_hash": str, "space_hash": str, "space_sizes": str, "cut": int,
+}
+WINNER_FIELDS = {**KEY_FIELDS, **VALUE_FIELDS}
+# Each knob's exact type, from KernelConfig's annotations ("int", "str", "bool").
+_KNOB_TYPES = {f.name: {"int": int, "str": str, "bool": bool}[str(f.type)] for f in dataclasses.fields(KernelConfig)}
+
+
+class RowError(ValueError):
+    """A winner row that breaks the schema: ``where`` (the file), ``row`` (its key, or its
+    position where the key itself is bad) and ``field`` say which value."""
+
+    def __init__(self, where: str, row: str, field: str, why: str):
+        self.where, self.row, self.field, self.why = where, row, field, why
+        super().__init__(f"{where}: row {row}, field {field}: {why}")
+
+
+def row_label(row: dict, index: int | None = None) -> str:
+    """A row's key as people read it (``GPU padded/fp16/dim128 nq1 lq32 nb1024 ld512``), or
+    its position where the key cannot be read."""
+    try:
+        key = BucketKey.from_row(row)
+        if all(type(getattr(key, k)) is t for k, t in KEY_FIELDS.items()):
+            return f"{key.gpu} {key.label()}"
+    except (KeyError, TypeError, AttributeError):
+        pass
+    return f"#{index}" if index is not None else "(no key)"
+
+
+def _type_name(accepted) -> str:
+    if accepted == _FLOAT:
+        return "a number"
+    return {int: "an integer", str: "a string", dict: "a JSON object", list: "a JSON list",
+            bool: "true or false"}[accepted]
+
+
+def _exact(value: object, accepted) -> bool:
+    kinds = accepted if isinstance(accepted, tuple) else (accepted,)
+    return type(value) in kinds  # exact: a bool is no int, an int subclass is refused
+
+
+def check_config(value: object, field: str = "config") -> dict:
+    """A config as stored (a JSON object, or its text): known knobs of exact types.
+    Returns the object; raises ``ValueError`` naming the knob (``config.num_warps``)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{field}: is not JSON ({exc.msg} at character {exc.pos})") from None
+    if type(value) is not dict:
+        raise ValueError(f"{field}: is {type(value).__name__}; accepted: a JSON object of knobs")
+    try:
+        KernelConfig.from_dict(value)
+    except (ConfigError, TypeError) as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    for name, knob in value.items():
+        if type(knob) is not _KNOB_TYPES[name]:
+            raise ValueError(f"{field}.{name}: {knob!r} is {type(knob).__name__}; accepted: "
+                             f"{_type_name(_KNOB_TYPES[name])}")
+    return value
+
+
+def _decode(row: dict, name: str) -> object:
+    value = row.get(name)
+    if name == "near_best" and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name}: is not JSON ({exc.msg} at character {exc.pos})") from None
+    return value
+
+
+def _check_fields(row: dict) -> dict:
+    out = {}
+    unknown = sorted(set(row) - set(WINNER_FIELDS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: is no field of a winner; accepted: {', '.join(WINNER_FIELDS)}")
+    for name, accepted in WINNER_FIELDS.items():
+        if name not in row:
+            if name in KEY_FIELDS and name != "docs" or name == "config":
+                raise ValueError(f"{name}: is missing; a winner needs {', '.join(KEY_FIELDS)} and config")
+            continue
+        value = _decode(row, name)
+        if name == "config":
+            value = check_config(value)
+        elif name == "near_best" and value is not None:
+            if type(value) is not list:
+                raise ValueError(f"near_best: is {type(value).__name__}; accepted: a JSON list of configs")
+            value = [check_config(v, f"near_best[{i}]") for i, v in enumerate(value)]
+        elif (value is None and name in KEY_FIELDS) or (value is not None and not _exact(value, accepted)):
+            raise ValueError(f"{name}: {value!r} is {type(value).__name__}; accepted: {_type_name(accepted)}")
+        out[name] = value
+    return out
+
+
+def _check_choices(row: dict) -> None:
+    for name, accepted in (("layout", LAYOUTS), ("dtype", DTYPES), ("precision", _PRECISIONS),
+                           ("docs", _DOCS)):
+        if name in row and row[name] not in accepted:
+            raise ValueError(f"{name}: {row[name]!r}; accepted: {', '.join(map(repr, accepted))}")
+    if not row["gpu"]:
+        raise ValueError("gpu: is empty; accepted: a device name such as 'NVIDIA_H100_80GB_HBM3'")
+    if row["dim"] < 1:
+        raise ValueError(f"dim: {row['dim']}; accepted: a positive integer")
+    for name in ("nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket"):
+        if row[name] < 0:
+            raise ValueError(f"{name}: {row[name]}; accepted: an integer >= 0")
+    if row.get("cut") not in (None, 0, 1):
+        raise ValueError(f"cut: {row['cut']!r}; accepted: 0 or 1")
+    for name in ("time_ms", "baseline_ms", "speedup"):
+        value = row.get(name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: {value!r}; accepted: a finite number >= 0")
+
+
+def check_winner(row: object, *, where: str, index: int | None = None) -> dict:
+    """``row`` checked against the schema and decoded (``config`` and ``near_best`` as
+    JSON values); :class:`RowError` names ``where``, the row and the field otherwise."""
+    if type(row) is not dict:
+        raise RowError(where, f"#{index}" if index is not None else "(no key)", "row",
+                       f"is {type(row).__name__}; accepted: a JSON object")
+    try:
+        out = _check_fields(row)
+        _check_choices(out)
+    except ValueError as exc:
+        field, _, why = str(exc).partition(": ")
+        raise RowError(where, row_label(row, index), field, why) from None
+    return out
+
+
+_reported: set[tuple[str, str, str]] = set()
+_reported_lock = threading.Lock()
+
+
+def report_once(error: RowError) -> None:
+    """Log a skipped row once per process (per file, row and field)."""
+    key = (error.where, error.row, error.field)
+    with _reported_lock:
+        if key in _reported:
+            return
+        _reported.add(key)
+    log.warning("maxsim-forge: %s; the row is skipped, the rest of the database serves", error)
+
+
+__all__ = ["KEY_FIELDS", "VALUE_FIELDS", "WINNER_FIELDS", "RowError", "check_config", "check_winner",
+           "report_once", "row_label"]
