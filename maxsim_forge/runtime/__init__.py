@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from ._api import Decision, explain, maxsim, maxsim_packed, maxsim_pairs, maxsim_pairs_packed, reset
+from ._api import Decision, maxsim, maxsim_packed, maxsim_pairs, maxsim_pairs_packed, reset
+from ._explain import explain
 from ._heuristics import default_config
 from ._keys import bucket_key
+from ._limits import largest_dim
 from ._lookup import SOURCES, Lookup
 from ._variant import launch_prepared
-from ._warmup import warmup
+from ._warmup import check_bucket, warmup
 
 __all__ = [
     "SOURCES",
     "Decision",
     "Lookup",
     "bucket_key",
+    "check_bucket",
     "default_config",
     "explain",
+    "largest_dim",
     "launch_prepared",
     "maxsim",
     "maxsim_packed",

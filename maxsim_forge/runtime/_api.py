@@ -19,33 +19,18 @@ from dataclasses import dataclass, field
 import torch
 
 from .._inputs import (
-    Prepared, concat_pairs, copy_pair_offsets, pack_pairs, prepare_packed, prepare_padded, prepare_pair_batch,
-    prepare_pairs,
+    Prepared, concat_pairs, copy_pair_offsets, prepare_packed, prepare_padded, prepare_pair_batch, prepare_pairs,
 )
 from .._keys import BucketKey, bucket, gpu_info
 from ..codegen import KernelConfig, interpreting, load_variant, variant_name
 from ..reference import reference_for
 from ._eager import eager_scores
+from ._explain import Decision
 from ._keys import bucket_key
+from ._limits import dim_error
 from ._lookup import HEURISTIC, TORCH, Lookup
 
 log = logging.getLogger("maxsim_forge")
-
-
-@dataclass
-class Decision:
-    """What a call would run, and why: returned by :func:`explain`."""
-
-    layout: str
-    bucket: str
-    variant: str
-    config: dict | None
-    source: str
-    gpu: str
-
-    def __str__(self) -> str:
-        return (f"{self.layout} bucket {self.bucket} on {self.gpu}: {self.variant} "
-                f"(from {self.source})")
 
 
 @dataclass
@@ -60,6 +45,9 @@ class _Route:
     warm: bool = False
     pending: Future | None = None  # the background compile, while it runs
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The lookup's generation where a database it reads was held by a writer when this
+    # route was decided: decided again once that database is read. None: final.
+    generation: int | None = None
 
     def decision(self) -> Decision:
         return Decision(self.key.layout, self.key.label(), self.variant,
@@ -109,11 +97,11 @@ def _route(prep: Prepared, key: BucketKey | None = None) -> _Route:
     key = key or bucket_key(prep, gpu)
     memo = (prep.spec, key, device.type)
     route = _routes.get(memo)
-    if route is not None:
+    if route is not None and (route.generation is None or not _lookup.changed_since(route.generation)):
         return route
     with _routes_lock:
         route = _routes.get(memo)
-        if route is None:
+        if route is None or (route.generation is not None and _lookup.changed_since(route.generation)):
             route = _new_route(prep, key, gpu)
             _routes[memo] = route
     return route
@@ -125,13 +113,19 @@ def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
         why = "MAXSIM_FORGE_DISABLE is set" if _disabled() else "CPU tensors without TRITON_INTERPRET=1"
         log.info("maxsim-forge: torch for %s (%s)", key.label(), why)
         return _Route(key, None, TORCH, f"torch ({why})")
+    too_large = dim_error(prep.spec.dtype, prep.spec.dim, gpu.smem_limit)
+    if too_large:
+        log.info("maxsim-forge: torch for %s (%s)", key.label(), too_large)
+        return _Route(key, None, TORCH, f"torch ({too_large})")
     cfg, source = _lookup.decide(prep.spec, key, gpu, prep.sizes)
+    generation = _lookup.generation if _lookup.pending else None
     if source == HEURISTIC and (gpu.name, key) not in _logged_misses:
         _logged_misses.add((gpu.name, key))
         log.info("maxsim-forge: no tuned config for %s on %s; using the heuristic default", key.label(), gpu.name)
     module = load_variant(prep.spec, cfg, smem_limit=gpu.smem_limit)
     background = _compile_mode() == "background" and prep.q.device.type == "cuda"
-    return _Route(key, cfg, source, variant_name(prep.spec, cfg), module.launch, module.precompile, background)
+    return _Route(key, cfg, source, variant_name(prep.spec, cfg), module.launch, module.precompile, background,
+                  generation=generation)
 
 
 # Triton's interpreter patches triton.language globally while a kernel runs, so
@@ -264,8 +258,8 @@ def _remember(sig: tuple, prep: Prepared) -> None:
     if prep.q.device.type != "cuda":
         return  # the reference and the interpreter keep the checked path
     route = _route(prep)
-    if route.launch is None or not route.warm:
-        return
+    if route.launch is None or not route.warm or route.generation is not None:
+        return  # a provisional route (see _Route.generation) keeps the checked path
     if len(_plans) >= _PLAN_LIMIT:
         _plans.clear()
     _plans[sig] = (route, prep.squeeze, prep.sizes)
@@ -389,24 +383,4 @@ def maxsim_pairs_packed(
     return _run(prep)
 
 
-def _prepare_any(args: tuple, kwargs: dict) -> Prepared:
-    """Recognise which entry point a set of arguments belongs to."""
-    kwargs = dict(kwargs)
-    validate = kwargs.pop("validate", True)
-    if args and isinstance(args[0], Sequence) and not isinstance(args[0], torch.Tensor):
-        return pack_pairs(*args, **kwargs)
-    if len(args) >= 3 or "cu_seqlens" in kwargs:
-        return prepare_packed(*args, check_values=validate, **kwargs)
-    return prepare_padded(*args, check_values=validate, **kwargs)
-
-
-def explain(*args, **kwargs) -> Decision:
-    """What the call with these arguments would run: layout, bucket, variant, config, source.
-
-    Takes the arguments of :func:`maxsim`, :func:`maxsim_packed` (three positional
-    tensors) or :func:`maxsim_pairs` (two sequences). Launches nothing.
-    """
-    return _route(_prepare_any(args, kwargs)).decision()
-
-
-__all__ = ["Decision", "explain", "maxsim", "maxsim_packed", "maxsim_pairs", "maxsim_pairs_packed", "reset"]
+__all__ = ["Decision", "maxsim", "maxsim_packed", "maxsim_pairs", "maxsim_pairs_packed", "reset"]
