@@ -9,6 +9,11 @@ the rest of its database row, so a folder imports back without loss.
 
 The bucket's fields are read by name, in any order; they are written in the order
 above, the file format's.
+
+Files come from outside: every part of a file name is checked against one allow-list
+(:func:`safe_name_part`) and the path must stay inside the target folder; ``_winner``
+carries a row's values, never its key (the file name and the bucket give that); every
+row read passes the tuned database's schema (``tuned_db.check_winner``).
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ import functools
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 from .._keys import BucketKey, Entry, Sizes, nearest, query_tile_limit
 from ..codegen import KernelConfig
-from ..tuned_db import TunedDB, merge_rows
+from ..tuned_db import TunedDB, check_config, check_winner, merge_rows, row_label
+
+# What a part of a file name may hold: letters, digits and "_", "-", "+", "." (never a
+# name of dots alone): a device name or a dtype tag, never a path.
+_SAFE_PART = re.compile(r"[A-Za-z0-9_+.-]+")
 
 log = logging.getLogger("maxsim_forge")
 
@@ -29,6 +39,19 @@ OPS = {"padded": "maxsim", "allpairs": "maxsim_allpairs", "packed": "maxsim_pack
 LAYOUTS = {op: layout for layout, op in OPS.items()}
 _BUCKET_FIELDS = ("nq", "lq", "nb", "ld")
 _KEY_FIELDS = set(BucketKey.__dataclass_fields__)
+# The fields a bucket's "_winner" block may carry: a row's values and its compute capability.
+_WINNER_BLOCK = {"cc"} | {"time_ms", "baseline_ms", "speedup", "near_best", "trials", "seed", "template_hash",
+                          "created_at", "sm_count", "smem_limit", "triton_version", "torch_version",
+                          "package_version", "kernel_hash", "space_hash", "space_sizes", "cut"}
+
+
+def safe_name_part(name: str, value: object) -> str:
+    """``value`` as a part of a file name, if the allow-list takes it; else a ValueError."""
+    text = str(value)
+    if not _SAFE_PART.fullmatch(text) or set(text) == {"."}:
+        raise ValueError(f"{name} {text!r} cannot be part of a file name; accepted: letters, digits, "
+                         "'_', '-', '+' and '.'")
+    return text
 
 
 def _dtype_tag(dtype: str, precision: str) -> str:
@@ -42,7 +65,9 @@ def _untag(tag: str) -> tuple[str, str]:
 
 
 def file_name(op: str, dim: int, device_name: str, dtype_tag: str) -> str:
-    return f"op={op},dim={dim},device_name={device_name},dtype={dtype_tag}.json"
+    """The file of one (op, dim, device, dtype); a part the allow-list refuses is a ValueError."""
+    parts = {"op": op, "dim": dim, "device_name": device_name, "dtype": dtype_tag}
+    return ",".join(f"{k}={safe_name_part(k, v)}" for k, v in parts.items()) + ".json"
 
 
 def bucket_label(sizes: Sizes, docs: str = "") -> str:
@@ -61,16 +86,25 @@ def _parse_fields(text: str) -> dict[str, str]:
 
 
 def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
-    """Write every winner of ``db`` into ``out_dir``, one file per (op, dim, device, dtype)."""
+    """Write every winner of ``db`` into ``out_dir``, one file per (op, dim, device, dtype).
+
+    Every file name is checked before anything is written: a row whose device name the
+    allow-list refuses, or a name that would leave ``out_dir``, is a ValueError naming
+    the row."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict] = {}
     for w in db.winners():
-        name = file_name(OPS[w["layout"]], w["dim"], w["gpu"], _dtype_tag(w["dtype"], w["precision"]))
+        try:
+            name = file_name(OPS[w["layout"]], w["dim"], w["gpu"], _dtype_tag(w["dtype"], w["precision"]))
+        except ValueError as exc:
+            raise ValueError(f"{db.path}: row {row_label(w)}: {exc}") from None
+        if (out_dir / name).resolve().parent != out_dir.resolve():
+            raise ValueError(f"{db.path}: row {row_label(w)}: file name {name!r} leaves {out_dir}")
         doc = files.setdefault(name, {"triton_version": w.get("triton_version")})
         label = bucket_label(BucketKey.from_row(w).sizes, w.get("docs", ""))
         extra = {k: v for k, v in w.items() if k not in _KEY_FIELDS and k != "config"}
         doc[label] = {**w["config"], "_winner": {**extra, "cc": w["cc"]}}
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, doc in sorted(files.items()):
         path = out_dir / name
@@ -79,33 +113,59 @@ def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def _rows_of(path: Path) -> list[dict]:
+def _head(path: Path) -> tuple[str, int, str, str, str]:
+    """(layout, dim, device, dtype, precision) of a file, from its name."""
     head = _parse_fields(path.name.removesuffix(".json"))
     try:
-        op, dim, device, tag = head["op"], int(head["dim"]), head["device_name"], head["dtype"]
+        op, dim, device, tag = head["op"], head["dim"], head["device_name"], head["dtype"]
     except KeyError as exc:
-        raise ValueError(f"{path.name}: file name lacks {exc}; expected op=,dim=,device_name=,dtype=") from exc
+        raise ValueError(f"{path.name}: file name lacks {exc}; expected op=,dim=,device_name=,dtype=") from None
     if op not in LAYOUTS:
         raise ValueError(f"{path.name}: op {op!r} is not one of {', '.join(LAYOUTS)}")
-    dtype, precision = _untag(tag)
+    if not dim.isdigit():
+        raise ValueError(f"{path.name}: dim={dim!r}; accepted: a positive integer")
+    safe_name_part("device_name", device)
+    return (LAYOUTS[op], int(dim), device, *_untag(tag))
+
+
+def _bucket_fields(path: Path, label: str) -> tuple[dict[str, int], str]:
+    fields = _parse_fields(label)
+    docs = fields.pop("docs", "")
+    if docs not in ("", "full", "ragged"):
+        raise ValueError(f"{path.name}: bucket {label!r} has docs={docs!r}; accepted: full, ragged")
+    if sorted(fields) != sorted(_BUCKET_FIELDS) or not all(v.isdigit() for v in fields.values()):
+        raise ValueError(f"{path.name}: bucket {label!r}; accepted: nq=, lq=, ld=, nb= (integers >= 0) "
+                         "and optionally docs=")
+    return {k: int(v) for k, v in fields.items()}, docs
+
+
+def _rows_of(path: Path) -> list[dict]:
+    layout, dim, device, dtype, precision = _head(path)
     doc = json.loads(path.read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path.name}: holds {type(doc).__name__}; accepted: an object of buckets")
     rows = []
     for label, value in doc.items():
         if label == "triton_version":
             continue
-        fields = _parse_fields(label)
-        docs = fields.pop("docs", "")
-        if docs not in ("", "full", "ragged"):
-            raise ValueError(f"{path.name}: bucket {label!r} has docs={docs!r}; accepted: full, ragged")
-        fields = {k: int(v) for k, v in fields.items()}
+        fields, docs = _bucket_fields(path, label)
+        if not isinstance(value, dict) or not isinstance(value.get("_winner", {}), dict):
+            raise ValueError(f"{path.name}: bucket {label!r} is no object of knobs (with an object '_winner')")
         winner = dict(value.get("_winner", {}))
-        config = KernelConfig.from_dict({k: v for k, v in value.items() if k != "_winner"}).to_dict()
+        keys = sorted(set(winner) - _WINNER_BLOCK)
+        if keys:
+            raise ValueError(f"{path.name}: bucket {label!r}: _winner sets {keys}; it carries a row's values "
+                             f"only ({', '.join(sorted(_WINNER_BLOCK))}), the key comes from the file name "
+                             "and the bucket")
+        try:
+            config = check_config({k: v for k, v in value.items() if k != "_winner"})
+        except ValueError as exc:
+            raise ValueError(f"{path.name}: bucket {label!r}: {exc}") from None
         winner.setdefault("triton_version", doc.get("triton_version"))
-        rows.append({
-            "gpu": device, "cc": winner.pop("cc", ""), "layout": LAYOUTS[op], "dtype": dtype,
-            "precision": precision, "dim": dim, **{f"{k}_bucket": fields[k] for k in _BUCKET_FIELDS},
-            "docs": docs, "config": config, **winner,
-        })
+        row = {"gpu": device, "cc": winner.pop("cc", ""), "layout": layout, "dtype": dtype,
+               "precision": precision, "dim": dim, **{f"{k}_bucket": fields[k] for k in _BUCKET_FIELDS},
+               "docs": docs, "config": config, **winner}
+        rows.append(check_winner(row, where=path.name))
     return rows
 
 
@@ -127,7 +187,7 @@ def _entries(path: str, mtime: float) -> tuple[Entry, ...]:
         try:
             fields = _parse_fields(label)
             sizes = Sizes(**{k: int(fields[k]) for k in _BUCKET_FIELDS})
-            config = KernelConfig.from_dict({k: v for k, v in value.items() if k != "_winner"})
+            config = KernelConfig.from_dict(check_config({k: v for k, v in value.items() if k != "_winner"}))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("maxsim-forge: %s: bucket %r cannot be read (%s); skipped", path, label, exc)
             continue
