@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .._keys import Sizes
 from ..codegen import KernelSpec
+from ..runtime import largest_dim
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,14 @@ class Bucket:
         """The same bucket shrunk for Triton's interpreter: same code paths, small sizes."""
         return replace(self, nq=min(self.nq, 3), lq=min(self.lq, 8), nb=min(self.nb, 3), ld=min(self.ld, 24),
                        dim=min(self.dim, 64))
+
+
+def dim_error(dtype: str, dim: int) -> str | None:
+    """Why the kernels cannot take ``dim`` on a Hopper-sized device (naming the largest), or None."""
+    most = largest_dim(dtype)
+    if dim <= most:
+        return None
+    return f"dim={dim} is above the largest the generated kernels take for {dtype} ({most}, with Hopper's shared memory)"
 
 
 def _colbert(dtype: str, dim: int, d_mask: str) -> list[Bucket]:
@@ -112,15 +121,34 @@ def load_buckets(path: str | Path) -> list[Bucket]:
         data = data.get("buckets", data)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of buckets, got {type(data).__name__}")
-    out = []
-    for i, item in enumerate(data):
-        try:
-            bucket = Bucket(**item)
-        except TypeError as exc:
-            raise ValueError(f"{path}: bucket {i}: {exc}; fields: {', '.join(Bucket.__dataclass_fields__)}") from exc
+    return [_checked(item, f"{path}: bucket {i}") for i, item in enumerate(data)]
+
+
+def _checked(item: object, where: str) -> Bucket:
+    """A bucket from a file: known fields of exact types, sizes of at least 1, a spec
+    that validates and a dim the kernels take; a ValueError names the field otherwise."""
+    fields = ", ".join(Bucket.__dataclass_fields__)
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is {type(item).__name__}; accepted: an object with fields {fields}")
+    try:
+        bucket = Bucket(**item)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}; fields: {fields}") from None
+    for name in ("dim", "nq", "lq", "nb", "ld"):
+        value = getattr(bucket, name)
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{where}: {name}={value!r}; accepted: a positive integer")
+    for name in ("layout", "dtype", "precision", "q_mask", "d_mask", "name"):
+        if not isinstance(getattr(bucket, name), str):
+            raise ValueError(f"{where}: {name}={getattr(bucket, name)!r}; accepted: a string")
+    try:
         bucket.spec.validate()
-        out.append(bucket)
-    return out
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    why = dim_error(bucket.dtype, bucket.dim)
+    if why:
+        raise ValueError(f"{where}: {why}")
+    return bucket
 
 
 def resolve(preset: str | None, shapes: str | Path | None, dtypes: tuple[str, ...] = (),

@@ -359,7 +359,7 @@ class BucketTuner:
                  if v <= best_t * NEAR_BEST]
         baseline = time_fn(torch_baseline(self.problem.prep), device=self.opts.device).median_ms
         result.config, result.time_ms, result.baseline_ms = best, best_t, baseline
-        self.db.put_winner(self.key, {
+        stored = self.db.offer_winner(self.key, {
             "config": best.to_dict(), "time_ms": best_t, "baseline_ms": baseline,
             "speedup": baseline / best_t if best_t else None, "near_best": near, "trials": result.trials, "cut": int(cut),
             "seed": self.opts.seed, "template_hash": self.hash, "sm_count": self.gpu.sm_count,
@@ -368,9 +368,10 @@ class BucketTuner:
                                           smem_limit=self.gpu.smem_limit),
             "space_sizes": space_sizes(self.spec, self.bucket.sizes),
             "smem_limit": self.gpu.smem_limit, "triton_version": _triton_version(),
-            "torch_version": torch.__version__, "package_version": __version__,
-        })
-        log.info("winner for %s: %s %.4f ms (study %s)", self.key.label(), best.key(), best_t, name)
+            "torch_version": str(torch.__version__), "package_version": __version__,
+        }, study=True)  # compared with the stored row inside the write: another process may have written one
+        log.info("winner for %s: %s %.4f ms (study %s)%s", self.key.label(), best.key(), best_t, name,
+                 "" if stored else "; the stored winner is faster and stays")
         return result
 
 

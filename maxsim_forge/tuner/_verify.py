@@ -7,7 +7,7 @@ import torch
 from .._keys import Sizes
 from .._problems import relative_error, synth, tolerance
 from ..codegen import KernelConfig, KernelSpec, is_current, kernel_hash, load_variant, template_hash
-from ..tuned_db import BucketKey, TunedDB
+from ..tuned_db import BucketKey, TunedDB, scan_winners
 from ._compile import MISMATCH, OK, classify
 
 # Docs per check; the interpreter also shrinks the token counts.
@@ -36,10 +36,16 @@ def check_variant(
     return OK, f"max relative error {err:.1e}"
 
 
+# The status of a row that breaks the database's schema: it is never run.
+BAD_ROW = "bad_row"
+
+
 def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[tuple[str, str, str, str]]:
-    """One row per winner: (bucket, config, status, detail). Status ``ok`` or a failure."""
-    rows = []
-    for i, w in enumerate(db.winners()):
+    """One row per winner: (bucket, config, status, detail). Status ``ok`` or a failure;
+    a row that breaks the schema is listed with status ``bad_row`` and the field, not run."""
+    winners, bad = scan_winners(db.db, where=str(db.path))
+    rows = [(exc.row, "-", BAD_ROW, f"field {exc.field}: {exc.why}"[:200]) for exc in bad]
+    for i, w in enumerate(winners):
         precision = w["precision"] if w["dtype"] == "fp32" else "tf32"
         # Ragged rows (and rows that did not record their docs) are checked with lengths.
         ragged = w["layout"] in ("padded", "allpairs") and w.get("docs") != "full"
