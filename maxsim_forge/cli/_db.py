@@ -1,0 +1,169 @@
+"""``maxsim-forge db ...``: inspect and move tuned databases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..codegen import DTYPES, LAYOUTS, KernelConfig, is_current
+from ._group import DB_OPTION, check_cache, failures, main, open_read, open_write, out_file, table, \
+    use_interpreter_without_cuda
+
+
+@main.group()
+def db() -> None:
+    """Inspect and move tuned databases."""
+
+
+def _shown(w: dict) -> tuple:
+    from ..tuner import in_current_space, trials_label
+
+    speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
+    ms = f"{w['time_ms']:.4f}" if w.get("time_ms") is not None else "-"
+    return (w["gpu"], w["layout"], w["dtype"], w["dim"], w["nq_bucket"], w["lq_bucket"], w["ld_bucket"],
+            w["nb_bucket"], w.get("docs") or "-", KernelConfig.from_dict(w["config"]).key(), ms, speed,
+            trials_label(w.get("trials") or 0, bool(w.get("cut"))),
+            "yes" if is_current(w) else "stale", "current" if in_current_space(w) else "older")
+
+
+def _bad(exc) -> tuple:
+    # A row that breaks the schema: its key as far as it can be read, and why it is skipped.
+    return (exc.row, "", "", "", "", "", "", "", "", f"BAD ROW: field {exc.field}: {exc.why}", "-", "-", "-",
+            "bad", "-")
+
+
+@db.command("show")
+@DB_OPTION
+@click.option("--gpu", default=None, help="Only this GPU (normalised name, e.g. NVIDIA_H100_80GB_HBM3).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Only this layout.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Only this dtype.")
+@click.option("--shipped", is_flag=True, help="Show the databases shipped in the package instead.")
+def db_show(db_path, gpu, layout, dtype, shipped) -> None:
+    """List the winners as a table; rows that break the schema are marked BAD ROW.
+
+    Example: maxsim-forge db show --layout padded --dtype fp16
+    """
+    from ..tuned_db import open_db, scan_winners, shipped_db_paths
+
+    # A read: files are opened read-only, never created, migrated or switched to WAL.
+    if shipped:
+        with failures():
+            opened = [(str(p), open_db(str(p), read_only=True, immutable=True)) for p in shipped_db_paths()]
+    else:
+        tuned = open_read(db_path)
+        opened = [(str(tuned.path), tuned.db)]
+    good, bad = [], []
+    with failures():
+        for where, conn in opened:
+            rows, errors = scan_winners(conn, where=where, gpu=gpu, layout=layout, dtype=dtype)
+            conn.conn.close()
+            good, bad = good + rows, bad + errors
+    click.echo(table(("gpu", "layout", "dtype", "dim", "nq", "lq", "ld", "nb", "docs", "config", "ms", "vs torch",
+                      "trials", "current", "space"), [_shown(w) for w in good] + [_bad(e) for e in bad]))
+    stale = sum(not is_current(w) for w in good)
+    if stale:
+        click.echo(f"\n{stale} stale row{'' if stale == 1 else 's'}: tuned on kernels since changed, "
+                   "each still serves its own bucket; `maxsim-forge tune --resume` tunes them again.")
+
+
+@db.command("export")
+@DB_OPTION
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file to write.")
+@click.option("--trials", "with_trials", is_flag=True, help="Include every trial, not only winners.")
+def db_export(db_path, out, with_trials) -> None:
+    """Export winners (and optionally trials) as JSON.
+
+    Example: maxsim-forge db export --out h100.json
+    """
+    export_json_file(db_path, out, trials=with_trials)
+
+
+def export_json_file(db_path, out, *, trials: bool = False) -> None:
+    from ..tuned_db import export_json
+
+    path = out_file(out)
+    tuned = open_read(db_path)
+    with failures():
+        doc = export_json(tuned, trials=trials)
+        tuned.close()
+        path.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    click.echo(f"wrote {len(doc['winners'])} winners to {out}")
+
+
+def import_json_file(db_path, source) -> None:
+    from ..tuned_db import import_json
+
+    with failures(f"{source}: "):
+        doc = json.loads(Path(source).read_text())
+    tuned = open_write(db_path)
+    with failures():
+        taken = import_json(tuned, doc, where=str(source))
+    click.echo(f"took {taken} winners from {source}")
+
+
+@db.command("import")
+@DB_OPTION
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+def db_import(db_path, source) -> None:
+    """Import a JSON export, keeping the better winner per key (current, then faster).
+
+    A row that breaks the schema is refused, with its key and field, and nothing is stored.
+
+    Example: maxsim-forge db import h100.json --db tuned.db
+    """
+    import_json_file(db_path, source)
+
+
+@db.command("merge")
+@DB_OPTION
+@click.argument("other", type=click.Path(exists=True, dir_okay=False))
+def db_merge(db_path, other) -> None:
+    """Merge another database in, keeping per key a current winner over a stale one, then the faster.
+
+    Example: maxsim-forge db merge gpu1.db --db tuned.db
+    """
+    from ..tuned_db import merge_db
+
+    tuned = open_write(db_path)  # the target's errors name the target
+    with failures():
+        taken = merge_db(tuned, other)  # the other's name the other
+    click.echo(f"took {taken} winners from {other}")
+
+
+@db.command("ship")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Database file to write (replaced).")
+def db_ship(sources, out) -> None:
+    """Pack the winners of SOURCES into one read-only-friendly file for the package's data/.
+
+    Example: maxsim-forge db ship h100-run1.db h100-run2.db --out maxsim_forge/tuned_db/data/NVIDIA_H100_80GB_HBM3.db
+    """
+    from ..tuned_db import ship
+    from ..tuner import stamp_kernel_hash
+
+    out_file(out)
+    with failures():
+        taken = ship(sources, out, prepare=stamp_kernel_hash)
+    click.echo(f"wrote {taken} winners to {out}")
+
+
+@db.command("verify")
+@DB_OPTION
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh random inputs.")
+def db_verify(db_path, seed) -> None:
+    """Check every winner tuned on this GPU against the float64 reference on fresh data.
+
+    Example: maxsim-forge db verify --db maxsim_forge/tuned_db/data/NVIDIA_H100_80GB_HBM3.db
+    """
+    interpreted = use_interpreter_without_cuda()
+    from ..tuner import verify_winners
+
+    tuned = open_read(db_path)
+    check_cache()
+    with failures():
+        rows = verify_winners(tuned, seed=seed, device="cpu" if interpreted else "cuda")
+    click.echo(table(("bucket", "config", "status", "detail"), rows))
+    if any(r[2] != "ok" for r in rows):
+        raise click.ClickException("some winners do not match the reference or cannot be read")

@@ -1,0 +1,159 @@
+"""Commands that generate or run kernels: ``codegen``, ``check``, ``warmup``, ``bench``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..codegen import DTYPES, LAYOUTS, MASK_KINDS, ConfigError, KernelConfig, KernelSpec
+from ._group import check_cache, failures, main, use_interpreter_without_cuda
+
+
+def _spec_options(f):
+    options = [
+        click.option("--layout", type=click.Choice(LAYOUTS), default="padded", show_default=True,
+                     help="Call layout the kernel is specialised on."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="fp16", show_default=True,
+                     help="Input dtype (accumulation is always fp32)."),
+        click.option("--dim", type=click.IntRange(min=1), default=128, show_default=True,
+                     help="Embedding dimension (exact; at most 3584 for fp16/bf16, 1792 for fp32 on Hopper)."),
+        click.option("--precision", type=click.Choice(["tf32", "ieee"]), default="tf32",
+                     show_default=True, help="fp32 dot precision."),
+        click.option("--q-mask", type=click.Choice(MASK_KINDS), default="none", show_default=True,
+                     help="How invalid query tokens are given."),
+        click.option("--d-mask", type=click.Choice(MASK_KINDS), default="none", show_default=True,
+                     help="How invalid doc tokens are given."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.command()
+@_spec_options
+@click.option("--config", "config_json", default=None,
+              help='Config as JSON, e.g. \'{"block_q": 64, "q_mode": "grid"}\'; unset knobs keep defaults.')
+@click.option("--smem-limit", type=click.IntRange(min=1), default=None,
+              help="Shared-memory bytes per block to validate against (default: Hopper's).")
+def codegen(layout, dtype, dim, precision, q_mask, d_mask, config_json, smem_limit) -> None:
+    """Print the generated Triton source of one variant.
+
+    Example: maxsim-forge codegen --layout allpairs --dim 96 --config '{"q_mode": "fold"}'
+    """
+    from ..codegen import render
+    from ..runtime import largest_dim
+
+    most = largest_dim(dtype, smem_limit)
+    if dim > most:
+        raise click.BadParameter(f"{dim} is above the largest dim the generated kernels take for {dtype} "
+                                 f"with this shared memory ({most})", param_hint="'--dim'")
+    spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask)
+    try:
+        cfg = KernelConfig.from_dict(json.loads(config_json) if config_json else {})
+        click.echo(render(spec, cfg, smem_limit=smem_limit), nl=False)
+    except (ConfigError, json.JSONDecodeError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Docs to score, at least 1 (default: 1024 on a GPU, 8 through the interpreter).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="fp16", show_default=True,
+              help="Input dtype.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+def check(batch, dtype, seed) -> None:
+    """Score a random ColBERT-shaped batch (Lq 32, Ld 300, dim 128) and compare with float64.
+
+    Example: maxsim-forge check --batch 64 --dtype bf16
+    """
+    from ..selfcheck import colbert_check
+
+    interpreted = use_interpreter_without_cuda()
+    if interpreted:
+        click.echo("No CUDA device: running the generated kernel through Triton's interpreter.")
+    check_cache()
+    with failures():
+        report = colbert_check(batch=batch, dtype=dtype, seed=seed)
+    click.echo(report.text())
+    if not report.ok:
+        raise click.ClickException("the generated kernel does not match the float64 reference")
+
+
+def _buckets(values: tuple[str, ...]) -> list[dict] | None:
+    """``--bucket`` values parsed and checked: a usage error names the bucket and field."""
+    from ..runtime import check_bucket
+
+    parsed = []
+    for i, text in enumerate(values):
+        try:
+            bucket = json.loads(text)
+            check_bucket(bucket, i)
+        except ValueError as exc:  # JSONDecodeError is one
+            raise click.BadParameter(" ".join(str(exc).split()), param_hint="'--bucket'") from exc
+        parsed.append(bucket)
+    return parsed or None
+
+
+@main.command()
+@click.option("--bucket", "buckets", multiple=True,
+              help='Bucket as JSON, e.g. \'{"layout": "padded", "dtype": "fp16", "dim": 128, "lq": 32, "ld": 300, '
+                   '"nb": 1000}\' (optional: nq, precision, q_mask, d_mask).')
+def warmup(buckets) -> None:
+    """Compile ahead of time the variants this GPU would run (every tuned bucket by default).
+
+    Example: maxsim-forge warmup
+    """
+    interpreted = use_interpreter_without_cuda()
+    from ..runtime import warmup as run_warmup
+
+    parsed = _buckets(buckets)
+    check_cache()
+    with failures():
+        decisions = run_warmup(parsed, device="cpu" if interpreted else "cuda")
+    for d in decisions:
+        click.echo(str(d))
+    click.echo(f"warmed {len(decisions)} variants")
+
+
+@main.command()
+@click.option("--cases", default="all", show_default=True,
+              help="Comma-separated case names, or 'all'; --list shows them.")
+@click.option("--impl", "impls", multiple=True,
+              help="Implementations to run (repeatable; default: all that are installed).")
+@click.option("--out", type=click.Path(file_okay=False), default="bench-results", show_default=True,
+              help="Folder for bench.csv, bench.json and bench.png.")
+@click.option("--first-call", is_flag=True, help="Also time each first call in a fresh process with empty caches.")
+@click.option("--list", "list_cases", is_flag=True, help="List the cases and implementations, run nothing.")
+def bench(cases, impls, out, first_call, list_cases) -> None:
+    """Time maxsim-forge next to torch, vLLM's algorithm, flash-maxsim and late-interaction-kernels.
+
+    Example: maxsim-forge bench --cases colbert-1k-fp16,16-queries-x-1k --out results/
+    """
+    interpreted = use_interpreter_without_cuda()
+    from .. import bench as b
+
+    if list_cases:
+        for c in b.CASES:
+            click.echo(f"{c.name:20s} {c.layout:8s} nq {c.nq} lq {c.lq} ld {c.ld} nb {c.nb} dim {c.dim} {c.dtype}")
+        click.echo("implementations: " + ", ".join(b.IMPLS))
+        return
+    chosen = b.CASES if cases == "all" else []
+    if cases != "all":
+        by_name = {c.name: c for c in b.CASES}
+        unknown = [n for n in cases.split(",") if n not in by_name]
+        if unknown:
+            raise click.ClickException(f"unknown case(s) {unknown}; accepted: {', '.join(by_name)}")
+        chosen = [by_name[n] for n in cases.split(",")]
+    bad = [i for i in impls if i not in b.IMPLS]
+    if bad:
+        raise click.ClickException(f"unknown implementation(s) {bad}; accepted: {', '.join(b.IMPLS)}")
+    if interpreted:
+        click.echo("No CUDA device: shrunk cases through Triton's interpreter; the timings mean nothing.")
+    check_cache()
+    rows, meta = b.run(chosen, list(impls) or list(b.IMPLS), device="cpu" if interpreted else "cuda",
+                       first_call=first_call, log=click.echo)
+    for line in b.format_versus(rows):
+        click.echo(line)
+    for path in b.write(rows, meta, out):
+        click.echo(f"wrote {path}")

@@ -1,0 +1,68 @@
+"""``maxsim-forge tune``: tune kernel variants for this GPU and store the winners."""
+
+from __future__ import annotations
+
+import click
+
+from ..codegen import ConfigError
+from ._group import check_cache, failures, main, open_write, table, use_interpreter_without_cuda
+
+
+@main.command()
+@click.option("--preset", type=click.Choice(["quick", "default"]), default=None,
+              help="Named set of shape buckets (default: quick).")
+@click.option("--shapes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON or YAML file with a list of buckets instead of a preset.")
+@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp16", "bf16", "fp32"]),
+              help="Only these dtypes (repeatable).")
+@click.option("--only", multiple=True,
+              help="Only buckets whose label contains this text, e.g. 'colbert-full fp16 d96' (repeatable).")
+@click.option("--trials", type=click.IntRange(min=1), default=24, show_default=True,
+              help="Optuna trials per bucket (at least 1).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds for the whole run (above 0); later buckets are skipped.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+              help="Database to write (default: MAXSIM_FORGE_DB or the user cache).")
+@click.option("--resume", is_flag=True, help="Skip buckets whose winner still runs the kernels it was timed with.")
+@click.option("--refresh", is_flag=True,
+              help="Like --resume, but tune again the buckets whose winner was found in an older search space "
+                   "(knobs added since); their winner is among the new study's seeds.")
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs to tune on, one worker process each.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Compile processes per GPU (default: cores - 1).")
+@click.option("--storage", default=None,
+              help="Optuna storage URL shared by several processes or machines: journal:PATH, sqlite:///F, postgresql://...")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sampler and the random inputs.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, refresh, gpus, workers, storage, seed,
+         quiet) -> None:
+    """Tune kernel variants for this GPU and store the winners.
+
+    Example: maxsim-forge tune --preset quick --db tuned.db
+    """
+    interpreted = use_interpreter_without_cuda()
+    from ..tuner import resolve, summary_rows
+    from ..tuner import tune as run_tune
+
+    try:
+        buckets = resolve(preset, shapes, tuple(dtypes), tuple(only))
+    except (ValueError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    tuned = open_write(db_path)  # a database that cannot be written stops the run before any work
+    tuned.close()
+    check_cache()
+    if interpreted:
+        click.echo("No CUDA device: tuning through Triton's interpreter on shrunk buckets "
+                   "(the pipeline runs end to end; its timings mean nothing).")
+    with failures():
+        report = run_tune(buckets, db_path=tuned.path, trials=trials, seed=seed, time_budget_s=time_budget,
+                          resume=resume, refresh=refresh, storage_url=storage, gpus=gpus, workers=workers,
+                          progress=not quiet)
+    n = len(report.results)
+    click.echo(f"\n{report.device}: {n} bucket{'' if n == 1 else 's'} in {report.wall_s:.1f} s")
+    click.echo(table(("bucket", "best config", "ms", "torch ms", "speedup", "trials", "device"), summary_rows(report)))
+    left = sum(r.unfinished for r in report.results)
+    if left:
+        click.echo(f"\n{left} bucket{'' if left == 1 else 's'} cut short or not reached by the time budget: "
+                   f"run again with --{'refresh' if refresh else 'resume'} to finish.")
