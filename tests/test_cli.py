@@ -76,7 +76,7 @@ def test_warmup_command_compiles_a_given_bucket():
     assert result.exit_code == 0, result.output
     assert "warmed 1 variants" in result.output and "padded-fp16-dim32" in result.output
     result = CliRunner().invoke(main, ["warmup", "--bucket", '{"layout": "padded"}'])
-    assert result.exit_code == 1 and "dtype" in result.output
+    assert result.exit_code == 2 and "dtype" in result.output
 
 
 def test_db_show_shipped():
@@ -118,5 +118,5 @@ def test_db_show_reads_without_writing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db"]
     missing = tmp_path / "missing.db"
     result = CliRunner().invoke(main, ["db", "show", "--db", str(missing)])
-    assert result.exit_code == 1 and f"no tuned database at {missing}" in result.output
+    assert result.exit_code == 2 and f"no tuned database at {missing}" in result.output
     assert not missing.exists()

@@ -119,14 +119,15 @@ def test_full_and_ragged_docs_have_buckets_of_their_own(tmp_path):
     assert mf.explain(q, d).config == CFG_A.to_dict()
 
 
-def test_stale_template_rows_are_ignored(tmp_path, caplog):
+def test_stale_template_rows_serve_their_own_bucket(tmp_path, caplog):
     q, d = _call()
     db = TunedDB(tmp_path / "user.db")
     key = _winner(db, CFG_A)
     db.put_winner(key, {**db.winner(key), "template_hash": "0" * 16})
     reset(Lookup(user_path=db.path, shipped_paths=[]))
     with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
-        assert mf.explain(q, d).source == "heuristic"
+        assert (mf.explain(q, d).source, mf.explain(q, d).config) == ("stale-db", CFG_A.to_dict())
+        assert mf.explain(q, d[:2]).source == "heuristic"  # no neighbour but its own bucket
     assert "another template version" in caplog.text
 
 

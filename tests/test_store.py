@@ -8,6 +8,7 @@ import json
 from click.testing import CliRunner
 
 from maxsim_forge.cli import main
+from maxsim_forge.codegen import KernelConfig, kernel_hash
 from maxsim_forge.tuned_db import TunedDB
 from maxsim_forge.tuner import tune
 
@@ -26,8 +27,11 @@ def test_export_import_merge_keep_faster(tmp_path):
     assert result.exit_code == 0 and "took 1" in result.output
     assert TunedDB(b).winners()[0]["config"] == TunedDB(a).winners()[0]["config"]
     # A slower copy does not replace; a faster one does.
-    slow = dict(doc["winners"][0], time_ms=doc["winners"][0]["time_ms"] * 2, config={**doc["winners"][0]["config"], "num_stages": 1})
-    fast = dict(slow, time_ms=doc["winners"][0]["time_ms"] / 2)
+    w = doc["winners"][0]
+    config = {**w["config"], "num_stages": 1}  # current: its kernel hash is the one of its config
+    khash = kernel_hash(w["layout"], w["dtype"], w["dim"], w["precision"], KernelConfig.from_dict(config))
+    slow = dict(w, time_ms=w["time_ms"] * 2, config=config, kernel_hash=khash)
+    fast = dict(slow, time_ms=w["time_ms"] / 2)
     c = tmp_path / "c.json"
     c.write_text(json.dumps({**doc, "winners": [slow]}))
     assert "took 0" in runner.invoke(main, ["db", "import", "--db", str(b), str(c)]).output
