@@ -172,3 +172,29 @@ def test_release_folder_defaults_to_this_device_and_today_and_rejects_other_date
         assert got.name.startswith("cpu-")
     with pytest.raises(ValueError, match="date is '27/11/2026'; accepted: YYYY-MM-DD"):
         bench.release_folder("NVIDIA H100", "27/11/2026")
+
+
+def test_bench_command_runs_cases_and_heldout_shapes(tmp_path):
+    from click.testing import CliRunner
+
+    from maxsim_forge.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "--cases", "colbert-1k-fp16", "--impl", "maxsim-forge", "--repeat", "2",
+                                       "--heldout", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    if not torch.cuda.is_available():
+        assert "Note: no CUDA device" in result.output
+    rows = list(csv.DictReader(open(tmp_path / "bench.csv"))) + list(csv.DictReader(open(tmp_path / "heldout.csv")))
+    assert [r["case"].split("-")[0] for r in rows] == ["colbert", "heldout"]
+    assert all(r["status"] == "ready" and float(r["ms"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("args, option", [(["--cases", "nope"], "--cases"), (["--impl", "faiss"], "--impl"),
+                                          (["--repeat", "0"], "--repeat"), (["--heldout", "-1"], "--heldout")])
+def test_bench_command_refuses_bad_options_by_name(tmp_path, args, option):
+    from click.testing import CliRunner
+
+    from maxsim_forge.cli import main
+
+    result = CliRunner().invoke(main, ["bench", *args, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and option in result.output, result.output

@@ -120,40 +120,49 @@ def warmup(buckets) -> None:
 @click.option("--cases", default="all", show_default=True,
               help="Comma-separated case names, or 'all'; --list shows them.")
 @click.option("--impl", "impls", multiple=True,
-              help="Implementations to run (repeatable; default: all that are installed).")
-@click.option("--out", type=click.Path(file_okay=False), default="bench-results", show_default=True,
-              help="Folder for bench.csv, bench.json and bench.png.")
-@click.option("--first-call", is_flag=True, help="Also time each first call in a fresh process with empty caches.")
+              help="Implementations to run (repeatable; default: all), or module:function for one of your own.")
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Times the whole run is repeated, implementations interleaved; medians and intervals over them.")
+@click.option("--heldout", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also run this many seeded shapes that no preset tuned, reported as their own table.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs and the held-out shapes.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for the CSV, JSON and PNG files [default: benchmarks/results/<gpu>-<date>].")
 @click.option("--list", "list_cases", is_flag=True, help="List the cases and implementations, run nothing.")
-def bench(cases, impls, out, first_call, list_cases) -> None:
+def bench(cases, impls, repeat, heldout, seed, out, list_cases) -> None:
     """Time maxsim-forge next to torch, vLLM's algorithm, flash-maxsim and late-interaction-kernels.
 
-    Example: maxsim-forge bench --cases colbert-1k-fp16,16-queries-x-1k --out results/
+    Each implementation runs each case in a process of its own with empty caches, its
+    whole output checked against float64 before it is timed; the run repeats, and each
+    case reports the median ratio to the faster peer with its interval.
+
+    Example: maxsim-forge bench --cases colbert-1k-fp16,16-queries-x-1k --heldout 30
     """
     interpreted = use_interpreter_without_cuda()
     from .. import bench as b
 
     if list_cases:
         for c in b.CASES:
-            click.echo(f"{c.name:20s} {c.layout:8s} nq {c.nq} lq {c.lq} ld {c.ld} nb {c.nb} dim {c.dim} {c.dtype}")
+            click.echo(f"{c.name:20s} {c.layout:8s} nq {c.nq} lq {c.lq} nb {c.nb} ld {c.ld} dim {c.dim} {c.dtype}")
         click.echo("implementations: " + ", ".join(b.IMPLS))
         return
-    chosen = b.CASES if cases == "all" else []
-    if cases != "all":
-        by_name = {c.name: c for c in b.CASES}
-        unknown = [n for n in cases.split(",") if n not in by_name]
-        if unknown:
-            raise click.ClickException(f"unknown case(s) {unknown}; accepted: {', '.join(by_name)}")
-        chosen = [by_name[n] for n in cases.split(",")]
-    bad = [i for i in impls if i not in b.IMPLS]
-    if bad:
-        raise click.ClickException(f"unknown implementation(s) {bad}; accepted: {', '.join(b.IMPLS)}")
-    if interpreted:
-        click.echo("No CUDA device: shrunk cases through Triton's interpreter; the timings mean nothing.")
+    try:
+        chosen, held = b.select(cases, heldout, seed)
+        for impl in impls:
+            b.resolve_impl(impl)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--cases'" if "case" in str(exc) else "'--impl'") from None
+    device = "cpu" if interpreted else "cuda"
+    impls = list(impls) or list(b.IMPLS)
+    for note in b.limitations(impls, device):
+        click.echo(f"Note: {note}.")
     check_cache()
-    rows, meta = b.run(chosen, list(impls) or list(b.IMPLS), device="cpu" if interpreted else "cuda",
-                       first_call=first_call, log=click.echo)
-    for line in b.format_versus(rows):
-        click.echo(line)
-    for path in b.write(rows, meta, out):
-        click.echo(f"wrote {path}")
+    out = out or b.release_folder()
+    for name, group in (("bench", chosen), ("heldout", held)):
+        if not group:
+            continue
+        results, meta = b.run(group, impls, device=device, repeats=repeat, seed=seed, log=click.echo)
+        for line in b.format_report(results, meta, title="held-out shapes" if name == "heldout" else "cases"):
+            click.echo(line)
+        for path in b.write(results, meta, out, name=name):
+            click.echo(f"wrote {path}")
