@@ -68,12 +68,12 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
                    "each still serves its own bucket; `maxsim-forge tune --resume` tunes them again.")
 
 
-@db.command("export")
+@db.command("export", hidden=True)
 @DB_OPTION
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="JSON file to write.")
 @click.option("--trials", "with_trials", is_flag=True, help="Include every trial, not only winners.")
 def db_export(db_path, out, with_trials) -> None:
-    """Export winners (and optionally trials) as JSON.
+    """The same as ``maxsim-forge export --format json``, kept for scripts that use it.
 
     Example: maxsim-forge db export --out h100.json
     """
@@ -103,11 +103,13 @@ def import_json_file(db_path, source) -> None:
     click.echo(f"took {taken} winners from {source}")
 
 
-@db.command("import")
+@db.command("import", hidden=True)
 @DB_OPTION
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
 def db_import(db_path, source) -> None:
-    """Import a JSON export, keeping the better winner per key (current, then faster).
+    """The same as ``maxsim-forge import --format json``, kept for scripts that use it.
+
+    Keeps the better winner per key (current, then faster).
 
     A row that breaks the schema is refused, with its key and field, and nothing is stored.
 

@@ -13,13 +13,16 @@ from ._group import DB_OPTION, failures, main, open_read, open_write, out_folder
 @click.option("--format", "fmt", type=click.Choice(["vllm", "json"]), required=True,
               help="vllm: one JSON file per (op, dim, device, dtype) named as vLLM names tuned configs; json: one file.")
 @click.option("--out", type=click.Path(), required=True, help="Folder (vllm) or file (json) to write.")
-def export_cmd(db_path, fmt, out) -> None:
-    """Export the tuned winners for another program.
+@click.option("--trials", "with_trials", is_flag=True, help="json: include every trial, not only winners.")
+def export_cmd(db_path, fmt, out, with_trials) -> None:
+    """Export the tuned winners: to review, to move between machines (json), or for vLLM.
 
     Example: maxsim-forge export --format vllm --out vllm_configs/
     """
+    if with_trials and fmt != "json":
+        raise click.BadParameter("--trials goes with --format json", param_hint="'--trials'")
     if fmt == "json":
-        export_json_file(db_path, out)
+        export_json_file(db_path, out, trials=with_trials)
         return
     from ..integrations.vllm import export_vllm
 
