@@ -24,9 +24,9 @@ from pathlib import Path
 
 # Labels of the default preset's buckets: ColBERT B 1k, image as query, 16 shared queries.
 BUCKETS = (
-    "colbert fp16 d128 q32 d300 n1000",
-    "image-query fp16 d128 q1024 d1024 n1000",
-    "multi-query fp16 d128 16xq32 d300 n1000",
+    "colbert padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged",
+    "image-query padded/fp16/dim128 nq1 lq1024 nb1024 ld1024",
+    "multi-query allpairs/fp16/dim128 nq16 lq32 nb1024 ld512",
 )
 
 

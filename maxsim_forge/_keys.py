@@ -85,6 +85,14 @@ class Sizes:
         return Sizes(nq=bucket(self.nq), lq=bucket(self.lq), nb=bucket(self.nb), ld=bucket(self.ld))
 
 
+def shape_label(layout: str, dtype: str, dim: int, buckets: Sizes, docs: str = "full") -> str:
+    """A bucket as ``db show``, ``tune`` and ``explain`` write it:
+    ``padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged``."""
+    fill = {"full": "", "": " any-docs"}.get(docs, f" {docs}")
+    return (f"{layout}/{dtype}/dim{dim} nq{buckets.nq} lq{buckets.lq} "
+            f"nb{buckets.nb} ld{buckets.ld}{fill}")
+
+
 def doc_fill(spec: KernelSpec) -> str:
     """"ragged" where padded docs carry lengths or a mask, else "full" (packed docs and
     pairs have no padding): full tiles skip every token mask and prefer other tiles."""
@@ -118,9 +126,7 @@ class BucketKey:
         return dict(self.__dict__)
 
     def label(self) -> str:
-        docs = {"full": "", "": " any-docs"}.get(self.docs, f" {self.docs}")
-        return (f"{self.layout}/{self.dtype}/dim{self.dim} nq{self.nq_bucket} lq{self.lq_bucket} "
-                f"nb{self.nb_bucket} ld{self.ld_bucket}{docs}")
+        return shape_label(self.layout, self.dtype, self.dim, self.sizes, self.docs)
 
     @classmethod
     def from_row(cls, row: dict) -> BucketKey:
@@ -211,6 +217,7 @@ __all__ = [
     "GpuInfo",
     "Sizes",
     "bucket",
+    "shape_label",
     "bucket_distance",
     "doc_fill",
     "docs_distance",

@@ -27,10 +27,10 @@ def test_every_preset_bucket_has_a_key_of_its_own(preset):
 def test_only_picks_buckets_by_label():
     from maxsim_forge.tuner import resolve
 
-    picked = resolve("default", None, only=("colbert-full fp16 d96", "image-query bf16"))
+    picked = resolve("default", None, only=("colbert-full padded/fp16/dim96", "image-query padded/bf16"))
     assert {(b.name, b.dtype) for b in picked} == {("colbert-full", "fp16"), ("image-query", "bf16")}
     assert {b.dim for b in picked if b.name == "colbert-full"} == {96} and len(picked) == 4
-    assert [b.nb for b in resolve("default", None, ("bf16",), ("n16000",))] == [16000] * 10
+    assert [b.nb for b in resolve("default", None, ("bf16",), ("nb16384",))] == [16000] * 10
     with pytest.raises(ValueError, match="matches no bucket; labels look like"):
         resolve("default", None, only=("no such bucket",))
     result = CliRunner().invoke(main, ["tune", "--preset", "default", "--only", "nope", "--db", "x.db"])

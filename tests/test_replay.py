@@ -375,7 +375,7 @@ def test_replay_tuner_reads_the_older_three_bucket_tables(tmp_path):
     path = tmp_path / "exhaustive-h100-2026-11-27.json"
     path.write_text(json.dumps(doc))
     (table,) = _script("replay_tuner").load_tables([str(path)])
-    assert table.bucket.label() == "colbert fp16 d128 q32 d300 n1000" and table.gpu.sm_count == 132
+    assert table.bucket.label() == "colbert padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged" and table.gpu.sm_count == 132
     assert "old table" in table.note
     space = ReplaySpace.of(table)
     assert len(space.valid) == 6 and space.note.startswith("restricted to the table's 6 of today's")

@@ -16,7 +16,7 @@ from ._group import check_cache, failures, main, open_write, table, use_interpre
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp16", "bf16", "fp32"]),
               help="Only these dtypes (repeatable).")
 @click.option("--only", multiple=True,
-              help="Only buckets whose label contains this text, e.g. 'colbert-full fp16 d96' (repeatable).")
+              help="Only buckets whose label contains this text, e.g. 'colbert-full padded/fp16/dim96' (repeatable).")
 @click.option("--trials", type=click.IntRange(min=1), default=24, show_default=True,
               help="Optuna trials per bucket (at least 1).")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -66,3 +66,14 @@ def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, ref
     if left:
         click.echo(f"\n{left} bucket{'' if left == 1 else 's'} cut short or not reached by the time budget: "
                    f"run again with --{'refresh' if refresh else 'resume'} to finish.")
+    click.echo(f"\nwinners written to {tuned.path} (the runtime reads it"
+               f"{' as the user database' if _is_user_db(tuned.path) else ' when MAXSIM_FORGE_DB names it'}); "
+               f"`maxsim-forge db show --db {tuned.path}` lists them.")
+
+
+def _is_user_db(path) -> bool:
+    from pathlib import Path
+
+    from ..tuned_db import user_db_path
+
+    return Path(path).resolve() == user_db_path().resolve()

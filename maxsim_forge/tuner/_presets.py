@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .._keys import Sizes
+from .._keys import Sizes, doc_fill, shape_label
 from ..codegen import KernelSpec
 from ..runtime import largest_dim
 
@@ -40,8 +40,9 @@ class Bucket:
         return Sizes(nq=self.nq, lq=self.lq, nb=self.nb, ld=self.ld)
 
     def label(self) -> str:
-        nq = f"{self.nq}x" if self.nq > 1 else ""
-        return f"{self.name or self.layout} {self.dtype} d{self.dim} {nq}q{self.lq} d{self.ld} n{self.nb}"
+        """Its name, then its bucket as ``db show`` writes it (the sizes rounded up to their
+        buckets): ``colbert padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged``."""
+        return f"{self.name or self.layout} {shape_label(self.layout, self.dtype, self.dim, self.sizes.bucketed(), doc_fill(self.spec))}"
 
     def tiny(self) -> Bucket:
         """The same bucket shrunk for Triton's interpreter: same code paths, small sizes."""
@@ -154,7 +155,7 @@ def _checked(item: object, where: str) -> Bucket:
 def resolve(preset: str | None, shapes: str | Path | None, dtypes: tuple[str, ...] = (),
             only: tuple[str, ...] = ()) -> list[Bucket]:
     """The buckets of a preset or a file, for ``dtypes`` if given, and of those only the
-    ones whose label contains one of ``only`` (e.g. ``"colbert-full fp16 d96"``)."""
+    ones whose label contains one of ``only`` (e.g. ``"colbert-full padded/fp16/dim96"``)."""
     if shapes:
         buckets = load_buckets(shapes)
     else:
