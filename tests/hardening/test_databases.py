@@ -1,0 +1,105 @@
+"""Findings 6 and 7: a valid database is read (read-only folder, a writer holding it); read-only commands write nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import maxsim_forge as mf
+from maxsim_forge.cli import main
+from maxsim_forge.reference import maxsim_reference
+from maxsim_forge.runtime import Lookup, reset
+from maxsim_forge.runtime import _lookup
+
+from conftest import assert_scores
+
+from _helpers import CFG_A
+from _guards import shared_dir  # noqa: F401  (fixtures)
+from _guards import _call, _key, _one_error, _put, _rollback_journal, _row, _unprivileged
+
+
+# ---- finding 6: a valid database is read, in a read-only folder or held by a writer for a moment
+
+def _load_rows(path: str) -> tuple[int, list[str]]:
+    lookup = Lookup(user_path=Path(path), shipped_paths=[]).load()
+    return sum(len(v) for v in lookup.exact.values()), lookup.reports
+
+
+def test_a_wal_database_in_a_read_only_folder_is_read(shared_dir):
+    folder = shared_dir / "data"
+    folder.mkdir()
+    path = folder / "user.db"
+    _put(path, _key(), _row(CFG_A))  # WAL mode; closing leaves no -wal, no -shm
+    path.chmod(0o644)
+    assert sorted(p.name for p in folder.iterdir()) == ["user.db"]
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    rows, reports = _unprivileged(_load_rows, str(path))
+    assert (rows, reports) == (1, [])
+    shown = _unprivileged(lambda: CliRunner().invoke(main, ["db", "show", "--db", str(path)]).output)
+    assert "bq32-bdoc16" in shown, shown
+
+
+def test_a_database_a_writer_holds_is_read_after_a_short_wait_or_at_a_later_lookup(tmp_path, monkeypatch,
+                                                                                    isolated_lookup):
+    q, d = _call()
+    path = tmp_path / "user.db"
+    _put(path, _key(), _row(CFG_A))
+    _rollback_journal(path)
+    writer = sqlite3.connect(path, check_same_thread=False)
+    writer.execute("BEGIN EXCLUSIVE")  # readers wait, as during a commit
+    # Freed within the wait: read at once.
+    threading.Timer(0.1, writer.rollback).start()
+    rows, reports = _load_rows(str(path))
+    assert (rows, reports) == (1, [])
+    # Held past it: the lookup goes on after a bounded wait, and reads it at a later lookup.
+    writer.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(_lookup, "RETRY_S", 0.0)
+    lookup = Lookup(user_path=path, shipped_paths=[])
+    t0 = time.monotonic()
+    lookup.load()
+    assert time.monotonic() - t0 < 2.0, "a held database stalls the lookup"
+    assert lookup.pending and [r for r in lookup.reports if "held by a writer" in r]
+    reset(lookup)
+    assert mf.explain(q, d).source == "heuristic"
+    writer.rollback()
+    writer.close()
+    dec = mf.explain(q, d)
+    assert (dec.source, dec.config) == ("user-db", CFG_A.to_dict())
+    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "read late")
+
+
+# ---- finding 7: read-only commands open read-only, create nothing, switch nothing to WAL
+
+READ_COMMANDS = [
+    ["db", "show"], ["db", "export", "--out", "{out}/e.json"], ["export", "--format", "json", "--out", "{out}/f.json"],
+    ["export", "--format", "vllm", "--out", "{out}/vllm"], ["db", "verify"],
+]
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=lambda c: " ".join(c[:3]))
+def test_read_only_commands_never_write_their_database(tmp_path, command):
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "small.db"
+    _put(path, _key(), _row(CFG_A))
+    _rollback_journal(path)
+    before = path.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.format(out=out) for a in command]
+    result = CliRunner().invoke(main, [*args, "--db", str(path)])
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes() == before, "the database was written"
+    assert sorted(p.name for p in data.iterdir()) == ["small.db"], "a journal or WAL was left beside it"
+    missing = data / "typo.db"
+    result = CliRunner().invoke(main, [*args, "--db", str(missing)])
+    _one_error(result, 2, "--db", f"no tuned database at {missing}")
+    assert not missing.exists()
+
+
