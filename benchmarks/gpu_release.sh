@@ -10,8 +10,11 @@
 #    as a copy of the database shipped for this GPU: only buckets that are missing, stale or found in an
 #    older search space are tuned (a cut-short run resumes; with a time budget, later
 #    buckets wait for the next run), then `db ship` into the package;
-# 3. the side-by-side benchmark with first calls (bench.csv, bench.json, bench.png), the
-#    runtime and vLLM benchmarks (runtime.json, vllm.json).
+# 3. the side-by-side benchmark under its protocol (a process per implementation and case,
+#    outputs checked, 5 interleaved repetitions) with 30 held-out shapes (bench.* and
+#    heldout.*), the runtime and vLLM benchmarks (runtime.json, vllm.json);
+# 4. exhaustive tables of three buckets and the tuner's replay on them (exhaustive-*.json,
+#    replay-tuner-*.json).
 # Step 3 uses the databases shipped in step 2. Needs `pip install -e '.[test,bench]'`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,9 @@ python3 -m maxsim_forge tune --preset default --db "$OUT/tuned.db" --refresh --q
     ${BUDGET:+--time-budget "$BUDGET"} 2>&1 | tee "$OUT/tune.log" | tail -60
 python3 -m maxsim_forge db ship "$OUT/tuned.db" --out "maxsim_forge/tuned_db/data/$gpu.db"
 echo "== bench"
-python3 -m maxsim_forge bench --first-call --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -20
+python3 -m maxsim_forge bench --heldout 30 --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40
 python3 benchmarks/bench_runtime.py --out "$OUT/runtime.json" | tail -40
 python3 benchmarks/bench_vllm.py --out "$OUT/vllm.json"
+echo "== exhaustive tables and the tuner's replay"
+python3 benchmarks/collect_exhaustive.py --out "$OUT" ${BUDGET:+--time-budget "$BUDGET"} | tail -5
+python3 benchmarks/replay_tuner.py "$OUT" | tail -40

@@ -4,6 +4,7 @@ works from where it is installed, not from this checkout."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,8 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a clean copy: a build/ folder left in the checkout must not leak into it.
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "benchmarks", "tests", "docs"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"),
-                            str(ROOT)], capture_output=True, text=True, timeout=900)
+                            str(source)], capture_output=True, text=True, timeout=900)
     if build.returncode != 0 and "No matching distribution found for setuptools" in build.stderr:
         pytest.skip("no package index to fetch the build backend from")
     assert build.returncode == 0, build.stderr[-3000:]
