@@ -1,7 +1,7 @@
 """The public scoring API and its dispatcher.
 
 A call is checked, bucketed and routed: the first call of a (spec, bucket) decides
-its config through the lookup order and loads the generated module; every later call
+its config through the lookup order and loads the generated variant; every later call
 is a dictionary lookup plus the launch. Nothing here tunes, syncs with the device
 (unless values are checked outside graph capture) or imports the tuner.
 """
@@ -39,8 +39,8 @@ class _Route:
     config: KernelConfig | None
     source: str
     variant: str
-    launch: object = None  # the generated module's launch; None for the torch fallback
-    precompile: object = None  # the generated module's precompile
+    launch: object = None  # the variant's launch; None for the torch fallback
+    precompile: object = None  # the variant's precompile
     background: bool = False  # compile off the calling thread (MAXSIM_FORGE_COMPILE)
     warm: bool = False
     pending: Future | None = None  # the background compile, while it runs
@@ -122,9 +122,9 @@ def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
     if source == HEURISTIC and (gpu.name, key) not in _logged_misses:
         _logged_misses.add((gpu.name, key))
         log.info("maxsim-forge: no tuned config for %s on %s; using the heuristic default", key.label(), gpu.name)
-    module = load_variant(prep.spec, cfg, smem_limit=gpu.smem_limit)
+    variant = load_variant(prep.spec, cfg, smem_limit=gpu.smem_limit)
     background = _compile_mode() == "background" and prep.q.device.type == "cuda"
-    return _Route(key, cfg, source, variant_name(prep.spec, cfg), module.launch, module.precompile, background,
+    return _Route(key, cfg, source, variant_name(prep.spec, cfg), variant.launch, variant.precompile, background,
                   generation=generation)
 
 

@@ -24,6 +24,6 @@ def launch_prepared(
             "q is a CPU tensor: generated kernels run on CUDA tensors, or on CPU tensors "
             "under Triton's interpreter (set TRITON_INTERPRET=1 before importing triton)"
         )
-    module = load_variant(prep.spec, cfg, smem_limit=smem_limit)
-    out = module.launch(prep.q, prep.d, out=out, **prep.launch_kwargs)
+    variant = load_variant(prep.spec, cfg, smem_limit=smem_limit)
+    out = variant.launch(prep.q, prep.d, out=out, **prep.launch_kwargs)
     return out[0] if prep.squeeze else out

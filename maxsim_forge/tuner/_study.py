@@ -165,10 +165,10 @@ class BucketTuner:
     def _time(self, cfg: KernelConfig) -> float:
         """Median ms at the representative size, averaged (geometric mean) with the
         low end of the bucket's range scaled to that size."""
-        module = load_variant(self.spec, cfg, smem_limit=self.gpu.smem_limit)
+        variant = load_variant(self.spec, cfg, smem_limit=self.gpu.smem_limit)
         scaled = []
         for prep, factor in self.timed:
-            t = time_fn(lambda p=prep: module.launch(p.q, p.d, **p.launch_kwargs), device=self.opts.device).median_ms
+            t = time_fn(lambda p=prep: variant.launch(p.q, p.d, **p.launch_kwargs), device=self.opts.device).median_ms
             scaled.append(max(t * factor, 1e-9))
         return math.exp(sum(math.log(t) for t in scaled) / len(scaled))
 

@@ -22,11 +22,11 @@ def check_variant(
     the float64 reference: (status, detail), status ``ok`` or why not."""
     try:
         problem = synth(spec, sizes, device=device, seed=seed, skew=skew)
-        module = load_variant(problem.prep.spec, cfg, smem_limit=smem_limit)
+        variant = load_variant(problem.prep.spec, cfg, smem_limit=smem_limit)
         k = problem.prep.launch_kwargs
         shape = (k["nb"],) if problem.prep.spec.layout == "pairs" else (k["nq"], k["nb"])
         out = torch.full(shape, float("nan"), dtype=torch.float32, device=device)
-        module.launch(problem.prep.q, problem.prep.d, out=out, **k)
+        variant.launch(problem.prep.q, problem.prep.d, out=out, **k)
     except Exception as exc:  # noqa: BLE001 - a failing candidate is data
         return classify(exc), str(exc)[-2000:]
     err = relative_error(out, problem.expected(), problem.scale())
