@@ -173,3 +173,6 @@ def test_tune_cli_quick_preset_in_interpreter_says_so(tmp_path):
     result = CliRunner().invoke(main, ["tune", "--preset", "quick", "--trials", "2", "--db", str(tmp_path / "t.db"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "interpreter" in result.output and "colbert" in result.output and "speedup" in result.output
+    # It labels buckets as db show does, and says where it wrote.
+    assert "colbert padded/fp16/dim64 nq1 lq8 nb4 ld32 ragged" in result.output
+    assert f"winners written to {tmp_path / 't.db'} (the runtime reads it when MAXSIM_FORGE_DB names it)" in result.output

@@ -62,13 +62,13 @@ def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, ref
     n = len(report.results)
     click.echo(f"\n{report.device}: {n} bucket{'' if n == 1 else 's'} in {report.wall_s:.1f} s")
     click.echo(table(("bucket", "best config", "ms", "torch ms", "speedup", "trials", "device"), summary_rows(report)))
+    click.echo(f"\nwinners written to {tuned.path} (the runtime reads it"
+               f"{' as the user database' if _is_user_db(tuned.path) else ' when MAXSIM_FORGE_DB names it'}); "
+               f"`maxsim-forge db show --db {tuned.path}` lists them.")
     left = sum(r.unfinished for r in report.results)
     if left:
         click.echo(f"\n{left} bucket{'' if left == 1 else 's'} cut short or not reached by the time budget: "
                    f"run again with --{'refresh' if refresh else 'resume'} to finish.")
-    click.echo(f"\nwinners written to {tuned.path} (the runtime reads it"
-               f"{' as the user database' if _is_user_db(tuned.path) else ' when MAXSIM_FORGE_DB names it'}); "
-               f"`maxsim-forge db show --db {tuned.path}` lists them.")
 
 
 def _is_user_db(path) -> bool:
