@@ -90,3 +90,16 @@ def test_one_masked_loop_only_where_a_doc_can_end_mid_tile():
         pick = default_config(spec, nq=1, lq=32, nb=1000, ld=ld)
         assert (pick.q_mode, pick.masked_loop) == ("tile", masked), (spec, ld, pick)
     assert not default_config(KernelSpec("padded", "fp16", 128), nq=1, lq=1024, nb=1000, ld=300).masked_loop
+
+
+def test_candidates_hash_does_not_follow_the_display_name_of_configs(monkeypatch):
+    # Stored winners carry this hash: a new spelling of variant names must leave it.
+    from maxsim_forge.codegen import KernelConfig, KernelSpec
+    from maxsim_forge._keys import Sizes
+    from maxsim_forge.tuner._space import _hash_key, candidates_hash
+
+    spec, sizes = KernelSpec("padded", "fp16", 128, d_mask="lengths"), Sizes(nq=1, lq=32, nb=1000, ld=300)
+    before = candidates_hash.__wrapped__(spec, sizes, sm_count=132, smem_limit=232_448)
+    monkeypatch.setattr(KernelConfig, "key", lambda self: "renamed")
+    assert candidates_hash.__wrapped__(spec, sizes, sm_count=132, smem_limit=232_448) == before
+    assert _hash_key(KernelConfig(block_k=128, exact_k=True, masked_loop=True)) == "q32-d64-k128-w4-s3-loop-x1-exact-mloop"

@@ -199,8 +199,17 @@ def candidates_hash(spec: KernelSpec, sizes: Sizes, *, sm_count: int, smem_limit
     """Hash of a bucket's candidates: the keys of every config of the space that passes the
     static checks at these sizes and device limits. A winner stores it (schema 6), so a
     space change that leaves a bucket's candidates as they were leaves its winner current."""
-    keys = sorted(cfg.key() for cfg in valid_configs(spec, sizes, sm_count=sm_count, smem_limit=smem_limit))
+    keys = sorted(_hash_key(cfg) for cfg in valid_configs(spec, sizes, sm_count=sm_count, smem_limit=smem_limit))
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def _hash_key(cfg: KernelConfig) -> str:
+    """A config as the candidates hashes stored in databases spell it (the config key of
+    schema 6, before variant names spelled every knob out): renaming configs for display
+    must not make every stored winner look found in another space."""
+    flags = (("exact_k", "-exact"), ("overlap_max", "-overlap"), ("masked_loop", "-mloop"), ("defer_max", "-defer"))
+    return (f"q{cfg.block_q}-d{cfg.block_d}-k{cfg.block_k}-w{cfg.num_warps}-s{cfg.num_stages}-{cfg.q_mode}"
+            f"-x{cfg.split_d}" + "".join(tag for name, tag in flags if getattr(cfg, name)))
 
 
 def space_sizes(spec: KernelSpec, sizes: Sizes) -> str:
