@@ -198,3 +198,16 @@ def test_bench_command_refuses_bad_options_by_name(tmp_path, args, option):
 
     result = CliRunner().invoke(main, ["bench", *args, "--out", str(tmp_path)])
     assert result.exit_code == 2 and option in result.output, result.output
+
+
+def test_a_worker_that_hangs_is_reported_not_waited_for(custom_impls, tmp_path, monkeypatch):
+    from maxsim_forge.bench import _protocol
+
+    (tmp_path / "bench_hanging_impl.py").write_text("import time\n\ndef hangs(x):\n    time.sleep(60)\n")
+    monkeypatch.setattr(_protocol, "START_TIMEOUT_S", 20.0)
+    cases, _ = bench.select("pairs-64")
+    t0 = time.perf_counter()
+    (result,), _ = bench.run(cases, ["bench_hanging_impl:hangs"], device="cpu", repeats=1, log=lambda line: None)
+    entry = result.impls["bench_hanging_impl:hangs"]
+    assert entry["status"] == "crashed" and "no answer to 'start' within 20 s" in entry["error"]
+    assert time.perf_counter() - t0 < 50

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,10 @@ from ._stats import Interval, geometric_mean, median_interval
 
 PEERS = ("flash-maxsim", "late-interaction-kernels")
 FORGE = "maxsim-forge"
+# How long a worker may take to answer: its start (inputs, compile and autotune, the
+# float64 reference of a large case) and one timing.
+START_TIMEOUT_S = 1800.0
+TIME_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -39,9 +44,15 @@ class Worker:
     info: dict = field(default_factory=dict)
     times: list[dict] = field(default_factory=list)
 
-    def ask(self, message: dict) -> dict:
+    def ask(self, message: dict, timeout_s: float) -> dict:
+        """Send one command and wait at most ``timeout_s`` for its one-line answer; a worker
+        that exits or hangs is reported as crashed (and a hung one is killed)."""
         self.proc.stdin.write(json.dumps(message) + "\n")
         self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        if not ready:
+            self.proc.kill()
+            return {"status": "crashed", "error": f"no answer to {message['op']!r} within {timeout_s:.0f} s"}
         line = self.proc.stdout.readline()
         if not line:
             err = self.proc.stderr.read()[-2000:] if self.proc.stderr else ""
@@ -69,7 +80,7 @@ def start(impl: str, case: dict, *, device: str, seed: int, folder: str, ref_pat
         stderr=subprocess.PIPE, text=True, env=_env(folder), bufsize=1,
     )
     reply = worker.ask({"op": "start", "impl": impl, "case": case, "device": device, "seed": seed,
-                        "ref_path": ref_path})
+                        "ref_path": ref_path}, START_TIMEOUT_S)
     worker.status = reply.pop("status")
     worker.info = reply
     if worker.status != "ready":
@@ -109,7 +120,7 @@ def run_case(case: dict, impls: list[str], *, device: str, repeats: int, seed: i
                 for worker in ready[r % max(len(ready), 1):] + ready[: r % max(len(ready), 1)]:
                     if worker.status != "ready":
                         continue
-                    reply = worker.ask({"op": "time"})
+                    reply = worker.ask({"op": "time"}, TIME_TIMEOUT_S)
                     if reply.get("status") != "ok":
                         worker.status, worker.info["error"] = "crashed", reply.get("error", "")
                         continue
