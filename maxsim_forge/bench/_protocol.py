@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from ._stats import Interval, geometric_mean, median_interval
+from ._stats import geometric_mean, median_interval
 
 PEERS = ("flash-maxsim", "late-interaction-kernels")
 FORGE = "maxsim-forge"

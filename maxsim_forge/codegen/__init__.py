@@ -69,4 +69,5 @@ __all__ = [
     "torch_dtype",
     "validate",
     "variant_name",
+    "zeroed_output",
 ]
