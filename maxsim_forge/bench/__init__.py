@@ -75,10 +75,14 @@ def run(cases: list[Case], impls: list[str], *, device: str, repeats: int = 5, s
     on_gpu = device.startswith("cuda")
     impls = [i for i in impls if on_gpu or i not in GPU_ONLY]
     bw, peak = measure_floors(device)
+    if on_gpu:
+        torch.cuda.empty_cache()  # the floors' buffers go back to the device, for the workers
     results = []
     for case in cases:
         case = case if on_gpu else case.tiny()
-        x = make_inputs(case, "cpu" if not on_gpu else device, seed=seed)
+        # On the host: only the valid token counts matter here, and device memory held by
+        # this process would be missing from the workers' (the same seed, the same lengths).
+        x = make_inputs(case, "cpu", seed=seed)
         floor_ms = max(x.nbytes() / bw, x.flops() / peak) * 1e3 if on_gpu else None
         del x
         workers = run_case(dataclasses.asdict(case), impls, device=device, repeats=repeats, seed=seed, log=log)
