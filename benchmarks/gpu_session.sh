@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One call on a lent GPU (the `device` tool's machine): steps chosen by name, each
+# bounded in time, every log and result gathered into $OUT/results.tgz plus a short
+# log $OUT/session.log. Run from the project's root with .whl carried (see
+# ../shared/device-wheels.sh):
+#
+#     STEPS="tests verify nan bench" CASES=colbert-1k-fp16,... bash benchmarks/gpu_session.sh
+#
+# Steps: tests (pytest -m gpu, compiled), verify (db verify of this GPU's shipped
+# database), nan (benchmarks/nan_rule_cost.py), bench (maxsim-forge bench on $CASES with
+# $IMPLS, $REPEAT repetitions, $HELDOUT held-out shapes), tune (tune --preset $PRESET
+# --refresh into a copy of the shipped database, $BUDGET seconds, then db ship), exhaustive
+# (benchmarks/collect_exhaustive.py and the replay).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+RES=/tmp/res
+mkdir -p "$RES" "$OUT"
+LOG="$OUT/session.log"
+gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
+shipped="maxsim_forge/tuned_db/data/$gpu.db"
+say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
+pack() { tar czf "$OUT/results.tgz" -C "$RES" . 2>/dev/null; }
+trap pack EXIT
+say "$gpu; $(python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)')"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader | tee -a "$LOG"
+for step in ${STEPS:-tests verify nan bench}; do
+  case $step in
+    tests)
+      say "pytest -m gpu"
+      timeout "${TESTS_S:-200}" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/ >"$RES/tests.log" 2>&1
+      echo "exit $?" >>"$RES/tests.log"; tail -4 "$RES/tests.log" | tee -a "$LOG" ;;
+    verify)
+      say "db verify $shipped"
+      timeout "${VERIFY_S:-120}" python3 -m maxsim_forge db verify --db "$shipped" >"$RES/verify.log" 2>&1
+      echo "exit $?" >>"$RES/verify.log"; tail -6 "$RES/verify.log" | tee -a "$LOG" ;;
+    nan)
+      say "NaN rule cost"
+      timeout "${NAN_S:-150}" python3 benchmarks/nan_rule_cost.py --rounds "${NAN_ROUNDS:-3}" \
+          --out "$RES/nan-rule.json" 2>&1 | tee "$RES/nan-rule.log" | tee -a "$LOG" ;;
+    bench)
+      say "bench ${CASES:-all}"
+      impls=(); for i in ${IMPLS:-maxsim-forge flash-maxsim late-interaction-kernels}; do impls+=(--impl "$i"); done
+      timeout "${BENCH_S:-300}" python3 -m maxsim_forge bench --cases "${CASES:-all}" "${impls[@]}" \
+          --repeat "${REPEAT:-5}" --heldout "${HELDOUT:-0}" --out "$RES/bench" >"$RES/bench.log" 2>&1
+      echo "exit $?" >>"$RES/bench.log"; tail -40 "$RES/bench.log" | tee -a "$LOG" ;;
+    tune)
+      say "tune --preset ${PRESET:-default}"
+      [ -f "$RES/tuned.db" ] || cp "$shipped" "$RES/tuned.db"
+      timeout "${TUNE_S:-300}" python3 -m maxsim_forge tune --preset "${PRESET:-default}" --db "$RES/tuned.db" \
+          --refresh --quiet --time-budget "${BUDGET:-240}" >"$RES/tune.log" 2>&1
+      echo "exit $?" >>"$RES/tune.log"; tail -20 "$RES/tune.log" | tee -a "$LOG"
+      python3 -m maxsim_forge db ship "$RES/tuned.db" --out "$RES/$gpu.db" 2>&1 | tail -3 | tee -a "$LOG" ;;
+    exhaustive)
+      say "exhaustive tables and replay"
+      timeout "${EXH_S:-300}" python3 benchmarks/collect_exhaustive.py --out "$RES/exhaustive" \
+          --time-budget "${BUDGET:-240}" 2>&1 | tail -5 | tee -a "$LOG"
+      python3 benchmarks/replay_tuner.py "$RES/exhaustive" 2>&1 | tee "$RES/replay.log" | tail -30 | tee -a "$LOG" ;;
+    *) say "unknown step $step" ;;
+  esac
+done
+say done
