@@ -6,7 +6,8 @@
 #
 #     STEPS="tests verify nan bench" CASES=colbert-1k-fp16,... bash benchmarks/gpu_session.sh
 #
-# Steps: tests (pytest -m gpu, compiled), verify (db verify of this GPU's shipped
+# Steps: tests (pytest -m gpu, compiled), qtests (the quantized-docs tests, compiled),
+# quant (benchmarks/quant_check.py $QUANT_ARGS), verify (db verify of this GPU's shipped
 # database), nan (benchmarks/nan_rule_cost.py), bench (maxsim-forge bench on $CASES with
 # $IMPLS, $REPEAT repetitions, $HELDOUT held-out shapes), tune (tune --preset $PRESET
 # --refresh into a copy of the shipped database, $BUDGET seconds, then db ship), exhaustive
@@ -59,6 +60,15 @@ for step in ${STEPS:-tests verify nan bench}; do
       timeout "${EXH_S:-300}" python3 benchmarks/collect_exhaustive.py --out "$RES/exhaustive" \
           --time-budget "${BUDGET:-240}" 2>&1 | tail -5 | tee -a "$LOG"
       python3 benchmarks/replay_tuner.py "$RES/exhaustive" 2>&1 | tee "$RES/replay.log" | tail -30 | tee -a "$LOG" ;;
+    qtests)
+      say "pytest quantized docs, compiled"
+      timeout "${QTESTS_S:-150}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_quant.py \
+          tests/test_fidelity.py >"$RES/qtests.log" 2>&1
+      echo "exit $?" >>"$RES/qtests.log"; tail -4 "$RES/qtests.log" | tee -a "$LOG" ;;
+    quant)
+      say "quantized docs: checked and timed (${QUANT_ARGS:-})"
+      timeout "${QUANT_S:-200}" python3 benchmarks/quant_check.py --out "$RES/quant.json" ${QUANT_ARGS:-} 2>&1 \
+          | tee "$RES/quant.log" | grep -v "^maxsim-forge:" | tee -a "$LOG" ;;
     *) say "unknown step $step" ;;
   esac
 done

@@ -32,6 +32,10 @@ def undo_nan_rule(source: str) -> str:
 
 
 def main() -> None:
+    import os
+
+    # Compile on the first call: a background compile would leave torch to answer the timings.
+    os.environ["MAXSIM_FORGE_COMPILE"] = "blocking"
     import triton.testing
 
     from maxsim_forge.bench._cases import CASES, IMPLS, as_tensor, make_inputs

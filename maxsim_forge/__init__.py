@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from .quant import QuantizedDocs, quantize
 from .runtime import explain, maxsim, maxsim_packed, maxsim_pairs, warmup
 
 __version__ = "0.1.0"
 
-__all__ = ["explain", "maxsim", "maxsim_packed", "maxsim_pairs", "warmup"]
+__all__ = ["QuantizedDocs", "explain", "maxsim", "maxsim_packed", "maxsim_pairs", "quantize", "warmup"]

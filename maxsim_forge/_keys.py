@@ -85,11 +85,13 @@ class Sizes:
         return Sizes(nq=bucket(self.nq), lq=bucket(self.lq), nb=bucket(self.nb), ld=bucket(self.ld))
 
 
-def shape_label(layout: str, dtype: str, dim: int, buckets: Sizes, docs: str = "full") -> str:
+def shape_label(layout: str, dtype: str, dim: int, buckets: Sizes, docs: str = "full", codes: str = "none") -> str:
     """A bucket as ``db show``, ``tune`` and ``explain`` write it:
-    ``padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged``."""
+    ``padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged``; quantized docs add their codes
+    after the dim (``padded/fp16/dim128/int8xint8 ...``)."""
     fill = {"full": "", "": " any-docs"}.get(docs, f" {docs}")
-    return (f"{layout}/{dtype}/dim{dim} nq{buckets.nq} lq{buckets.lq} "
+    coded = "" if codes == "none" else f"/{codes}"
+    return (f"{layout}/{dtype}/dim{dim}{coded} nq{buckets.nq} lq{buckets.lq} "
             f"nb{buckets.nb} ld{buckets.ld}{fill}")
 
 
@@ -116,6 +118,8 @@ class BucketKey:
     # "full": every doc fills its padded length; "ragged": docs carry lengths or masks;
     # "": not recorded (rows tuned before the key had it).
     docs: str = "full"
+    # How the docs (and the query) are stored: codegen's CODES; "none" for float docs.
+    codes: str = "none"
 
     @property
     def sizes(self) -> Sizes:
@@ -126,12 +130,14 @@ class BucketKey:
         return dict(self.__dict__)
 
     def label(self) -> str:
-        return shape_label(self.layout, self.dtype, self.dim, self.sizes, self.docs)
+        return shape_label(self.layout, self.dtype, self.dim, self.sizes, self.docs, self.codes)
 
     @classmethod
     def from_row(cls, row: dict) -> BucketKey:
-        """The key of a database or export row; rows from before ``docs`` was recorded get ""."""
-        return cls(**{k: row.get(k, "") if k == "docs" else row[k] for k in cls.__dataclass_fields__})
+        """The key of a database or export row; rows from before ``docs`` was recorded get "",
+        rows from before ``codes`` existed "none"."""
+        absent = {"docs": "", "codes": "none"}
+        return cls(**{k: row.get(k, absent[k]) if k in absent else row[k] for k in cls.__dataclass_fields__})
 
 
 # ---- the nearest tuned bucket

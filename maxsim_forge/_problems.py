@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded
+from ._inputs import Prepared, pack_pairs, pack_quantized_pairs, prepare_packed, prepare_padded
+from .quant import QuantizedDocs, quantize
 from ._keys import Sizes
 from .codegen import KernelSpec, torch_dtype
 from .reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference, reference_for
@@ -52,6 +53,8 @@ def first_docs(prep: Prepared, nb: int) -> Prepared:
         if k.get(name) is not None:
             k[name] = k[name][:nb]
     d = prep.d if prep.spec.layout in ("packed", "pairs") else prep.d[:nb]
+    if k.get("d_scales") is not None and prep.spec.layout not in ("packed", "pairs"):
+        k["d_scales"] = k["d_scales"][:nb]
     return dataclasses.replace(prep, d=d, launch_kwargs=k)
 
 
@@ -98,6 +101,13 @@ def synth(
         d_lens = _lengths(nb, ld, lgen, skew).tolist()
         queries = [rand(n, dim) for n in q_lens]
         docs = [rand(n, dim) for n in d_lens]
+        if spec.doc_codes:
+            coded = _coded(torch.cat(docs), spec, meta)
+            ends = torch.tensor([0, *d_lens]).cumsum(0).tolist()
+            coded_docs = [coded[ends[i]:ends[i + 1]] for i in range(nb)]
+            prep = pack_quantized_pairs(queries, coded_docs, precision=_precision(spec),
+                                        quantize_query=spec.query_codes is not None)
+            return Problem(prep, lambda: reference_for(prep))
         prep = pack_pairs(queries, docs, precision=_precision(spec))
         return Problem(prep, lambda: maxsim_pairs_reference(queries, docs))
     q = rand(nq, lq, dim) if spec.layout != "padded" else rand(lq, dim)
@@ -114,6 +124,10 @@ def synth(
         cu[1:] = lens.cumsum(0)
         d = rand(int(cu[-1]), dim)
         cu = cu.to(device)
+        if spec.doc_codes:
+            prep = prepare_packed(q, _coded(d, spec, meta), cu, max_doc_len=ld, precision=_precision(spec),
+                                  check_values=not meta, quantize_query=spec.query_codes is not None, **q_side)
+            return Problem(prep, lambda: reference_for(prep))
         prep = prepare_packed(q, d, cu, max_doc_len=ld, precision=_precision(spec), check_values=not meta, **q_side)
         return Problem(prep, lambda: maxsim_packed_reference(q, d, cu, **q_side))
     d = rand(nb, ld, dim)
@@ -122,8 +136,22 @@ def synth(
         d_side["d_lengths"] = _lengths(nb, ld, lgen, skew).to(device)
     elif spec.d_mask == "mask":
         d_side["d_mask"] = (torch.rand(nb, ld, generator=lgen) > 0.2).to(device)
+    if spec.doc_codes:
+        padding = {"lengths": d_side.get("d_lengths"), "mask": d_side.get("d_mask")}
+        prep = prepare_padded(q, _coded(d, spec, meta, **padding), precision=_precision(spec),
+                              check_values=not meta, quantize_query=spec.query_codes is not None, **q_side, **d_side)
+        return Problem(prep, lambda: reference_for(prep))
     prep = prepare_padded(q, d, precision=_precision(spec), check_values=not meta, **q_side, **d_side)
     return Problem(prep, lambda: maxsim_reference(q, d, **q_side, **d_side))
+
+
+def _coded(d: torch.Tensor, spec: KernelSpec, meta: bool, **padding) -> QuantizedDocs:
+    """Docs in the spec's code format (on "meta", codes and scales of the right shapes)."""
+    fmt = "int8" if spec.doc_codes == "int8" else "fp8_e4m3"
+    if meta:
+        codes = torch.empty(d.shape, dtype=torch.int8 if fmt == "int8" else torch.float8_e4m3fn, device="meta")
+        return QuantizedDocs(codes, torch.empty(d.shape[:-1], dtype=torch.float32, device="meta"), fmt)
+    return quantize(d, fmt, **padding)
 
 
 def _precision(spec: KernelSpec) -> str:

@@ -130,11 +130,31 @@ def maxsim_pairs_reference(
 
 
 
+def dequantize_codes(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``codes * scales`` (one scale per token) in ``dtype``, computed in float32 or float64."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    return (codes.to(work) * scales.to(work)[..., None]).to(dtype)
+
+
+def dequantized(prep, dtype: torch.dtype):
+    """A quantized call (``Prepared``) with its docs, and its query where quantized, as the
+    float tokens they stand for; the query otherwise as given."""
+    import dataclasses
+
+    k = prep.launch_kwargs
+    q = dequantize_codes(prep.q, k["q_scales"], dtype) if k.get("q_scales") is not None else prep.q.to(dtype)
+    d = dequantize_codes(prep.d, k["d_scales"], dtype)
+    kwargs = {n: v for n, v in k.items() if n not in ("d_scales", "q_scales")}
+    return dataclasses.replace(prep, q=q, d=d, launch_kwargs=kwargs)
+
+
 def reference_for(prep, *, absolute: bool = False) -> torch.Tensor:
     """The float64 reference of a checked call (``maxsim_forge._inputs.Prepared``),
     in the shape its launcher returns: ``[nq, nb]``, or ``[nb]`` for pairs."""
     k = prep.launch_kwargs
     layout = prep.spec.layout
+    if prep.spec.codes != "none":  # the tokens the codes stand for, in float64
+        prep = dequantized(prep, torch.float64)
     q_side = {"q_lengths": k.get("q_lengths"), "q_mask": k.get("q_mask")}
     if layout == "pairs":
         q_cu, d_cu = k["q_cu"].long().cpu(), k["d_cu"].long().cpu()
@@ -150,6 +170,8 @@ def reference_for(prep, *, absolute: bool = False) -> torch.Tensor:
 
 
 __all__ = [
+    "dequantize_codes",
+    "dequantized",
     "maxsim_packed_reference",
     "maxsim_pairs_reference",
     "masked_max",

@@ -19,13 +19,13 @@ from triton.compiler import ASTSource
 
 from maxsim_forge.codegen import KernelConfig, KernelSpec, Variant, load_source, render, validate
 
-_ELEMENT = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
+_ELEMENT = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "int8": "*i8", "fp8": "*fp8e4nv"}
 # Launch-time values: unit strides along features and outputs, as the launcher passes
 # them (Triton specialises an integer of value 1), other strides and pointers aligned.
 _UNIT = ("stride_qd", "stride_dd", "stride_ob", "stride_dmt", "stride_qmt", "stride_pb")
 
 
-def _compile(launcher, dtype: str):
+def _compile(launcher, spec: KernelSpec):
     kernel = launcher.kernel
     meta = dict(launcher.meta)
     options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages", 3)}
@@ -37,9 +37,11 @@ def _compile(launcher, dtype: str):
             attrs[(i,)] = [["tt.divisibility", 16]]
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name in ("q_ptr", "d_ptr"):
-            signature[name] = _ELEMENT[dtype]
-        elif name in ("out_ptr", "part_ptr"):
+        elif name == "q_ptr":
+            signature[name] = _ELEMENT[spec.query_codes or spec.dtype]
+        elif name == "d_ptr":
+            signature[name] = _ELEMENT[spec.doc_codes or spec.dtype]
+        elif name in ("out_ptr", "part_ptr", "d_scale_ptr", "q_scale_ptr"):
             signature[name] = "*fp32"
         elif name.endswith("mask_ptr"):
             signature[name] = "*i1"
@@ -60,12 +62,13 @@ def main() -> None:
             try:
                 validate(spec, cfg)
                 variant = Variant(spec, cfg, load_source(render(spec, cfg, interpret=False)))
-                compiled = _compile(variant.fwd, spec.dtype)
+                compiled = _compile(variant.fwd, spec)
                 if variant.reduce is not None:
-                    _compile(variant.reduce, spec.dtype)
+                    _compile(variant.reduce, spec)
                 ptx = compiled.asm["ptx"]
+                mma = [line.split()[0] for line in ptx.splitlines() if "mma" in line and not line.strip().startswith("//")]
                 out.append({"shared": compiled.metadata.shared, "wgmma": "wgmma.mma_async" in ptx,
-                            "cp_async": "cp.async" in ptx, "error": None})
+                            "cp_async": "cp.async" in ptx, "mma": sorted(set(mma))[:8], "error": None})
             except Exception as exc:  # reported per variant; the test names it
                 out.append({"error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
     json.dump(out, sys.stdout)

@@ -120,3 +120,42 @@ def test_db_show_reads_without_writing(tmp_path):
     result = CliRunner().invoke(main, ["db", "show", "--db", str(missing)])
     assert result.exit_code == 2 and f"no tuned database at {missing}" in result.output
     assert not missing.exists()
+
+
+def test_codegen_renders_quantized_variants():
+    result = CliRunner().invoke(main, ["codegen", "--codes", "int8xint8", "--dim", "64",
+                                       "--config", '{"block_k": 64}'])
+    assert result.exit_code == 0, result.output
+    ast.parse(result.output)
+    assert "q_scale_ptr" in result.output and "tl.int32" in result.output
+    plain = CliRunner().invoke(main, ["codegen", "--dim", "64", "--config", '{"block_k": 64}'])
+    assert "scale_ptr" not in plain.output  # float docs: the kernels they always had
+
+
+def test_check_fidelity_reports_recall_and_says_which_target_is_missed():
+    result = CliRunner().invoke(main, ["check", "--fidelity"])
+    lines = result.output.splitlines()
+    assert any(line.startswith("int8      query as given") for line in lines), result.output
+    assert any(line.startswith("fp8_e4m3  query quantized too") for line in lines), result.output
+    # A missed target is said, by how much, and fails the command; a met one is not.
+    missed = [line for line in lines if "is under the target" in line]
+    assert (result.exit_code != 0) == bool(missed), result.output
+    for line in missed:
+        assert "query as given" in line and " by 0." in line
+
+
+def test_cli_turns_the_interpreter_on_before_triton_loads(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        return  # the interpreter is only the CLI's choice without CUDA
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["MAXSIM_FORGE_CACHE"] = str(tmp_path / "kernels")
+    done = subprocess.run([sys.executable, "-m", "maxsim_forge", "check", "--batch", "2"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "OK" in done.stdout

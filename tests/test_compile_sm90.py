@@ -54,7 +54,27 @@ VARIANTS = [
                                                      num_stages=3, q_mode="loop", split_d=16), False),
     (KernelSpec("padded", "fp32", 128, "ieee", d_mask="mask"),
      KernelConfig(block_q=32, block_d=32, block_k=64, num_warps=4, num_stages=2, q_mode="grid", split_d=2), False),
+    # Quantized docs: codes dequantized in registers (fp16 dot), or both sides quantized
+    # (int8 and fp8 tensor-core dots, which the test below looks for by their PTX types).
+    (KernelSpec("padded", "fp16", 128, d_mask="lengths", codes="int8"),
+     KernelConfig(block_q=32, block_d=64, block_k=128, num_warps=2, num_stages=3, q_mode="tile", masked_loop=True),
+     False),
+    (KernelSpec("padded", "bf16", 128, codes="fp8"),
+     KernelConfig(block_q=64, block_d=64, block_k=128, num_warps=4, num_stages=3, q_mode="tile"), True),
+    (KernelSpec("padded", "fp16", 128, codes="int8xint8"),
+     KernelConfig(block_q=128, block_d=64, block_k=128, num_warps=8, num_stages=3, q_mode="grid"), True),
+    (KernelSpec("padded", "fp16", 128, d_mask="lengths", codes="fp8xfp8"),
+     KernelConfig(block_q=128, block_d=64, block_k=128, num_warps=8, num_stages=3, q_mode="grid"), True),
+    (KernelSpec("allpairs", "fp16", 96, "tf32", "none", "lengths", "int8xint8"),
+     KernelConfig(block_q=64, block_d=32, block_k=128, num_warps=4, num_stages=3, q_mode="persist", exact_k=True),
+     True),
+    (KernelSpec("pairs", "fp16", 128, codes="fp8xfp8"),
+     KernelConfig(block_q=32, block_d=32, block_k=128, num_warps=2, num_stages=3, q_mode="loop", split_d=4), False),
+    (KernelSpec("packed", "fp16", 64, codes="int8xint8"),
+     KernelConfig(block_q=32, block_d=32, block_k=64, num_warps=2, num_stages=3, q_mode="loop"), False),
 ]
+# A quantized query's dot, as its PTX instruction names the operand types.
+_CODE_MMA = {"int8xint8": ".s8", "fp8xfp8": ".e4m3"}
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +98,9 @@ def test_variant_compiles_for_hopper(n, compiled):
         assert result["wgmma"], f"{spec.key()} {cfg.key()}: no warp-group MMA on sm_90"
     if cfg.num_stages > 1:
         assert result["cp_async"], f"{spec.key()} {cfg.key()}: doc tiles are not copied asynchronously"
+    if spec.query_codes:
+        # The dot runs on tensor cores: with warp-group tiles, on the codes themselves (an
+        # s8 or e4m3 wgmma); below them (Triton 3.9, sm_90), an int8 dot stays on s8
+        # mma.sync and an fp8 one is cast to fp16 in registers for an f16 mma.sync.
+        want = _CODE_MMA[spec.codes] if wgmma or spec.query_codes == "int8" else ".f16"
+        assert any(want in op for op in result["mma"]), f"{spec.key()} {cfg.key()}: no {want} MMA: {result['mma']}"

@@ -18,10 +18,10 @@ def test_every_preset_bucket_has_a_key_of_its_own(preset):
     # Two buckets of a preset under one key would overwrite each other's winner.
     from maxsim_forge._keys import doc_fill
 
-    keys = [(b.layout, b.dtype, b.precision, b.dim, b.sizes.bucketed(), doc_fill(b.spec)) for b in PRESETS[preset]]
+    keys = [(b.layout, b.dtype, b.precision, b.dim, b.codes, b.sizes.bucketed(), doc_fill(b.spec)) for b in PRESETS[preset]]
     assert len(keys) == len(set(keys))
     if preset == "default":
-        assert {"full", "ragged"} <= {k[-1] for k in keys if k[0] == "padded" and k[4].lq == 32}
+        assert {"full", "ragged"} <= {k[-1] for k in keys if k[0] == "padded" and k[5].lq == 32}
 
 
 def test_only_picks_buckets_by_label():

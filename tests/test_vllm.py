@@ -167,3 +167,25 @@ def test_export_import_round_trip_and_reader(tmp_path, monkeypatch):
     old_db = tmp_path / "old.db"
     assert mf_vllm.import_vllm(TunedDB(old_db), legacy) == 1
     assert [w["docs"] for w in TunedDB(old_db).winners()] == [""]
+
+
+def test_quantized_buckets_export_to_files_of_their_own_and_back(tmp_path, monkeypatch):
+    buckets = [Bucket(layout="padded", dtype="fp16", dim=32, lq=8, nb=3, ld=20, codes=codes, name="q")
+               for codes in ("none", "int8", "fp8xfp8")]
+    src = tmp_path / "src.db"
+    tune(buckets, db_path=src, trials=2, progress=False)
+    out = tmp_path / "vllm"
+    result = CliRunner().invoke(main, ["export", "--format", "vllm", "--db", str(src), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["codes"]: r for r in TunedDB(src).winners()}
+    gpu = rows["none"]["gpu"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"op=maxsim,dim=32,device_name={gpu},dtype={tag}.json" for tag in ("fp16", "fp16+int8", "fp16+fp8xfp8"))
+    dst = tmp_path / "dst.db"
+    assert mf_vllm.import_vllm(TunedDB(dst), out) == 3
+    assert {r["codes"] for r in TunedDB(dst).winners()} == {"none", "int8", "fp8xfp8"}
+    monkeypatch.setenv("VLLM_TUNED_CONFIG_FOLDER", str(out))
+    for codes, row in rows.items():
+        cfg = mf_vllm.read_vllm_config("maxsim", 32, "fp16", gpu, lq=8, ld=20, nb=3, codes=codes)
+        assert cfg == KernelConfig.from_dict(row["config"])
+    assert mf_vllm.read_vllm_config("maxsim", 32, "fp16", gpu, lq=8, ld=20, nb=3, codes="int8xint8") is None

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..codegen import DTYPES, LAYOUTS, MASK_KINDS, ConfigError, KernelConfig, KernelSpec
-from ._group import check_cache, failures, main, use_interpreter_without_cuda
+from ..codegen import CODES, DTYPES, LAYOUTS, MASK_KINDS, ConfigError, KernelConfig, KernelSpec
+from ._group import check_cache, failures, main, table, use_interpreter_without_cuda
 
 
 def _spec_options(f):
@@ -24,6 +24,8 @@ def _spec_options(f):
                      help="How invalid query tokens are given."),
         click.option("--d-mask", type=click.Choice(MASK_KINDS), default="none", show_default=True,
                      help="How invalid doc tokens are given."),
+        click.option("--codes", type=click.Choice(CODES), default="none", show_default=True,
+                     help="Quantized docs: int8 or fp8 (e4m3) codes; int8xint8 and fp8xfp8 quantize the query too."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -36,7 +38,7 @@ def _spec_options(f):
               help='Config as JSON, e.g. \'{"block_q": 64, "q_mode": "grid"}\'; unset knobs keep defaults.')
 @click.option("--smem-limit", type=click.IntRange(min=1), default=None,
               help="Shared-memory bytes per block to validate against (default: Hopper's).")
-def codegen(layout, dtype, dim, precision, q_mask, d_mask, config_json, smem_limit) -> None:
+def codegen(layout, dtype, dim, precision, q_mask, d_mask, codes, config_json, smem_limit) -> None:
     """Print the generated Triton source of one variant.
 
     Example: maxsim-forge codegen --layout allpairs --dim 96 --config '{"q_mode": "fold"}'
@@ -48,7 +50,7 @@ def codegen(layout, dtype, dim, precision, q_mask, d_mask, config_json, smem_lim
     if dim > most:
         raise click.BadParameter(f"{dim} is above the largest dim the generated kernels take for {dtype} "
                                  f"with this shared memory ({most})", param_hint="'--dim'")
-    spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask)
+    spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask, codes)
     try:
         cfg = KernelConfig.from_dict(json.loads(config_json) if config_json else {})
         click.echo(render(spec, cfg, smem_limit=smem_limit), nl=False)
@@ -62,14 +64,20 @@ def codegen(layout, dtype, dim, precision, q_mask, d_mask, config_json, smem_lim
 @click.option("--dtype", type=click.Choice(DTYPES), default="fp16", show_default=True,
               help="Input dtype.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-def check(batch, dtype, seed) -> None:
+@click.option("--fidelity", is_flag=True,
+              help="Instead: rank a clustered corpus of near-duplicate docs with fp32, int8 and fp8 docs and "
+                   "report recall@10 and the largest score error against fp32.")
+def check(batch, dtype, seed, fidelity) -> None:
     """Score a random ColBERT-shaped batch (Lq 32, Ld 300, dim 128) and compare with float64.
 
-    Example: maxsim-forge check --batch 64 --dtype bf16
+    Example: maxsim-forge check --batch 64 --dtype bf16; maxsim-forge check --fidelity
     """
     from ..selfcheck import colbert_check
 
     interpreted = use_interpreter_without_cuda()
+    if fidelity:
+        _fidelity(dtype, seed, interpreted)
+        return
     if interpreted:
         click.echo("No CUDA device: running the generated kernel through Triton's interpreter.")
     check_cache()
@@ -78,6 +86,30 @@ def check(batch, dtype, seed) -> None:
     click.echo(report.text())
     if not report.ok:
         raise click.ClickException("the generated kernel does not match the float64 reference")
+
+
+def _fidelity(dtype: str, seed: int, interpreted: bool) -> None:
+    """``check --fidelity``: the ranking fidelity table; fails where the default path
+    (the query as given) misses its recall target."""
+    import torch
+
+    from ..codegen import torch_dtype
+    from ..fidelity import TARGET_RECALL, ranking_fidelity
+
+    # The interpreter takes minutes on the full corpus: there, a smaller one.
+    size = dict(docs=60, queries=4, lq=8, ld=16, dim=32) if interpreted else {}
+    where = "cuda" if torch.cuda.is_available() else "cpu"
+    if interpreted:
+        click.echo("No CUDA device: scoring through Triton's interpreter on a smaller corpus.")
+    with failures():
+        rows = ranking_fidelity(device=where, dtype=torch_dtype(dtype), seed=seed, **size)
+    click.echo(table(("docs", "query", f"recall@{rows[0].k}", "max |error|", "relative"), [r.row() for r in rows]))
+    missed = [r for r in rows if not r.quantize_query and r.recall < TARGET_RECALL]
+    for r in missed:
+        click.echo(f"{r.format} with the query as given: recall@{r.k} {r.recall:.4f} is under the target "
+                   f"{TARGET_RECALL} by {TARGET_RECALL - r.recall:.4f}")
+    if missed:
+        raise click.ClickException("ranking fidelity under its target")
 
 
 def _buckets(values: tuple[str, ...]) -> list[dict] | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from ._cache import CacheError, cache_dir, load_source, load_variant
 from ._config import (
+    CODE_DTYPES,
+    CODES,
     DEFAULT_SMEM_LIMIT,
+    MIN_CODE_K,
     DTYPES,
     LAYOUTS,
     MASK_KINDS,
@@ -13,6 +16,7 @@ from ._config import (
     KernelConfig,
     KernelSpec,
     exact_k_fits,
+    k_chunks,
     next_pow2,
     partial_doc_tiles,
     query_programs,
@@ -37,7 +41,10 @@ from ._render import (
 from ._variant import Variant
 
 __all__ = [
+    "CODES",
+    "CODE_DTYPES",
     "DEFAULT_SMEM_LIMIT",
+    "MIN_CODE_K",
     "DTYPES",
     "LAUNCH_REVISION",
     "LAYOUTS",
@@ -51,6 +58,7 @@ __all__ = [
     "cache_dir",
     "environment",
     "exact_k_fits",
+    "k_chunks",
     "family",
     "interpreting",
     "is_current",

@@ -18,6 +18,13 @@ DTYPES = ("fp16", "bf16", "fp32")
 PRECISIONS = ("tf32", "ieee")
 MASK_KINDS = ("none", "lengths", "mask")
 Q_MODES = ("loop", "grid", "fold", "tile", "persist")
+# Quantized documents: "none" (docs in the query's dtype), "int8" / "fp8" (doc codes
+# dequantized in registers, the query in its own dtype), "int8xint8" / "fp8xfp8" (the
+# query quantized per token too, the dot on int8 or fp8 tensor cores). fp8 is e4m3.
+CODES = ("none", "int8", "fp8", "int8xint8", "fp8xfp8")
+CODE_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+# A quantized query's dot takes feature tiles of at least 32 (the int8 and fp8 MMA's k).
+MIN_CODE_K = 32
 
 # Hopper's per-block shared-memory opt-in limit: assumed where the caller or the device
 # gives none, and the interpreter's stand-in.
@@ -44,6 +51,8 @@ class KernelSpec:
     ``lengths`` or a boolean ``mask``. Packed and pairs layouts take the doc (and,
     for pairs, the query) extents from ``cu_seqlens`` and so have ``d_mask="none"``.
     ``precision`` only matters for fp32 inputs; half types store ``"native"``.
+    ``codes`` says how the docs are stored (:data:`CODES`); where the query is quantized
+    too (``int8xint8``, ``fp8xfp8``) there is no float dot and ``precision`` is ``"native"``.
     """
 
     layout: str
@@ -52,20 +61,37 @@ class KernelSpec:
     precision: str = "tf32"
     q_mask: str = "none"
     d_mask: str = "none"
+    codes: str = "none"
 
     def __post_init__(self) -> None:
-        if self.dtype in ("fp16", "bf16") and self.precision != "native":
+        if (self.dtype in ("fp16", "bf16") or self.query_codes) and self.precision != "native":
             object.__setattr__(self, "precision", "native")
+
+    @property
+    def doc_codes(self) -> str | None:
+        """The docs' code format ("int8" or "fp8"), None for float docs."""
+        return None if self.codes == "none" else self.codes.split("x")[0]
+
+    @property
+    def query_codes(self) -> str | None:
+        """The query's code format where the query is quantized too, else None."""
+        return self.codes.split("x")[1] if "x" in self.codes else None
 
     def validate(self) -> None:
         _choice("layout", self.layout, LAYOUTS)
         _choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.dim, int) or self.dim < 1:
             raise ConfigError(f"dim must be a positive integer, got {self.dim!r}")
-        if self.dtype == "fp32":
+        if self.dtype == "fp32" and not self.query_codes:
             _choice("precision", self.precision, PRECISIONS)
         _choice("q_mask", self.q_mask, MASK_KINDS)
         _choice("d_mask", self.d_mask, MASK_KINDS)
+        _choice("codes", self.codes, CODES)
+        if self.query_codes and self.dim < MIN_CODE_K:
+            raise ConfigError(
+                f"codes={self.codes!r} takes a dim of at least {MIN_CODE_K} (the {self.query_codes} "
+                f"tensor-core dot's feature depth); got dim {self.dim}"
+            )
         if self.layout in ("packed", "pairs") and self.d_mask != "none":
             raise ConfigError(
                 f"d_mask={self.d_mask!r} contradicts layout {self.layout!r}: packed docs "
@@ -82,6 +108,7 @@ class KernelSpec:
         return (
             f"{self.layout}-{self.dtype}-dim{self.dim}-{self.precision}"
             f"-qmask_{self.q_mask}-docmask_{self.d_mask}"
+            + ("" if self.codes == "none" else f"-codes_{self.codes}")
         )
 
 
@@ -161,6 +188,16 @@ def _choice(name: str, value: object, accepted: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not supported; accepted: {', '.join(accepted)}")
 
 
+def doc_bytes(spec: KernelSpec) -> int:
+    """Bytes of one doc feature as the kernel reads it: a code, or the query's dtype."""
+    return 1 if spec.doc_codes else ELEMENT_BYTES[spec.dtype]
+
+
+def query_bytes(spec: KernelSpec) -> int:
+    """Bytes of one query feature as the kernel reads it."""
+    return 1 if spec.query_codes else ELEMENT_BYTES[spec.dtype]
+
+
 def k_width(spec: KernelSpec, cfg: KernelConfig) -> int:
     """Features a doc or query tile holds: the dim with ``exact_k``, else ``block_k``."""
     return spec.dim if cfg.exact_k else cfg.block_k
@@ -198,10 +235,9 @@ def smem_bytes(spec: KernelSpec, cfg: KernelConfig) -> int:
     245760 bytes, ``bq128-bdoc32-bk64`` fp32 286720, chunks x (stages x doc tile + query
     tile) each). The larger of that and the query tile pipelined with the doc tiles (as
     another Triton may lay it out) is the estimate."""
-    esize = ELEMENT_BYTES[spec.dtype]
     stages = max(cfg.num_stages, 1)
-    doc = cfg.block_d * k_width(spec, cfg) * esize
-    query = cfg.block_q * k_width(spec, cfg) * esize
+    doc = cfg.block_d * k_width(spec, cfg) * doc_bytes(spec)
+    query = cfg.block_q * k_width(spec, cfg) * query_bytes(spec)
     chunks = num_k_chunks(spec, cfg)
     if chunks == 1:
         return doc * stages + query
@@ -211,11 +247,10 @@ def smem_bytes(spec: KernelSpec, cfg: KernelConfig) -> int:
 def registers_per_thread(spec: KernelSpec, cfg: KernelConfig) -> int:
     """A rough per-thread register estimate: score tile, query tile, row state, overhead."""
     threads = 32 * cfg.num_warps
-    esize = ELEMENT_BYTES[spec.dtype]
     # fp32 score tiles: the dot's, the previous one (overlap_max), the running max (defer_max)
     score = cfg.block_q * cfg.block_d * (1 + cfg.overlap_max + cfg.defer_max)
-    query = cfg.block_q * k_width(spec, cfg) * esize // 4
-    doc = cfg.block_d * k_width(spec, cfg) * esize // 4
+    query = cfg.block_q * k_width(spec, cfg) * query_bytes(spec) // 4
+    doc = cfg.block_d * k_width(spec, cfg) * doc_bytes(spec) // 4
     return (score + query + doc) // threads + cfg.block_q // 8 + 40
 
 
@@ -243,6 +278,13 @@ def _check_tiles(spec: KernelSpec, cfg: KernelConfig) -> None:
         raise ConfigError(
             f"tiles above 256 are not generated (block_q={cfg.block_q}, "
             f"block_d={cfg.block_d}, block_k={cfg.block_k})"
+        )
+    if spec.query_codes and (cfg.block_k < MIN_CODE_K or
+                             (cfg.exact_k and min(w for _, w in k_chunks(spec, cfg)) < MIN_CODE_K)):
+        raise ConfigError(
+            f"codes={spec.codes!r} dots {spec.query_codes} tiles of at least {MIN_CODE_K} features; "
+            f"got block_k={cfg.block_k}" + (f" with exact_k feature tiles {[w for _, w in k_chunks(spec, cfg)]}"
+                                            if cfg.exact_k else "")
         )
     if cfg.block_k > max(16, next_pow2(spec.dim)):
         raise ConfigError(

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 
-from triton.runtime.jit import JITFunction
-
 log = logging.getLogger("maxsim_forge")
 
 # Integers of this magnitude or more are passed as 64-bit; below, as 32-bit.
@@ -45,6 +43,10 @@ class Launcher:
         self.meta = dict(constexprs, num_warps=num_warps)
         if num_stages is not None:
             self.meta["num_stages"] = num_stages
+        # Imported here, not with this module: Triton reads TRITON_INTERPRET when it loads,
+        # and the CLI turns the interpreter on after maxsim_forge is imported.
+        from triton.runtime.jit import JITFunction
+
         names = list(getattr(kernel, "arg_names", ()))
         # Direct launches need a compiled kernel: not the interpreter's function.
         self.direct = (isinstance(kernel, JITFunction) and bool(constexprs)

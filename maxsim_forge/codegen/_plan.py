@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._config import KernelConfig, KernelSpec, num_k_chunks, query_programs, torch_dtype
+from ._config import CODE_DTYPES, KernelConfig, KernelSpec, num_k_chunks, query_programs, torch_dtype
 
 LAUNCH_REVISION = 1
 # Rows per step of the split-doc reduction kernel, and its warps: it reads a few KB.
@@ -87,9 +87,11 @@ def _strides(t, n):
 
 
 def check_call(spec: KernelSpec, name: str, q: torch.Tensor, d: torch.Tensor) -> None:
-    want = torch_dtype(spec.dtype)
-    if q.dtype != want or d.dtype != want:
-        raise TypeError(f"variant {name} takes {want}; got q {q.dtype}, d {d.dtype}")
+    want_q = CODE_DTYPES[spec.query_codes] if spec.query_codes else torch_dtype(spec.dtype)
+    want_d = CODE_DTYPES[spec.doc_codes] if spec.doc_codes else torch_dtype(spec.dtype)
+    if q.dtype != want_q or d.dtype != want_d:
+        takes = str(want_q) if want_q == want_d else f"q {want_q}, d {want_d}"
+        raise TypeError(f"variant {name} takes {takes}; got q {q.dtype}, d {d.dtype}")
     if q.shape[-1] != spec.dim or d.shape[-1] != spec.dim:
         raise ValueError(f"variant {name} takes dim {spec.dim}; got q {tuple(q.shape)}, d {tuple(d.shape)}")
 
@@ -109,9 +111,26 @@ def output(spec: KernelSpec, cfg: KernelConfig, q: torch.Tensor, *, nq: int, lq:
     return out.zero_() if zero else out
 
 
+def _scale_args(spec: KernelSpec, d_scales, q_scales) -> tuple[tuple, tuple]:
+    """The scale tensors of quantized docs (and query) and their (row, token) strides;
+    nothing for float docs, whose kernels take no scales."""
+    if spec.codes == "none":
+        return (), ()
+    if d_scales is None or (spec.query_codes and q_scales is None):
+        raise ValueError(f"codes={spec.codes!r} needs the docs' scales" + (" and the query's" if spec.query_codes else ""))
+    flat = spec.layout in ("packed", "pairs")
+    ds = (0, d_scales.stride(0)) if flat else tuple(d_scales.stride())
+    if q_scales is None:
+        return (d_scales, d_scales), (*ds, 0, 0)
+    qs = (0, q_scales.stride(0)) if spec.layout == "pairs" else tuple(q_scales.stride())
+    return (d_scales, q_scales), (*ds, *qs)
+
+
 def plan(spec: KernelSpec, cfg: KernelConfig, q, d, *, nq, lq, nb, ld, q_cu=None, d_cu=None,
-         q_lengths=None, q_mask=None, d_lengths=None, d_mask=None, out=None):
-    """The output and the launches that fill it (none for an empty output)."""
+         q_lengths=None, q_mask=None, d_lengths=None, d_mask=None, d_scales=None, q_scales=None, out=None):
+    """The output and the launches that fill it (none for an empty output). Quantized
+    docs pass their per-token float32 scales (``[B, Ld]``, or ``[T]`` packed), and a
+    quantized query its own (``[Nq, Lq]``, or ``[Tq]`` for pairs)."""
     pairs = spec.layout == "pairs"
     out = output(spec, cfg, q, nq=nq, lq=lq, nb=nb, out=out)
     if out.numel() == 0 or lq == 0:
@@ -132,9 +151,11 @@ def plan(spec: KernelSpec, cfg: KernelConfig, q, d, *, nq, lq, nb, ld, q_cu=None
     else:
         sizes, grid = (nq, lq, ld, q_progs), (q_progs * cfg.split_d * nb,)
     extent = tuple(t if t is not None else d for t in (q_cu, d_cu, q_lengths, q_mask, d_lengths, d_mask))
+    scales, scale_strides = _scale_args(spec, d_scales, q_scales)
     fwd_args = (
-        q, d, out, part, *extent, *sizes,
+        q, d, out, part, *extent, *scales, *sizes,
         *q_strides, *d_strides, *_strides(q_mask, 2), *_strides(d_mask, 2), *out_strides, *part_strides,
+        *scale_strides,
     )
     steps = [Step("fwd", grid, fwd_args)]
     if cfg.split_d > 1:

@@ -16,6 +16,7 @@ from ._plan import LAUNCH_REVISION, launch_meta
 
 # Queries per step of the folded one-tile store (a [block_q, 32] one-hot sum).
 _STORE_N = 32
+_TL_TYPES = {"fp16": "tl.float16", "bf16": "tl.bfloat16", "fp32": "tl.float32"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,6 +53,7 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
     split_k = num_k_chunks(spec, cfg) > 1
     # The query tile(s) held in registers and passed to each doc tile.
     q_args = [name for name, _, _ in chunks] or ["q"]
+    upcast = spec.dtype == "bf16" and interpret and not spec.query_codes
     return {
         "TEMPLATE": family(cfg),
         "VARIANT": variant_name(spec, cfg),
@@ -73,10 +75,19 @@ def template_values(spec: KernelSpec, cfg: KernelConfig, *, interpret: bool | No
         "Q_MASK": spec.q_mask,
         "D_MASK": spec.d_mask,
         # fp32 inputs pick tf32 or exact ieee products; half types use the native dot.
-        "INPUT_PRECISION": spec.precision if spec.dtype == "fp32" else "",
+        "INPUT_PRECISION": spec.precision if spec.dtype == "fp32" and not spec.query_codes else "",
         # Triton's interpreter multiplies bf16 tiles wrongly (triton 3.9): there, bf16
         # operands go to fp32 first, which is exact (bf16 x bf16 fits fp32's mantissa).
-        "UPCAST_DOT": spec.dtype == "bf16" and interpret,
+        "UPCAST_DOT": upcast,
+        # Quantized docs: per-token scales (CODES); the query's too where it is quantized
+        # (Q_SCALED), whose int8 dot accumulates in int32 (ACC).
+        "CODES": spec.codes != "none",
+        "Q_SCALED": spec.query_codes is not None,
+        "ACC": "tl.int32" if spec.query_codes == "int8" else "tl.float32",
+        # What a doc tile becomes before its dot: codes dequantized in registers to the
+        # query's dtype (their values are exact in fp16, bf16 and fp32), or bf16 upcast.
+        "DOC_TO": "tl.float32" if upcast else _TL_TYPES[spec.dtype] if spec.doc_codes and not spec.query_codes
+                  else "",
         # Queries whose sums one step of the folded one-tile store takes.
         "STORE_N": min(cfg.block_q, _STORE_N),
     }
@@ -131,9 +142,9 @@ def jit_kernels(source: str) -> list[str]:
 
 
 def kernel_hash(layout: str, dtype: str, dim: int, precision: str, cfg: KernelConfig,
-                env: jinja2.Environment | None = None) -> str:
+                env: jinja2.Environment | None = None, *, codes: str = "none") -> str:
     """Hash of the kernels a tuned config runs and how they are launched: the layout,
-    dtype, dim and precision (the kernels' pointer types come from the call), the syntax
+    dtype, dim, precision and codes (the kernels' pointer types come from the call), the syntax
     tree of every ``@triton.jit`` function of the variant rendered for the GPU with each
     mask kind its layout takes, the launch meta-parameters and the launch revision.
 
@@ -143,18 +154,20 @@ def kernel_hash(layout: str, dtype: str, dim: int, precision: str, cfg: KernelCo
     before it.
     """
     if env is None:
-        return _kernel_hash(layout, dtype, dim, precision, cfg)
-    return _kernel_hash.__wrapped__(layout, dtype, dim, precision, cfg, env)
+        return _kernel_hash(layout, dtype, dim, precision, cfg, None, codes)
+    return _kernel_hash.__wrapped__(layout, dtype, dim, precision, cfg, env, codes)
 
 
 @functools.lru_cache(maxsize=4096)
 def _kernel_hash(layout: str, dtype: str, dim: int, precision: str, cfg: KernelConfig,
-                 env: jinja2.Environment | None = None) -> str:
-    head = f"{layout} {dtype} {dim} {precision}; launch {LAUNCH_REVISION} {sorted(launch_meta(cfg).items())}\f"
+                 env: jinja2.Environment | None = None, codes: str = "none") -> str:
+    # Float docs keep the head they were hashed with before codes existed.
+    coded = "" if codes == "none" else f" {codes}"
+    head = f"{layout} {dtype} {dim} {precision}{coded}; launch {LAUNCH_REVISION} {sorted(launch_meta(cfg).items())}\f"
     digest = hashlib.sha256(head.encode())
     for q_mask in MASK_KINDS:
         for d_mask in MASK_KINDS:
-            spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask)
+            spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask, codes)
             try:
                 spec.validate()
             except ConfigError:
@@ -174,7 +187,8 @@ def is_current(row: dict) -> bool:
     try:
         cfg = row["config"]
         cfg = KernelConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
-        return stored == kernel_hash(row["layout"], row["dtype"], row["dim"], row["precision"], cfg)
+        return stored == kernel_hash(row["layout"], row["dtype"], row["dim"], row["precision"], cfg,
+                                     codes=row.get("codes", "none"))
     except (ConfigError, TypeError, KeyError):
         return False
 

@@ -18,7 +18,8 @@ class Variant:
     their padded length (pairs: ``nq`` is 1 and ``lq`` the longest query, which sizes the
     grid); ``nb``/``ld``, docs and their padded (or, packed, longest) length; and the
     extents the layout takes (``q_cu``, ``d_cu``, ``q_lengths``, ``q_mask``,
-    ``d_lengths``, ``d_mask``). The result is float32 ``[nq, nb]`` (pairs: ``[nb]``),
+    ``d_lengths``, ``d_mask``; quantized docs add ``d_scales`` and, where the query is
+    quantized too, ``q_scales``). The result is float32 ``[nq, nb]`` (pairs: ``[nb]``),
     written into ``out`` when given.
     """
 
@@ -27,7 +28,7 @@ class Variant:
         self.name = variant_name(spec, cfg)
         # q, d, out and part have dtypes the plan checks; the extents after them enter
         # the launchers' keys by dtype.
-        self.fwd = Launcher(module._maxsim_fwd_kernel, tensors=10, fixed=4,
+        self.fwd = Launcher(module._maxsim_fwd_kernel, tensors=10 if spec.codes == "none" else 12, fixed=4,
                             constexprs=fwd_constexprs(spec, cfg), num_warps=cfg.num_warps,
                             num_stages=cfg.num_stages)
         self.reduce = None

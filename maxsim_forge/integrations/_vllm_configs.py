@@ -54,14 +54,19 @@ def safe_name_part(name: str, value: object) -> str:
     return text
 
 
-def _dtype_tag(dtype: str, precision: str) -> str:
-    return f"{dtype}_{precision}" if dtype == "fp32" else dtype
+def _dtype_tag(dtype: str, precision: str, codes: str = "none") -> str:
+    """The file name's dtype: ``fp16``, ``fp32_tf32``; quantized docs add their codes
+    (``fp16+int8``, ``fp16+fp8xfp8``)."""
+    tag = f"{dtype}_{precision}" if dtype == "fp32" and precision != "native" else dtype
+    return tag if codes == "none" else f"{tag}+{codes}"
 
 
-def _untag(tag: str) -> tuple[str, str]:
+def _untag(tag: str) -> tuple[str, str, str]:
+    """(dtype, precision, codes) of a file name's dtype tag."""
+    tag, _, codes = tag.partition("+")
     if tag.startswith("fp32_"):
-        return "fp32", tag.split("_", 1)[1]
-    return tag, "native"
+        return "fp32", tag.split("_", 1)[1], codes or "none"
+    return tag, "native", codes or "none"
 
 
 def file_name(op: str, dim: int, device_name: str, dtype_tag: str) -> str:
@@ -95,7 +100,8 @@ def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
     files: dict[str, dict] = {}
     for w in db.winners():
         try:
-            name = file_name(OPS[w["layout"]], w["dim"], w["gpu"], _dtype_tag(w["dtype"], w["precision"]))
+            name = file_name(OPS[w["layout"]], w["dim"], w["gpu"],
+                             _dtype_tag(w["dtype"], w["precision"], w.get("codes", "none")))
         except ValueError as exc:
             raise ValueError(f"{db.path}: row {row_label(w)}: {exc}") from None
         if (out_dir / name).resolve().parent != out_dir.resolve():
@@ -113,8 +119,8 @@ def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def _head(path: Path) -> tuple[str, int, str, str, str]:
-    """(layout, dim, device, dtype, precision) of a file, from its name."""
+def _head(path: Path) -> tuple[str, int, str, str, str, str]:
+    """(layout, dim, device, dtype, precision, codes) of a file, from its name."""
     head = _parse_fields(path.name.removesuffix(".json"))
     try:
         op, dim, device, tag = head["op"], head["dim"], head["device_name"], head["dtype"]
@@ -140,7 +146,7 @@ def _bucket_fields(path: Path, label: str) -> tuple[dict[str, int], str]:
 
 
 def _rows_of(path: Path) -> list[dict]:
-    layout, dim, device, dtype, precision = _head(path)
+    layout, dim, device, dtype, precision, codes = _head(path)
     doc = json.loads(path.read_text())
     if not isinstance(doc, dict):
         raise ValueError(f"{path.name}: holds {type(doc).__name__}; accepted: an object of buckets")
@@ -164,7 +170,7 @@ def _rows_of(path: Path) -> list[dict]:
         winner.setdefault("triton_version", doc.get("triton_version"))
         row = {"gpu": device, "cc": winner.pop("cc", ""), "layout": layout, "dtype": dtype,
                "precision": precision, "dim": dim, **{f"{k}_bucket": fields[k] for k in _BUCKET_FIELDS},
-               "docs": docs, "config": config, **winner}
+               "docs": docs, "codes": codes, "config": config, **winner}
         rows.append(check_winner(row, where=path.name))
     return rows
 
@@ -197,7 +203,7 @@ def _entries(path: str, mtime: float) -> tuple[Entry, ...]:
 
 def read_vllm_config(
     op: str, dim: int, dtype: str, device_name: str, *, nq: int = 1, lq: int, nb: int, ld: int,
-    precision: str = "tf32", docs: str = "full", folder: str | Path | None = None,
+    precision: str = "tf32", docs: str = "full", codes: str = "none", folder: str | Path | None = None,
 ) -> KernelConfig | None:
     """The config of the call's bucket in the tuned-config folder, else of its nearest
     neighbour, or None.
@@ -207,7 +213,8 @@ def read_vllm_config(
     neighbour has as many queries in kind (one, or a set) and, for a set, no query tile
     taller than its ``nq * lq`` rows. ``docs``: "full" where every doc fills its padded
     length, "ragged" where docs carry lengths or masks; buckets tuned on the other kind
-    count as farther. The file says nothing of the device's limits or of the kernels a
+    count as farther. ``codes``: quantized docs' codes (``int8``, ``fp8xfp8``, ...), which
+    have files of their own. The file says nothing of the device's limits or of the kernels a
     config was timed with: every bucket it holds is taken as usable.
 
     ``folder`` defaults to ``VLLM_TUNED_CONFIG_FOLDER``, as vLLM's own lookups do.
@@ -215,7 +222,7 @@ def read_vllm_config(
     folder = folder or os.environ.get("VLLM_TUNED_CONFIG_FOLDER")
     if not folder:
         return None
-    tag = _dtype_tag(dtype, precision if dtype == "fp32" else "native")
+    tag = _dtype_tag(dtype, precision if dtype == "fp32" else "native", codes)
     path = Path(folder) / file_name(op, dim, device_name, tag)
     if not path.exists():
         return None

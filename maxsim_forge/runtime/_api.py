@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .._inputs import (
-    Prepared, concat_pairs, copy_pair_offsets, prepare_packed, prepare_padded, prepare_pair_batch, prepare_pairs,
+    Prepared, concat_pairs, copy_pair_offsets, pack_quantized_pairs, prepare_packed, prepare_padded,
+    prepare_pair_batch, prepare_pairs,
 )
 from .._keys import BucketKey, bucket, gpu_info
 from ..codegen import KernelConfig, interpreting, load_variant, variant_name
+from ..quant import QuantizedDocs
 from ..reference import reference_for
 from ._eager import eager_scores
 from ._explain import Decision
@@ -275,19 +277,25 @@ def maxsim(
     d_mask: torch.Tensor | None = None,
     precision: str = "tf32",
     validate: bool = True,
+    quantize_query: bool = False,
 ) -> torch.Tensor:
     """MaxSim of ``q`` (``[Lq, dim]`` or ``[Nq, Lq, dim]``) against padded ``d[B, Ld, dim]``.
 
     Lengths (int ``[Nq]`` / ``[B]``) or boolean masks (``[Nq, Lq]`` / ``[B, Ld]``) mark
     valid tokens on either side. Returns float32 ``[B]`` or ``[Nq, B]``. ``validate``
     checks length values too, which reads them back to the host; it is skipped under
-    CUDA graph capture.
+    CUDA graph capture. ``d`` may be :class:`~maxsim_forge.QuantizedDocs` (codes
+    dequantized in registers); ``quantize_query=True`` then quantizes the query per token
+    to the docs' format too, for int8 or fp8 tensor-core dots.
     """
-    sig, plan = _plan_for("padded", precision, q, d, q_lengths, q_mask, d_lengths, d_mask)
+    quantized = isinstance(d, QuantizedDocs) or quantize_query is not False
+    sig, plan = (None, None) if quantized else _plan_for("padded", precision, q, d, q_lengths, q_mask,
+                                                         d_lengths, d_mask)
     if plan is None or (validate and (q_lengths is not None or d_lengths is not None)):
         prep = prepare_padded(
             q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
             precision=precision, check_values=_check_values(validate, q_lengths, d_lengths),
+            quantize_query=quantize_query,
         )
         out = _run(prep)
         if plan is None and sig is not None:
@@ -319,15 +327,18 @@ def maxsim_packed(
     q_mask: torch.Tensor | None = None,
     precision: str = "tf32",
     validate: bool = True,
+    quantize_query: bool = False,
 ) -> torch.Tensor:
     """MaxSim against docs packed as ``[total_tokens, dim]`` with ``cu_seqlens[B + 1]``.
 
     ``max_doc_len`` only refines the shape bucket; kernels read each doc's extent on
-    the device. Returns float32 ``[B]`` or ``[Nq, B]``.
+    the device. Returns float32 ``[B]`` or ``[Nq, B]``. ``d_packed`` may be packed
+    :class:`~maxsim_forge.QuantizedDocs`, with ``quantize_query`` as in :func:`maxsim`.
     """
     prep = prepare_packed(
         q, d_packed, cu_seqlens, max_doc_len=max_doc_len, q_lengths=q_lengths, q_mask=q_mask,
         precision=precision, check_values=_check_values(validate, cu_seqlens, q_lengths),
+        quantize_query=quantize_query,
     )
     return _run(prep)
 
@@ -337,14 +348,20 @@ def maxsim_pairs(
     docs: Sequence[torch.Tensor],
     *,
     precision: str = "tf32",
+    quantize_query: bool = False,
 ) -> torch.Tensor:
     """Query i against doc i, both ragged ``[L, dim]`` tensors; returns float32 ``[N]``.
 
-    Both sides are packed with one copy each and scored in one launch.
+    Both sides are packed with one copy each and scored in one launch. The docs may be
+    packed :class:`~maxsim_forge.QuantizedDocs` (one per doc, one format), with
+    ``quantize_query`` as in :func:`maxsim`.
     """
     if isinstance(queries, Sequence) and not isinstance(queries, torch.Tensor) and len(queries) == 0:
         if isinstance(docs, Sequence) and not isinstance(docs, torch.Tensor) and len(docs) == 0:
             return torch.zeros(0, dtype=torch.float32)
+    if quantize_query is not False or (isinstance(docs, Sequence) and not isinstance(docs, torch.Tensor)
+                                       and len(docs) and isinstance(docs[0], QuantizedDocs)):
+        return _run(pack_quantized_pairs(queries, docs, precision=precision, quantize_query=quantize_query))
     precision, batch = concat_pairs(queries, docs, precision)
     q_lens, d_lens, q, d = batch
     if not q.is_cuda:
@@ -374,11 +391,14 @@ def maxsim_pairs_packed(
     max_d_len: int = 0,
     precision: str = "tf32",
     validate: bool = True,
+    quantize_query: bool = False,
 ) -> torch.Tensor:
-    """Aligned pairs already packed: query i is ``q_packed[q_cu[i]:q_cu[i+1]]``."""
+    """Aligned pairs already packed: query i is ``q_packed[q_cu[i]:q_cu[i+1]]``; ``d_packed``
+    may be packed :class:`~maxsim_forge.QuantizedDocs`, with ``quantize_query`` as in
+    :func:`maxsim`."""
     prep = prepare_pairs(
         q_packed, q_cu, d_packed, d_cu, max_q_len=max_q_len, max_d_len=max_d_len,
-        precision=precision, check_values=_check_values(validate, q_cu, d_cu),
+        precision=precision, check_values=_check_values(validate, q_cu, d_cu), quantize_query=quantize_query,
     )
     return _run(prep)
 

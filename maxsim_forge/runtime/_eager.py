@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._inputs import Prepared
-from ..reference import masked_max, query_sum, valid_tokens
+from ..reference import dequantize_codes, masked_max, query_sum, valid_tokens
 
 # Score elements (float32) materialised at once: 256 MiB.
 _CHUNK = 1 << 26
@@ -40,14 +40,17 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return op(a.float(), b.float())
 
 
-def _gather(x: torch.Tensor, cu: torch.Tensor, start: int, stop: int, length: int):
-    """Items start..stop of a packed ``x`` with offsets ``cu`` -> padded [n, length, dim], valid."""
+def _gather(x: torch.Tensor, cu: torch.Tensor, start: int, stop: int, length: int, scales=None):
+    """Items start..stop of a packed ``x`` with offsets ``cu`` -> padded [n, length, dim], valid;
+    codes with per-token ``scales`` come back dequantized to float32."""
     cu = cu.long()
     begin = cu[start:stop]
     lens = cu[start + 1 : stop + 1] - begin
     pos = torch.arange(length, device=x.device)
     valid = pos[None, :] < lens[:, None]
     idx = torch.where(valid, begin[:, None] + pos[None, :], torch.zeros_like(begin)[:, None])
+    if scales is not None:
+        return dequantize_codes(x[idx], scales[idx], torch.float32), valid
     return x[idx], valid
 
 
@@ -62,6 +65,11 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
     """
     k = prep.launch_kwargs
     q, d = prep.q, prep.d
+    ds = k.get("d_scales")
+    if ds is not None:
+        # Quantized: the query as the float32 tokens it stands for; the docs' codes are
+        # dequantized to float32 a chunk at a time (_rows).
+        q = dequantize_codes(q, k["q_scales"], torch.float32) if k.get("q_scales") is not None else q.float()
     nq, lq, nb, ld = k["nq"], k["lq"], k["nb"], k["ld"]
     dim = q.shape[-1]
     layout = prep.spec.layout
@@ -76,7 +84,7 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
         for b0 in range(0, nb, step):
             b1 = min(nb, b0 + step)
             qp, q_valid = _gather(q, k["q_cu"], b0, b1, lq)
-            dp, d_valid = _gather(d, k["d_cu"], b0, b1, ld)
+            dp, d_valid = _gather(d, k["d_cu"], b0, b1, ld, ds)
             m = masked_max(_mm_f32(qp, dp.transpose(1, 2)), d_valid[:, None, :], dim=2)  # [n, Lq]
             out[b0:b1] = query_sum(m, q_valid, dim=1)
         return out
@@ -87,13 +95,13 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
         return out
     q_valid = valid_tokens(nq, lq, k.get("q_lengths"), k.get("q_mask"), q.device)
     qt = q.reshape(nq * lq, dim).t()
-    step = _step(nq * lq * ld, (ld, dim * d.element_size()))
+    step = _step(nq * lq * ld, (ld, dim * (4 if ds is not None else d.element_size())))
     for b0 in range(0, nb, step):
         b1 = min(nb, b0 + step)
         if layout == "packed":
-            dp, d_valid = _gather(d, k["d_cu"], b0, b1, ld)
+            dp, d_valid = _gather(d, k["d_cu"], b0, b1, ld, ds)
         else:
-            dp = d[b0:b1]
+            dp = d[b0:b1] if ds is None else dequantize_codes(d[b0:b1], ds[b0:b1], torch.float32)
             d_valid = valid_tokens(b1 - b0, ld, _part(k.get("d_lengths"), b0, b1),
                                    _part(k.get("d_mask"), b0, b1), d.device)
         # Every query token against every doc token of the chunk in one matmul.

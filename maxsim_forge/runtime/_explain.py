@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._inputs import Prepared, pack_pairs, prepare_packed, prepare_padded
+from .._inputs import Prepared, pack_pairs, pack_quantized_pairs, prepare_packed, prepare_padded
+from ..quant import QuantizedDocs
 
 # The source of a stale row (runtime/_lookup.py), said in full where a decision is printed.
 _NOTES = {"stale-db": "a row tuned on kernels since changed; `maxsim-forge tune --resume` tunes it again"}
@@ -40,6 +41,11 @@ def _prepare_any(args: tuple, kwargs: dict) -> Prepared:
     kwargs = dict(kwargs)
     validate = kwargs.pop("validate", True)
     if args and isinstance(args[0], Sequence) and not isinstance(args[0], torch.Tensor):
+        docs = args[1] if len(args) > 1 else kwargs.get("docs")
+        if kwargs.get("quantize_query") or (isinstance(docs, Sequence) and len(docs)
+                                            and isinstance(docs[0], QuantizedDocs)):
+            return pack_quantized_pairs(*args, **kwargs)
+        kwargs.pop("quantize_query", None)
         return pack_pairs(*args, **kwargs)
     if len(args) >= 3 or "cu_seqlens" in kwargs:
         return prepare_packed(*args, check_values=validate, **kwargs)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..codegen import (
-    ConfigError, KernelConfig, KernelSpec, exact_k_fits, next_pow2, partial_doc_tiles, query_programs, validate,
+    MIN_CODE_K, ConfigError, KernelConfig, KernelSpec, exact_k_fits, k_chunks, next_pow2, partial_doc_tiles,
+    query_programs, validate,
 )
 
 # Programs per SM a batch should reach before its docs are split.
@@ -39,9 +40,10 @@ class Call:
 
     @property
     def block_k(self) -> int:
-        """Feature tile: the whole dim up to 256, else 128 features (64 in fp32)."""
+        """Feature tile: the whole dim up to 256, else 128 features (64 in fp32); at least
+        32 where the query is quantized (the int8 and fp8 dots' depth)."""
         if self.spec.dim <= 256:
-            return _pow2_at_least(self.spec.dim, 16, 256)
+            return _pow2_at_least(self.spec.dim, MIN_CODE_K if self.spec.query_codes else 16, 256)
         return 64 if self.spec.dtype == "fp32" else 128
 
     @property
@@ -174,8 +176,11 @@ def _no_doc_tile_past_the_docs(call: Call, cfg: KernelConfig) -> KernelConfig:
 
 
 def _exact_feature_tiles(call: Call, cfg: KernelConfig) -> KernelConfig:
-    """A dim that is no power of two takes exact feature tiles (96 = 64 + 32)."""
-    return replace(cfg, exact_k=exact_k_fits(call.spec.dim))
+    """A dim that is no power of two takes exact feature tiles (96 = 64 + 32), where each
+    is deep enough for a quantized query's dot."""
+    exact = exact_k_fits(call.spec.dim) and (not call.spec.query_codes or
+                                            min(w for _, w in k_chunks(call.spec, cfg)) >= MIN_CODE_K)
+    return replace(cfg, exact_k=exact)
 
 
 def _masked_loop(call: Call, cfg: KernelConfig) -> KernelConfig:

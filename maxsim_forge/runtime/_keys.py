@@ -23,4 +23,4 @@ def bucket_key(prep: Prepared, gpu: GpuInfo) -> BucketKey:
     spec = prep.spec
     return BucketKey(gpu=gpu.name, cc=gpu.cc, layout=spec.layout, dtype=spec.dtype, precision=spec.precision,
                      dim=spec.dim, nq_bucket=bucket(k["nq"]), lq_bucket=bucket(k["lq"]), nb_bucket=bucket(k["nb"]),
-                     ld_bucket=bucket(ld), docs=doc_fill(spec))
+                     ld_bucket=bucket(ld), docs=doc_fill(spec), codes=spec.codes)

@@ -49,7 +49,7 @@ class Lookup:
         self._lock = threading.RLock()
         self._loaded = False
         # Rows in lookup order (the user's, then the shipped ones): per GPU, family
-        # (layout, dtype, precision, dim), size buckets and docs; per GPU and family; per
+        # (layout, dtype, precision, dim, codes), size buckets and docs; per GPU and family; per
         # compute capability and family.
         self.exact: dict[tuple, list[Entry]] = defaultdict(list)
         self.family: dict[tuple, list[Entry]] = defaultdict(list)
@@ -137,9 +137,8 @@ class Lookup:
             table.clear()
         for _, _, entries in self._sources:
             for entry in entries or ():
-                layout, dtype, precision, dim = entry.row["layout"], entry.row["dtype"], entry.row["precision"], \
-                    entry.row["dim"]
-                family = (layout, dtype, precision, dim)
+                row = entry.row
+                family = (row["layout"], row["dtype"], row["precision"], row["dim"], row.get("codes", "none"))
                 self.exact[(entry.gpu, *family, entry.sizes, entry.docs)].append(entry)
                 self.family[(entry.gpu, *family)].append(entry)
                 self.arch[(entry.row["cc"], *family)].append(entry)
@@ -148,9 +147,10 @@ class Lookup:
         """The entry still runs the kernels it was timed with (a stale one is reported once)."""
         current = self._current.get(entry)
         if current is None:
-            path, layout, dtype, dim, precision, khash, thash = entry.stamp
+            path, layout, dtype, dim, precision, khash, thash, codes = entry.stamp
             current = is_current({"layout": layout, "dtype": dtype, "dim": dim, "precision": precision,
-                                  "config": entry.config, "kernel_hash": khash, "template_hash": thash})
+                                  "codes": codes, "config": entry.config, "kernel_hash": khash,
+                                  "template_hash": thash})
             self._current[entry] = current
             if not current:
                 self._report(f"{entry.source} {path}: the row for {layout}/{dtype}/dim{dim} {entry.config.key()} "
@@ -165,7 +165,7 @@ class Lookup:
         self.load()
         if self.pending:
             self.changed_since(self.generation)  # a database held by a writer: try it again
-        family = (key.layout, key.dtype, key.precision, key.dim)
+        family = (key.layout, key.dtype, key.precision, key.dim, key.codes)
         want = key.sizes
         # A query set's neighbour has no query tile taller than the set's folded rows: a
         # set that fits one tile takes the one-tile store (BENCHMARKS.md).
@@ -198,7 +198,7 @@ class Lookup:
 
 def _entry(row: dict, path: Path, source: str) -> Entry:
     stamp = (str(path), row["layout"], row["dtype"], row["dim"], row["precision"],
-             row.get("kernel_hash") or "", row.get("template_hash") or "")
+             row.get("kernel_hash") or "", row.get("template_hash") or "", row.get("codes", "none"))
     return Entry(sizes=BucketKey.from_row(row).sizes, config=KernelConfig.from_dict(row["config"]),
                  docs=row.get("docs") or "", source=source, gpu=row["gpu"], stamp=stamp, row=row)
 

@@ -17,7 +17,7 @@ from ._limits import dim_error
 _WARM_DOCS = 4
 # A bucket's fields: the required ones, then the optional ones with their defaults.
 _REQUIRED = ("layout", "dtype", "dim", "lq", "ld", "nb")
-_OPTIONAL = {"nq": 1, "precision": "tf32", "q_mask": "none", "d_mask": "none"}
+_OPTIONAL = {"nq": 1, "precision": "tf32", "q_mask": "none", "d_mask": "none", "codes": "none"}
 _SIZES = ("dim", "nq", "lq", "ld", "nb")
 
 
@@ -37,7 +37,7 @@ def check_bucket(bucket: object, index: int = 0) -> tuple[KernelSpec, Sizes]:
     for name in _SIZES:
         if type(b[name]) is not int or b[name] < 1:
             raise ValueError(f"{where}: {name}={b[name]!r}; accepted: a positive integer")
-    spec = KernelSpec(b["layout"], b["dtype"], b["dim"], b["precision"], b["q_mask"], b["d_mask"])
+    spec = KernelSpec(b["layout"], b["dtype"], b["dim"], b["precision"], b["q_mask"], b["d_mask"], b["codes"])
     try:
         spec.validate()
     except ConfigError as exc:
@@ -52,14 +52,14 @@ def _targets(buckets: list[dict] | None, gpu_name: str) -> list[tuple[KernelSpec
     full = {key[:-1] for key in exact if key[-1] == "full"}
     out = []
     for key in exact:
-        name, layout, dtype, precision, dim, sizes, docs = key
+        name, layout, dtype, precision, dim, codes, sizes, docs = key
         if layout not in ("padded", "allpairs") or docs == "full":
             masks = ("none",)
         elif docs == "ragged" and key[:-1] in full:
             masks = ("lengths",)  # ragged docs most often come with lengths
         else:  # full docs of this bucket route here too (or the row did not record its docs)
             masks = ("none", "lengths")
-        out += [(KernelSpec(layout, dtype, dim, precision, "none", m), sizes) for m in masks]
+        out += [(KernelSpec(layout, dtype, dim, precision, "none", m, codes), sizes) for m in masks]
     return out
 
 
@@ -76,7 +76,8 @@ def warmup(buckets: list[dict] | None = None, *, device: str | torch.device = "c
     """Compile the variants this GPU would run, for ``buckets`` or every tuned one.
 
     A bucket is a dict of ``layout``, ``dtype``, ``dim``, ``lq``, ``ld``, ``nb`` and
-    optionally ``nq``, ``precision``, ``q_mask``, ``d_mask`` (a ``ValueError`` names a
+    optionally ``nq``, ``precision``, ``q_mask``, ``d_mask``, ``codes`` (quantized docs:
+    ``int8``, ``fp8``, ``int8xint8``, ``fp8xfp8``; a ``ValueError`` names a
     missing, unknown or bad field). Each variant is launched once on a few docs of the
     bucket's shape; returns the decisions. Without CUDA (and ``device="cuda"``), a
     ``RuntimeError`` says what to do.

@@ -21,7 +21,7 @@ import math
 import threading
 
 from .._keys import BucketKey
-from ..codegen import DTYPES, LAYOUTS, ConfigError, KernelConfig
+from ..codegen import CODES, DTYPES, LAYOUTS, ConfigError, KernelConfig
 
 log = logging.getLogger("maxsim_forge")
 
@@ -29,11 +29,12 @@ _PRECISIONS = ("native", "tf32", "ieee")
 _DOCS = ("", "full", "ragged")
 _FLOAT = (int, float)  # JSON writes 1.0 as 1; a bool is still refused
 
-# The key: required (docs may be absent in rows tuned before it was recorded).
+# The key: required (docs and codes may be absent in rows stored before they were recorded).
 KEY_FIELDS: dict[str, type | tuple] = {
     "gpu": str, "cc": str, "layout": str, "dtype": str, "precision": str, "dim": int,
-    "nq_bucket": int, "lq_bucket": int, "ld_bucket": int, "nb_bucket": int, "docs": str,
+    "nq_bucket": int, "lq_bucket": int, "ld_bucket": int, "nb_bucket": int, "docs": str, "codes": str,
 }
+_OPTIONAL_KEYS = ("docs", "codes")
 # Everything else a winner holds: optional (None where a database column is NULL).
 VALUE_FIELDS: dict[str, type | tuple] = {
     "config": dict, "time_ms": _FLOAT, "baseline_ms": _FLOAT, "speedup": _FLOAT, "near_best": list,
@@ -117,7 +118,7 @@ def _check_fields(row: dict) -> dict:
         raise ValueError(f"{unknown[0]}: is no field of a winner; accepted: {', '.join(WINNER_FIELDS)}")
     for name, accepted in WINNER_FIELDS.items():
         if name not in row:
-            if name in KEY_FIELDS and name != "docs" or name == "config":
+            if name in KEY_FIELDS and name not in _OPTIONAL_KEYS or name == "config":
                 raise ValueError(f"{name}: is missing; a winner needs {', '.join(KEY_FIELDS)} and config")
             continue
         value = _decode(row, name)
@@ -135,7 +136,7 @@ def _check_fields(row: dict) -> dict:
 
 def _check_choices(row: dict) -> None:
     for name, accepted in (("layout", LAYOUTS), ("dtype", DTYPES), ("precision", _PRECISIONS),
-                           ("docs", _DOCS)):
+                           ("docs", _DOCS), ("codes", CODES)):
         if name in row and row[name] not in accepted:
             raise ValueError(f"{name}: {row[name]!r}; accepted: {', '.join(map(repr, accepted))}")
     if not row["gpu"]:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-BUCKET_COLUMNS = ("layout", "dtype", "precision", "dim", "nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket", "docs")
+BUCKET_COLUMNS = ("layout", "dtype", "precision", "dim", "nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket", "docs",
+                  "codes")
 WINNER_KEY = ("gpu",) + BUCKET_COLUMNS
 
 
@@ -77,8 +78,9 @@ def _m3_docs(db: sqlite_utils.Database) -> None:
     for table in ("winners", "trials"):
         if "docs" not in db[table].columns_dict:
             db[table].add_column("docs", str, not_null_default="")
-    if db["winners"].pks != list(WINNER_KEY):
-        db["winners"].transform(pk=list(WINNER_KEY))
+    key = [k for k in WINNER_KEY if k != "codes"]  # the key of version 3 (codes came in version 8)
+    if db["winners"].pks != key:
+        db["winners"].transform(pk=key)
 
 
 def _m4_kernel_hash(db: sqlite_utils.Database) -> None:
@@ -114,6 +116,17 @@ def _m7_cut(db: sqlite_utils.Database) -> None:
         db["winners"].add_column("cut", int, not_null_default=0)
 
 
+def _m8_codes(db: sqlite_utils.Database) -> None:
+    # Version 8: the bucket says how the docs (and the query) are stored: "none" (float
+    # docs, every row stored before), "int8" / "fp8" (quantized docs) or "int8xint8" /
+    # "fp8xfp8" (the query quantized too). It joins the winners' key.
+    for table in ("winners", "trials"):
+        if "codes" not in db[table].columns_dict:
+            db[table].add_column("codes", str, not_null_default="none")
+    if db["winners"].pks != list(WINNER_KEY):
+        db["winners"].transform(pk=list(WINNER_KEY))
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_initial", _m1_initial),
     ("0002_provenance", _m2_provenance),
@@ -122,6 +135,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0005_space_hash", _m5_space_hash),
     ("0006_space_sizes", _m6_space_sizes),
     ("0007_cut", _m7_cut),
+    ("0008_codes", _m8_codes),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

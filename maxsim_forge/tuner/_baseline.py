@@ -11,14 +11,19 @@ from collections.abc import Callable
 import torch
 
 from .._inputs import Prepared
-from ..reference import padded_scores, unpack, valid_tokens
+from ..codegen import torch_dtype
+from ..reference import dequantized, padded_scores, unpack, valid_tokens
 
 # Score elements one einsum may materialise.
 _CHUNK = 1 << 28
 
 
 def torch_baseline(prep: Prepared) -> Callable[[], torch.Tensor]:
-    """A closure computing the call with plain torch ops in the input dtype."""
+    """A closure computing the call with plain torch ops in the input dtype (quantized
+    docs: on the float tokens they stand for, dequantized once beforehand in the query's
+    dtype, so the baseline is torch scoring float docs)."""
+    if prep.spec.codes != "none":
+        prep = dequantized(prep, torch_dtype(prep.spec.dtype))
     k = prep.launch_kwargs
     q, d = prep.q, prep.d
     layout = prep.spec.layout

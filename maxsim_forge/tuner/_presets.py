@@ -29,11 +29,12 @@ class Bucket:
     precision: str = "tf32"
     q_mask: str = "none"
     d_mask: str = "none"
+    codes: str = "none"
     name: str = ""
 
     @property
     def spec(self) -> KernelSpec:
-        return KernelSpec(self.layout, self.dtype, self.dim, self.precision, self.q_mask, self.d_mask)
+        return KernelSpec(self.layout, self.dtype, self.dim, self.precision, self.q_mask, self.d_mask, self.codes)
 
     @property
     def sizes(self) -> Sizes:
@@ -42,7 +43,8 @@ class Bucket:
     def label(self) -> str:
         """Its name, then its bucket as ``db show`` writes it (the sizes rounded up to their
         buckets): ``colbert padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged``."""
-        return f"{self.name or self.layout} {shape_label(self.layout, self.dtype, self.dim, self.sizes.bucketed(), doc_fill(self.spec))}"
+        bucketed = shape_label(self.layout, self.dtype, self.dim, self.sizes.bucketed(), doc_fill(self.spec), self.codes)
+        return f"{self.name or self.layout} {bucketed}"
 
     def tiny(self) -> Bucket:
         """The same bucket shrunk for Triton's interpreter: same code paths, small sizes."""
@@ -92,7 +94,33 @@ def _default() -> list[Bucket]:
         for dim in (96, 64):
             buckets += [Bucket(layout="padded", dtype=dtype, dim=dim, lq=32, nb=nb, ld=300, name="colbert-full")
                         for nb in (1000, 16000)]
-    return buckets
+    return buckets + _quantized()
+
+
+def _quantized() -> list[Bucket]:
+    """Quantized docs (fp16 queries), the serving shapes above, the largest first: int8 and
+    fp8 codes dequantized in registers; and, for the shapes the dots bound (long queries,
+    query sets, the largest batch), the query quantized too."""
+    out: list[Bucket] = []
+    for codes in ("int8", "fp8"):
+        out += [Bucket(layout="padded", dtype="fp16", dim=128, lq=32, nb=16000, ld=300, codes=codes,
+                       name="colbert-full")]
+        out += [Bucket(layout="padded", dtype="fp16", dim=128, lq=32, nb=nb, ld=300, d_mask="lengths", codes=codes,
+                       name="colbert") for nb in (16000, 1000, 64)]
+        out += [Bucket(layout="padded", dtype="fp16", dim=128, lq=32, nb=1000, ld=1030, codes=codes, name="colpali"),
+                Bucket(layout="allpairs", dtype="fp16", dim=128, nq=16, lq=32, nb=1000, ld=300, codes=codes,
+                       name="multi-query"),
+                Bucket(layout="pairs", dtype="fp16", dim=128, lq=32, nb=1000, ld=300, codes=codes,
+                       name="serving-pairs"),
+                Bucket(layout="packed", dtype="fp16", dim=128, lq=32, nb=50000, ld=512, codes=codes, name="packed")]
+    for codes in ("int8xint8", "fp8xfp8"):
+        out += [Bucket(layout="padded", dtype="fp16", dim=128, lq=lq, nb=1000, ld=1024, codes=codes,
+                       name="image-query") for lq in (1024, 256)]
+        out += [Bucket(layout="allpairs", dtype="fp16", dim=128, nq=16, lq=32, nb=1000, ld=300, codes=codes,
+                       name="multi-query"),
+                Bucket(layout="padded", dtype="fp16", dim=128, lq=32, nb=16000, ld=300, codes=codes,
+                       name="colbert-full")]
+    return out
 
 
 PRESETS: dict[str, list[Bucket]] = {
@@ -139,7 +167,7 @@ def _checked(item: object, where: str) -> Bucket:
         value = getattr(bucket, name)
         if type(value) is not int or value < 1:
             raise ValueError(f"{where}: {name}={value!r}; accepted: a positive integer")
-    for name in ("layout", "dtype", "precision", "q_mask", "d_mask", "name"):
+    for name in ("layout", "dtype", "precision", "q_mask", "d_mask", "codes", "name"):
         if not isinstance(getattr(bucket, name), str):
             raise ValueError(f"{where}: {name}={getattr(bucket, name)!r}; accepted: a string")
     try:

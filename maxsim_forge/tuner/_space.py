@@ -226,7 +226,8 @@ def in_current_space(row: dict) -> bool:
         return row.get("space_hash") == space_hash()
     try:
         d = json.loads(recorded)
-        spec = KernelSpec(row["layout"], row["dtype"], int(row["dim"]), row["precision"], d["q_mask"], d["d_mask"])
+        spec = KernelSpec(row["layout"], row["dtype"], int(row["dim"]), row["precision"], d["q_mask"], d["d_mask"],
+                          row.get("codes", "none"))
         sizes = Sizes(nq=int(d["nq"]), lq=int(d["lq"]), nb=int(d["nb"]), ld=int(d["ld"]))
         current = candidates_hash(spec, sizes, sm_count=int(row["sm_count"]), smem_limit=row.get("smem_limit"))
     except (KeyError, TypeError, ValueError):  # a row this package cannot read back: tune it again

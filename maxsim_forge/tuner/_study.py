@@ -255,7 +255,8 @@ class BucketTuner:
         worth one trial."""
         k = self.key
         entries = []
-        for r in self.db.winners(gpu=k.gpu, layout=k.layout, dtype=k.dtype, precision=k.precision, dim=k.dim):
+        for r in self.db.winners(gpu=k.gpu, layout=k.layout, dtype=k.dtype, precision=k.precision, dim=k.dim,
+                                 codes=k.codes):
             other = BucketKey.from_row(r)
             if other == k:
                 continue
@@ -363,7 +364,8 @@ class BucketTuner:
             "config": best.to_dict(), "time_ms": best_t, "baseline_ms": baseline,
             "speedup": baseline / best_t if best_t else None, "near_best": near, "trials": result.trials, "cut": int(cut),
             "seed": self.opts.seed, "template_hash": self.hash, "sm_count": self.gpu.sm_count,
-            "kernel_hash": kernel_hash(self.spec.layout, self.spec.dtype, self.spec.dim, self.spec.precision, best),
+            "kernel_hash": kernel_hash(self.spec.layout, self.spec.dtype, self.spec.dim, self.spec.precision, best,
+                                       codes=self.spec.codes),
             "space_hash": candidates_hash(self.spec, self.bucket.sizes, sm_count=self.gpu.sm_count,
                                           smem_limit=self.gpu.smem_limit),
             "space_sizes": space_sizes(self.spec, self.bucket.sizes),

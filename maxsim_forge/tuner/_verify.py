@@ -50,7 +50,7 @@ def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[
         # Ragged rows (and rows that did not record their docs) are checked with lengths.
         ragged = w["layout"] in ("padded", "allpairs") and w.get("docs") != "full"
         d_mask = "lengths" if ragged else "none"
-        spec = KernelSpec(w["layout"], w["dtype"], w["dim"], precision, "none", d_mask)
+        spec = KernelSpec(w["layout"], w["dtype"], w["dim"], precision, "none", d_mask, w.get("codes", "none"))
         key = BucketKey.from_row(w)
         sizes = Sizes(nq=key.nq_bucket, lq=key.lq_bucket, nb=_DOCS, ld=key.ld_bucket)
         if device == "cpu":
@@ -72,7 +72,8 @@ def stamp_kernel_hash(row: dict) -> dict:
     if row.get("kernel_hash") or row.get("template_hash") != template_hash():
         return row
     cfg = KernelConfig.from_dict(row["config"])
-    return {**row, "kernel_hash": kernel_hash(row["layout"], row["dtype"], row["dim"], row["precision"], cfg)}
+    return {**row, "kernel_hash": kernel_hash(row["layout"], row["dtype"], row["dim"], row["precision"], cfg,
+                                              codes=row.get("codes", "none"))}
 
 
 def stale_winners(rows: list[dict]) -> list[dict]:
