@@ -28,6 +28,12 @@ FORMATS = ("int8", "fp8_e4m3")
 _QMAX = {"int8": 127.0, "fp8_e4m3": 448.0}
 
 
+def _tol(fmt: str, quantized: bool) -> float:
+    """The stated tolerance: Hopper's fp8 tensor cores sum a dot in fewer bits than fp32
+    (``_problems.tolerance``); everything else in fp32."""
+    return 1e-4 if quantized and fmt.startswith("fp8") else 1e-5
+
+
 def _deq(qd: QuantizedDocs) -> torch.Tensor:
     return qd.dequantize(torch.float64)
 
@@ -90,7 +96,7 @@ def test_quantize_packed_docs_and_chunks_give_the_same_result(monkeypatch):
 
 def test_quantized_docs_object():
     qd = quantize(randn(3, 8, 32), "int8")
-    assert qd.layout == "padded" and qd.dim() == 3 and qd.device == torch.device(DEVICE)
+    assert qd.layout == "padded" and qd.dim() == 3 and qd.device.type == torch.device(DEVICE).type
     assert qd.nbytes == 3 * 8 * 32 + 3 * 8 * 4
     assert "int8" in repr(qd) and "padded" in repr(qd)
     moved = qd.to("cpu")
@@ -188,7 +194,7 @@ def test_padded_and_allpairs_score_the_tokens_the_codes_stand_for(isolated_looku
     ref = maxsim_reference(qr, _deq(qd), **kw)
     scale = maxsim_reference(qr, _deq(qd), absolute=True, **kw).abs().max()
     assert out.dtype == torch.float32 and out.shape == ref.shape
-    assert_scores(out, ref, 1e-5, f"{fmt} quantize_query={qq} {dtype} {sides}", scale=float(scale))
+    assert_scores(out, ref, _tol(fmt, qq), f"{fmt} quantize_query={qq} {dtype} {sides}", scale=float(scale))
     if sides == "lengths":
         assert out[1] == 0  # an empty doc scores 0
 
@@ -204,7 +210,7 @@ def test_packed_docs(isolated_lookup, fmt, qq, nq):
     q3 = q if q.dim() == 3 else q[None]
     ref = maxsim_packed_reference(_query(q3, fmt, qq), _deq(qd), cu)
     ref = ref if q.dim() == 3 else ref[0]
-    assert_scores(out, ref, 1e-5, f"packed {fmt} quantize_query={qq}")
+    assert_scores(out, ref, _tol(fmt, qq), f"packed {fmt} quantize_query={qq}")
     assert out[..., 1].abs().max() == 0
 
 
@@ -217,13 +223,13 @@ def test_pairs_from_lists_and_packed(isolated_lookup, fmt, qq):
     docs = [packed[ends[i]:ends[i + 1]] for i in range(len(d_lens))]
     out = mf.maxsim_pairs(queries, docs, quantize_query=qq)
     ref = maxsim_pairs_reference([_query(x, fmt, qq) for x in queries], [_deq(x) for x in docs])
-    assert_scores(out, ref, 1e-5, f"pairs {fmt} quantize_query={qq}")
+    assert_scores(out, ref, _tol(fmt, qq), f"pairs {fmt} quantize_query={qq}")
     assert out[3] == 0
     q_cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
     d_cu = torch.tensor(ends, dtype=torch.int32, device=DEVICE)
     out2 = maxsim_pairs_packed(torch.cat(queries), q_cu, packed, d_cu, max_q_len=max(q_lens),
                                quantize_query=qq)
-    assert_scores(out2, ref, 1e-5, f"pairs packed {fmt} quantize_query={qq}")
+    assert_scores(out2, ref, _tol(fmt, qq), f"pairs packed {fmt} quantize_query={qq}")
 
 
 def test_quantized_query_keeps_the_nan_rule(isolated_lookup):
@@ -265,7 +271,7 @@ def test_corners_of_the_config_space(codes, cfg):
                           d_lengths=lengths, quantize_query=spec.query_codes is not None)
     assert prep.spec == spec
     out = load_variant(spec, cfg).launch(prep.q, prep.d, **prep.launch_kwargs)
-    assert_scores(out, reference_for(prep), 1e-5, f"{spec.key()} {cfg.key()}",
+    assert_scores(out, reference_for(prep), _tol(codes, spec.query_codes is not None), f"{spec.key()} {cfg.key()}",
                   scale=float(reference_for(prep, absolute=True).abs().max()))
 
 

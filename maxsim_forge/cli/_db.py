@@ -120,18 +120,49 @@ def db_import(db_path, source) -> None:
 
 @db.command("merge")
 @DB_OPTION
-@click.argument("other", type=click.Path(exists=True, dir_okay=False))
-def db_merge(db_path, other) -> None:
-    """Merge another database in, keeping per key a current winner over a stale one, then the faster.
+@click.argument("others", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def db_merge(db_path, others) -> None:
+    """Merge other databases in (the workers' of a fleet, say), keeping per key a current
+    winner over a stale one, then the faster.
 
-    Example: maxsim-forge db merge gpu1.db --db tuned.db
+    Example: maxsim-forge db merge worker-*.db --db tuned.db
     """
     from ..tuned_db import merge_db
 
     tuned = open_write(db_path)  # the target's errors name the target
+    for other in others:
+        with failures():
+            taken = merge_db(tuned, other)  # the other's name the other
+        click.echo(f"took {taken} winners from {other}")
+
+
+@db.command("coverage")
+@click.option("--record", "record", type=click.Path(dir_okay=False), required=True,
+              help="The record file a service wrote (MAXSIM_FORGE_RECORD=path).")
+def db_coverage(record) -> None:
+    """How the buckets a deployment served were served, weighted by calls: by their own
+    tuned winner, a stale one, a neighbour's, another GPU's of the same architecture,
+    the heuristic or torch.
+
+    Example: maxsim-forge db coverage --record served.db
+    """
+    from ..tuner import coverage_rows, served
+
     with failures():
-        taken = merge_db(tuned, other)  # the other's name the other
-    click.echo(f"took {taken} winners from {other}")
+        items = served(record)
+    if not items:
+        click.echo(f"{record} holds no calls yet (counts are written at exit and every "
+                   "MAXSIM_FORGE_RECORD_INTERVAL seconds)")
+        return
+    per_bucket, per_kind = coverage_rows(items)
+    click.echo(table(("gpu", "bucket", "calls", "share", "served by", "own winner"), per_bucket))
+    click.echo("")
+    click.echo(table(("served by", "calls", "share"), per_kind))
+    todo = sum(s.own_share < 1.0 for s in items)
+    if todo:
+        click.echo(f"\n{todo} bucket{'' if todo == 1 else 's'} served by something other than {'its' if todo == 1 else 'their'} "
+                   f"own winner: `maxsim-forge tune --from-record {record}` tunes {'it' if todo == 1 else 'them'}, "
+                   "most called first.")
 
 
 @db.command("ship")

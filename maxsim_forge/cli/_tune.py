@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..codegen import ConfigError
@@ -13,6 +15,9 @@ from ._group import check_cache, failures, main, open_write, table, use_interpre
               help="Named set of shape buckets (default: quick).")
 @click.option("--shapes", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON or YAML file with a list of buckets instead of a preset.")
+@click.option("--from-record", "record", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Instead: the buckets a service recorded (MAXSIM_FORGE_RECORD) that were served by anything "
+                   "but their own winner, most called first.")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp16", "bf16", "fp32"]),
               help="Only these dtypes (repeatable).")
 @click.option("--only", multiple=True,
@@ -32,23 +37,35 @@ from ._group import check_cache, failures, main, open_write, table, use_interpre
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Compile processes per GPU (default: cores - 1).")
 @click.option("--storage", default=None,
-              help="Optuna storage URL shared by several processes or machines: journal:PATH, sqlite:///F, postgresql://...")
+              help="Optuna storage URL shared by several processes or machines: journal:PATH, sqlite:///F, "
+                   "postgresql://user@host/db (a fleet: docs/tuning.md).")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=None,
+              help="Seconds between a running trial's heartbeats in a shared database storage (default 30); a "
+                   "worker silent for four of them is taken for dead and its trials are retried.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sampler and the random inputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, refresh, gpus, workers, storage, seed,
-         quiet) -> None:
+def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, resume, refresh, gpus, workers, storage,
+         heartbeat, seed, quiet) -> None:
     """Tune kernel variants for this GPU and store the winners.
 
     Example: maxsim-forge tune --preset quick --db tuned.db
     """
     interpreted = use_interpreter_without_cuda()
-    from ..tuner import resolve, summary_rows
+    from ..tuner import buckets_from_record, resolve, summary_rows
     from ..tuner import tune as run_tune
 
+    if record and (preset or shapes):
+        raise click.UsageError("--from-record names the buckets itself: pass it without --preset or --shapes")
+    if heartbeat:
+        os.environ["MAXSIM_FORGE_HEARTBEAT_S"] = str(heartbeat)  # worker processes inherit it
     try:
-        buckets = resolve(preset, shapes, tuple(dtypes), tuple(only))
-    except (ValueError, ConfigError) as exc:
+        buckets = resolve(preset, shapes, tuple(dtypes), tuple(only)) if not record else \
+            _recorded(buckets_from_record(record), tuple(dtypes), tuple(only))
+    except (ValueError, ConfigError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if not buckets:
+        click.echo(f"{record}: every recorded bucket was served by its own winner; nothing to tune")
+        return
     tuned = open_write(db_path)  # a database that cannot be written stops the run before any work
     tuned.close()
     check_cache()
@@ -69,6 +86,11 @@ def tune(preset, shapes, dtypes, only, trials, time_budget, db_path, resume, ref
     if left:
         click.echo(f"\n{left} bucket{'' if left == 1 else 's'} cut short or not reached by the time budget: "
                    f"run again with --{'refresh' if refresh else 'resume'} to finish.")
+
+
+def _recorded(buckets, dtypes: tuple, only: tuple):
+    """The recorded buckets, filtered as --dtype and --only filter a preset's."""
+    return [b for b in buckets if (not dtypes or b.dtype in dtypes) and (not only or any(o in b.label() for o in only))]
 
 
 def _is_user_db(path) -> bool:

@@ -8,11 +8,13 @@ from ._heuristics import default_config
 from ._keys import bucket_key
 from ._limits import largest_dim
 from ._lookup import SOURCES, Lookup
+from ._record import read as read_record
 from ._variant import launch_prepared
 from ._warmup import check_bucket, warmup
 
 __all__ = [
     "SOURCES",
+    "read_record",
     "Decision",
     "Lookup",
     "bucket_key",

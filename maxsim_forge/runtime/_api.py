@@ -30,6 +30,7 @@ from ._eager import eager_scores
 from ._explain import Decision
 from ._keys import bucket_key
 from ._limits import dim_error
+from . import _record
 from ._lookup import HEURISTIC, TORCH, Lookup
 
 log = logging.getLogger("maxsim_forge")
@@ -50,6 +51,7 @@ class _Route:
     # The lookup's generation where a database it reads was held by a writer when this
     # route was decided: decided again once that database is read. None: final.
     generation: int | None = None
+    calls: int = 0  # calls served (MAXSIM_FORGE_RECORD writes them out; see _record)
 
     def decision(self) -> Decision:
         return Decision(self.key.layout, self.key.label(), self.variant,
@@ -63,8 +65,10 @@ _logged_misses: set[tuple] = set()
 
 
 def reset(lookup: Lookup | None = None) -> None:
-    """Forget loaded databases and routes (tests, or after writing a new database)."""
+    """Forget loaded databases and routes (tests, or after writing a new database); the
+    record (MAXSIM_FORGE_RECORD) is flushed and its variable read again."""
     global _lookup
+    _record.stop()
     with _routes_lock:
         _lookup = lookup or Lookup()
         _routes.clear()
@@ -114,11 +118,11 @@ def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
     if not _uses_kernels(prep.q.device):
         why = "MAXSIM_FORGE_DISABLE is set" if _disabled() else "CPU tensors without TRITON_INTERPRET=1"
         log.info("maxsim-forge: torch for %s (%s)", key.label(), why)
-        return _Route(key, None, TORCH, f"torch ({why})")
+        return _recorded(_Route(key, None, TORCH, f"torch ({why})"), prep)
     too_large = dim_error(prep.spec.dtype, prep.spec.dim, gpu.smem_limit)
     if too_large:
         log.info("maxsim-forge: torch for %s (%s)", key.label(), too_large)
-        return _Route(key, None, TORCH, f"torch ({too_large})")
+        return _recorded(_Route(key, None, TORCH, f"torch ({too_large})"), prep)
     cfg, source = _lookup.decide(prep.spec, key, gpu, prep.sizes)
     generation = _lookup.generation if _lookup.pending else None
     if source == HEURISTIC and (gpu.name, key) not in _logged_misses:
@@ -126,8 +130,16 @@ def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
         log.info("maxsim-forge: no tuned config for %s on %s; using the heuristic default", key.label(), gpu.name)
     variant = load_variant(prep.spec, cfg, smem_limit=gpu.smem_limit)
     background = _compile_mode() == "background" and prep.q.device.type == "cuda"
-    return _Route(key, cfg, source, variant_name(prep.spec, cfg), variant.launch, variant.precompile, background,
-                  generation=generation)
+    return _recorded(_Route(key, cfg, source, variant_name(prep.spec, cfg), variant.launch, variant.precompile,
+                            background, generation=generation), prep)
+
+
+def _recorded(route: _Route, prep: Prepared) -> _Route:
+    """The route, registered with the record where MAXSIM_FORGE_RECORD names one."""
+    rec = _record.recorder()
+    if rec is not None:
+        rec.add(route, prep.spec, prep.sizes)
+    return route
 
 
 # Triton's interpreter patches triton.language globally while a kernel runs, so
@@ -150,6 +162,8 @@ def _run(prep: Prepared, key: BucketKey | None = None, *, blocking: bool = False
 
 def _run_here(prep: Prepared, key: BucketKey | None, blocking: bool) -> torch.Tensor:
     route = _route(prep, key)
+    if not blocking:  # warmup's calls (blocking) serve nobody
+        route.calls += 1
     if route.launch is None:
         out = _torch_scores(prep)
     elif route.warm and prep.q.device.type != "cpu":
@@ -302,6 +316,7 @@ def maxsim(
             _remember(sig, prep)
         return out
     route, squeeze, sizes = plan
+    route.calls += 1
     if squeeze:
         q = q.unsqueeze(0)
         if q_lengths is not None:
@@ -371,6 +386,7 @@ def maxsim_pairs(
     sig = ("pairs", precision, q.device, q.dtype, q.shape[1], bucket(lq), bucket(nb), bucket(ld))
     plan = _plans.get(sig)
     if plan is not None:
+        plan[0].calls += 1
         cu = copy_pair_offsets(q_lens, d_lens, q.device)
         with _device_guard(q):
             return plan[0].launch(q, d, nq=1, lq=lq, nb=nb, ld=ld, q_cu=cu[0], d_cu=cu[1])

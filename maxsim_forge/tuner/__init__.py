@@ -5,6 +5,7 @@ Imported by ``maxsim-forge tune`` only; the runtime never imports it.
 
 from __future__ import annotations
 
+from ._coverage import KINDS, Served, buckets_from_record, coverage_rows, served
 from ._presets import PRESETS, Bucket, load_buckets, resolve
 from ._replay import STRATEGIES, judge, replay
 from ._tables import ExhaustiveTable, TableRow
@@ -20,6 +21,11 @@ __all__ = [
     "RESTRICTIONS",
     "SPACE",
     "Bucket",
+    "KINDS",
+    "Served",
+    "buckets_from_record",
+    "coverage_rows",
+    "served",
     "ExhaustiveTable",
     "STRATEGIES",
     "TableRow",

@@ -18,13 +18,16 @@ from ..tuned_db import TunedDB, user_db_path
 from ._presets import Bucket
 from ._compile import CompilePool
 from ._space import in_current_space
+from . import _fleet
 from ._study import NOT_REACHED, BucketResult, BucketTuner, TuneOptions, study_name
 
 
 def make_storage(url: str | None):
     """An Optuna storage from a URL: ``journal:PATH`` (or a ``.log``/``.journal`` file) for
-    a journal file several processes can share, any SQLAlchemy URL (``sqlite:///``,
-    ``postgresql://``) for a database several machines can share, None for memory."""
+    a journal file several processes of one machine can share; any SQLAlchemy URL
+    (``postgresql://``, ``sqlite:///``) for a database any number of workers on any number
+    of machines share, with heartbeats and retries of a dead worker's trials
+    (:mod:`maxsim_forge.tuner._fleet`); None for memory."""
     if not url:
         return None
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
@@ -32,7 +35,7 @@ def make_storage(url: str | None):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(path))
-    return url
+    return _fleet.rdb_storage(url)
 
 
 @dataclass
@@ -86,35 +89,105 @@ def tune_on_device(
     return results
 
 
+def _elsewhere(tuner: BucketTuner, gpu, opts: TuneOptions, *, first_pass: bool) -> str | None:
+    """Why a worker sharing its studies leaves this bucket: committed by another worker
+    ("tuned by ..."), or (first pass only) running on another one ("later")."""
+    study = _fleet.find_study(study_name(gpu, tuner.key), opts.storage)
+    if study is None:
+        return None
+    who = _fleet.committed_by(study)
+    if who and who != _fleet.worker_id():
+        return f"tuned by {who}"
+    if first_pass and _fleet.busy_elsewhere(study):
+        return "later"
+    return None
+
+
 def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, refresh: bool = False,
                   progress: bool) -> list[BucketResult]:
-    results = []
-    for bucket in buckets:
-        bucket = bucket if opts.device.startswith("cuda") else bucket.tiny()
-        tuner = BucketTuner(bucket, db, gpu, opts)
-        if (resume or refresh) and _is_done(db, tuner, refresh=refresh):
-            row = db.winner(tuner.key)
-            results.append(BucketResult(bucket, tuner.key, None, row["time_ms"], row.get("baseline_ms"),
-                                        row.get("trials") or 0, skipped=True, why="kept"))
-            continue
-        bar = None
+    """Each bucket in turn. Workers that share their studies (a storage) skip the buckets
+    another one committed and come back, after the others, to those another one runs
+    (:mod:`._fleet`)."""
+    bars = _Bars(len(buckets), opts, progress)
+    results, later = [], []
+    try:
+        for first_pass, todo in ((True, buckets), (False, later)):
+            for bucket in todo:
+                if opts.deadline is not None and time.monotonic() > opts.deadline:
+                    results.append(BucketResult(bucket, None, skipped=True, why=NOT_REACHED))
+                    bars.done()
+                    continue
+                tuner = BucketTuner(bucket if opts.device.startswith("cuda") else bucket.tiny(), db, gpu, opts)
+                if (resume or refresh) and _is_done(db, tuner, refresh=refresh):
+                    row = db.winner(tuner.key)
+                    results.append(BucketResult(tuner.bucket, tuner.key, None, row["time_ms"], row.get("baseline_ms"),
+                                                row.get("trials") or 0, skipped=True, why="kept"))
+                    bars.done()
+                    continue
+                why = _elsewhere(tuner, gpu, opts, first_pass=first_pass) if opts.storage is not None else None
+                if why == "later":
+                    later.append(bucket)
+                    continue
+                if why is not None:
+                    results.append(BucketResult(tuner.bucket, tuner.key, skipped=True, why=why))
+                    bars.done()
+                    continue
+                result = tuner.run(bars.bucket(tuner.bucket.label()))
+                if result.cut and result.config is None:  # cut before any candidate was timed
+                    result.skipped, result.why = True, "cut: time budget"
+                results.append(result)
+                bars.done(result)
+    finally:
+        bars.close()
+    return results
+
+
+class _Bars:
+    """Progress a person can watch (tqdm; silent where stderr is no terminal): buckets done
+    of the run's, the best time so far and the time left in the budget; below it, the
+    bucket being tuned, its trials and its best."""
+
+    def __init__(self, total: int, opts: TuneOptions, progress: bool):
+        self.opts, self.best, self.inner = opts, None, None
+        self.outer = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=opts.trials, desc=bucket.label(), leave=True, dynamic_ncols=True)
-        try:
-            result = tuner.run(bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        if result.cut and result.config is None:  # cut before any candidate was timed
-            result.skipped, result.why = True, "cut: time budget"
-        results.append(result)
-        if opts.deadline is not None and time.monotonic() > opts.deadline:
-            results += [BucketResult(b, None, skipped=True, why=NOT_REACHED)
-                        for b in buckets[len(results):]]
-            break
-    return results
+            self.tqdm = tqdm
+            self.outer = tqdm(total=total, desc="buckets", position=0, leave=True, dynamic_ncols=True,
+                              disable=None, unit="bucket")
+
+    def bucket(self, label: str):
+        if self.outer is None:
+            return None
+        self._postfix()
+        self.inner = self.tqdm(total=self.opts.trials, desc=label, position=1, leave=False, dynamic_ncols=True,
+                               disable=None, unit="trial")
+        return self.inner
+
+    def done(self, result: BucketResult | None = None) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+        if result is not None and result.time_ms is not None:
+            self.best = result.time_ms if self.best is None else min(self.best, result.time_ms)
+        if self.outer is not None:
+            self.outer.update(1)
+            self._postfix()
+
+    def _postfix(self) -> None:
+        parts = []
+        if self.opts.deadline is not None:
+            parts.append(f"{max(0.0, self.opts.deadline - time.monotonic()):.0f} s left")
+        if self.best is not None:
+            parts.append(f"fastest winner {self.best:.4f} ms")
+        self.outer.set_postfix_str(", ".join(parts))
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+        if self.outer is not None:
+            self.outer.close()
 
 
 def _gpu_worker(args: tuple) -> list[BucketResult]:

@@ -22,7 +22,7 @@ from .._problems import Problem, first_docs, synth
 from ..codegen import ConfigError, KernelConfig, is_current, kernel_hash, load_variant, template_hash
 from ..runtime import bucket_key, default_config
 from ..tuned_db import TunedDB
-from . import _compile
+from . import _compile, _fleet
 from ._baseline import torch_baseline
 from ._compile import OK, PRUNED_STATIC, RUNTIME_FAILED, CompileJob
 from ._presets import Bucket
@@ -189,11 +189,12 @@ class BucketTuner:
         sampler = make_sampler(opts.seed, opts.trials)
         study = optuna.create_study(study_name=name, storage=opts.storage, sampler=sampler,
                                     direction="minimize", load_if_exists=True)
+        _fleet.fail_dead_trials(study)  # a dead worker's running trials: failed, and retried
         if not study.get_trials(deepcopy=False):
             self._enqueue_seeds(study, space if exhaustive else [])
-        for t in study.get_trials(deepcopy=False):
-            if "config_key" in t.user_attrs:
-                self.seen[t.user_attrs["config_key"]] = (t.user_attrs.get("status", OK), t.value)
+        for t in _finished(study):  # outcomes measured before (by any worker sharing the study)
+            if "config_key" in t.user_attrs and "status" in t.user_attrs:
+                self.seen[t.user_attrs["config_key"]] = (t.user_attrs["status"], t.value)
         target = min(opts.trials, len(space)) if exhaustive else opts.trials
         batch = max(1, opts.workers)
         asks = 0
@@ -203,10 +204,12 @@ class BucketTuner:
                 cut = True
                 break
             want = min(batch, target - spent(study))
-            asked = [study.ask() for _ in range(want)]
+            _fleet.fail_dead_trials(study)
+            asked = _fleet.ask(study, want)
             asks += want
             try:
-                self._evaluate(study, asked)
+                with _fleet.heartbeat(study, asked):  # beats while they run: a dead worker's stop
+                    self._evaluate(study, asked)
             finally:  # every asked trial is told: none is left running
                 for trial in asked:
                     if trial.number not in self.told:
@@ -372,6 +375,8 @@ class BucketTuner:
             "smem_limit": self.gpu.smem_limit, "triton_version": _triton_version(),
             "torch_version": str(torch.__version__), "package_version": __version__,
         }, study=True)  # compared with the stored row inside the write: another process may have written one
+        if not cut:  # workers sharing the study: this one is done
+            study.set_user_attr("committed_by", _fleet.worker_id())
         log.info("winner for %s: %s %.4f ms (study %s)%s", self.key.label(), best.key(), best_t, name,
                  "" if stored else "; the stored winner is faster and stays")
         return result

@@ -1,0 +1,180 @@
+"""``MAXSIM_FORGE_RECORD=path``: which buckets a deployment serves, how often, and from
+which lookup source, so that ``db coverage`` can report it and ``tune --from-record`` can
+tune exactly those.
+
+Off the hot path: a route (one per bucket and spec) is registered once, when it is
+decided; a warm call only adds 1 to its route's counter. The counts go to the record
+file at exit and every ``MAXSIM_FORGE_RECORD_INTERVAL`` seconds (default 60) from a
+background thread: each flush adds the calls since the last one to the file's rows in
+one SQLite transaction, so several processes may write one file (a writer waits for
+another). Under concurrent threads a counter may miss a call now and then: the counts
+are for ranking buckets, not billing.
+
+The file is an SQLite database with one table, ``served``: a row per GPU, bucket, mask
+kinds and lookup source, with the calls, the exact sizes of the first call seen (what
+``tune --from-record`` tunes on), the variant and when it was first and last seen.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("maxsim_forge")
+
+INTERVAL_S = 60.0
+_KEY = ("gpu", "layout", "dtype", "precision", "dim", "codes", "nq_bucket", "lq_bucket", "nb_bucket", "ld_bucket",
+        "docs", "q_mask", "d_mask", "source")
+_COLUMNS = _KEY + ("calls", "nq", "lq", "nb", "ld", "variant", "first_seen", "last_seen")
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS served ("
+    + ", ".join(f"{c} {'INTEGER' if c in ('dim', 'calls', 'nq', 'lq', 'nb', 'ld') or c.endswith('_bucket') else 'TEXT'}"
+                for c in _COLUMNS)
+    + f", PRIMARY KEY ({', '.join(_KEY)}))"
+)
+_WAIT_S = 30.0
+
+
+def record_path() -> Path | None:
+    raw = os.environ.get("MAXSIM_FORGE_RECORD", "").strip()
+    return Path(raw) if raw else None
+
+
+def _interval() -> float:
+    raw = os.environ.get("MAXSIM_FORGE_RECORD_INTERVAL", "")
+    try:
+        value = float(raw) if raw else INTERVAL_S
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"MAXSIM_FORGE_RECORD_INTERVAL={raw!r}; accepted: seconds > 0")
+    return value
+
+
+def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """The record file, created with its table unless ``read_only``."""
+    if read_only:
+        if not path.exists():
+            raise FileNotFoundError(f"no record at {path} (set MAXSIM_FORGE_RECORD={path} where the service runs)")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_WAIT_S)
+    else:
+        conn = sqlite3.connect(str(path), timeout=_WAIT_S)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(_SCHEMA)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def read(path: str | Path) -> list[dict]:
+    """Every row of a record file, most calls first."""
+    with connect(Path(path), read_only=True) as conn:
+        try:
+            rows = conn.execute("SELECT * FROM served ORDER BY calls DESC").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path} is not a maxsim-forge record ({exc})") from None
+    return [dict(r) for r in rows]
+
+
+class Recorder:
+    """The routes of this process and their calls, flushed to one record file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.interval = _interval()
+        self._routes: list[tuple[object, dict]] = []  # (route, its fixed row fields)
+        self._flushed: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed = False
+        atexit.register(self.flush)
+
+    def add(self, route, spec, sizes: dict) -> None:
+        """A route decided for a call of ``spec`` with exact ``sizes``: recorded from now on."""
+        key = route.key
+        fields = {"gpu": key.gpu, "layout": key.layout, "dtype": key.dtype, "precision": key.precision,
+                  "dim": key.dim, "codes": key.codes, "nq_bucket": key.nq_bucket, "lq_bucket": key.lq_bucket,
+                  "nb_bucket": key.nb_bucket, "ld_bucket": key.ld_bucket, "docs": key.docs,
+                  "q_mask": spec.q_mask, "d_mask": spec.d_mask, **{n: int(sizes[n]) for n in ("nq", "lq", "nb", "ld")}}
+        with self._lock:
+            self._routes.append((route, fields))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="maxsim-forge-record", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the calls since the last flush to the record file (one transaction)."""
+        with self._lock:
+            now = time.strftime("%Y-%m-%dT%H:%M:%S")
+            rows, before = [], dict(self._flushed)
+            for route, fields in self._routes:
+                count = route.calls  # read once: calls may go on meanwhile
+                calls = count - self._flushed.get(id(route), 0)
+                if calls > 0:
+                    rows.append({**fields, "source": route.source, "calls": calls, "variant": route.variant,
+                                 "first_seen": now, "last_seen": now})
+                    self._flushed[id(route)] = count
+            if not rows:
+                return
+            try:
+                self._write(rows)
+            except (sqlite3.Error, OSError) as exc:
+                self._flushed = before  # these calls are written at the next flush
+                if not self._failed:
+                    self._failed = True
+                    log.warning("maxsim-forge: cannot write the record %s (%s); calls are kept and written later",
+                                self.path, exc)
+
+    def _write(self, rows: list[dict]) -> None:
+        conn = connect(self.path)
+        try:
+            with conn:  # one transaction: BEGIN ... COMMIT
+                conn.executemany(
+                    f"INSERT INTO served ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
+                    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET calls = calls + excluded.calls, "
+                    "last_seen = excluded.last_seen, variant = excluded.variant", rows)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+
+
+_recorder: Recorder | None = None
+_recorder_lock = threading.Lock()
+
+
+def recorder() -> Recorder | None:
+    """This process's recorder where ``MAXSIM_FORGE_RECORD`` names a file, else None."""
+    global _recorder
+    path = record_path()
+    if path is None:
+        return None
+    with _recorder_lock:
+        if _recorder is None or _recorder.path != path:
+            if _recorder is not None:
+                _recorder.close()
+            _recorder = Recorder(path)
+        return _recorder
+
+
+def stop() -> None:
+    """Flush and forget the recorder (``reset()``: the environment is read again)."""
+    global _recorder
+    with _recorder_lock:
+        if _recorder is not None:
+            _recorder.close()
+        _recorder = None
+
+
+__all__ = ["INTERVAL_S", "Recorder", "connect", "read", "record_path", "recorder", "stop"]

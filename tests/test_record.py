@@ -1,0 +1,134 @@
+"""What a deployment serves (maxsim_forge/runtime/_record.py and tuner/_coverage.py): the
+record a service writes, ``db coverage`` over it, and ``tune --from-record``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import maxsim_forge as mf
+from maxsim_forge.cli import main
+from maxsim_forge.runtime import Lookup, _record, reset
+from maxsim_forge.tuner import buckets_from_record, served
+
+from conftest import DEVICE, randn
+
+
+@pytest.fixture
+def recording(tmp_path, monkeypatch):
+    path = tmp_path / "served.db"
+    monkeypatch.setenv("MAXSIM_FORGE_RECORD", str(path))
+    monkeypatch.setenv("MAXSIM_FORGE_COMPILE", "blocking")
+    monkeypatch.setenv("MAXSIM_FORGE_DB", str(tmp_path / "absent.db"))
+    reset(Lookup(user_path=tmp_path / "absent.db", shipped_paths=[]))
+    yield path
+    reset()  # flushes the record and reads the environment again
+
+
+def _serve(n_padded: int, n_quant: int, n_pairs: int) -> None:
+    q, d = randn(8, 32), randn(3, 20, 32)
+    docs8 = mf.quantize(d, "int8")
+    for _ in range(n_padded):
+        mf.maxsim(q, d)
+    for _ in range(n_quant):
+        mf.maxsim(q, docs8)
+    for _ in range(n_pairs):
+        mf.maxsim_pairs([q], [d[0]])
+
+
+def test_calls_are_counted_per_bucket_and_written_at_flush(recording):
+    _serve(5, 2, 1)
+    assert not recording.exists() or _record.read(recording) == []  # nothing written on the calls' path
+    reset()
+    items = served(recording)
+    assert [(s.label, s.calls) for s in items] == [
+        ("padded/fp16/dim32 nq1 lq8 nb4 ld32", 5), ("padded/fp16/dim32/int8 nq1 lq8 nb4 ld32", 2),
+        ("pairs/fp16/dim32 nq1 lq8 nb1 ld32", 1)]
+    assert all(s.sources == {"heuristic": s.calls} for s in items)
+    row = items[0].row
+    assert (row["lq"], row["nb"], row["ld"], row["q_mask"], row["d_mask"]) == (8, 3, 20, "none", "none")
+
+
+def test_several_processes_add_to_one_record(recording, tmp_path):
+    code = ("import torch, maxsim_forge as mf\n"
+            "q, d = torch.randn(8, 32, dtype=torch.float16), torch.randn(3, 20, 32, dtype=torch.float16)\n"
+            "for _ in range(3): mf.maxsim(q, d)\n")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "MAXSIM_FORGE_CACHE": str(tmp_path / "k")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(3)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0
+    _serve(2, 0, 0)
+    reset()
+    (item,) = [s for s in served(recording) if s.label.startswith("padded/fp16/dim32 ")]
+    assert item.calls == 3 * 3 + 2
+    # The subprocesses scored on the CPU through torch (no interpreter): another source.
+    assert item.sources == {"torch-fallback": 9, "heuristic": 2}
+
+
+def test_the_record_is_written_at_an_interval_while_serving(recording, monkeypatch):
+    monkeypatch.setenv("MAXSIM_FORGE_RECORD_INTERVAL", "0.2")
+    reset(Lookup(user_path=recording.parent / "absent.db", shipped_paths=[]))
+    _serve(3, 0, 0)
+    deadline = time.monotonic() + 20
+    while not recording.exists() or not _record.read(recording):
+        assert time.monotonic() < deadline, "no flush within the interval"
+        time.sleep(0.1)
+    assert _record.read(recording)[0]["calls"] == 3
+
+
+def test_a_bad_interval_is_refused(recording, monkeypatch):
+    monkeypatch.setenv("MAXSIM_FORGE_RECORD_INTERVAL", "often")
+    reset(Lookup(user_path=recording.parent / "absent.db", shipped_paths=[]))
+    with pytest.raises(ValueError, match="MAXSIM_FORGE_RECORD_INTERVAL='often'"):
+        mf.maxsim(randn(8, 32), randn(3, 20, 32))
+
+
+def test_record_coverage_tune_from_record_end_to_end(recording, tmp_path, monkeypatch):
+    _serve(5, 2, 1)
+    reset()
+    runner = CliRunner()
+    result = runner.invoke(main, ["db", "coverage", "--record", str(recording)])
+    assert result.exit_code == 0, result.output
+    assert "padded/fp16/dim32/int8 nq1 lq8 nb4 ld32" in result.output and "heuristic  8      100.0%" in result.output
+    assert "3 buckets served by something other than their own winner" in result.output
+    buckets = buckets_from_record(recording)
+    assert [b.label() for b in buckets] == [
+        "recorded padded/fp16/dim32 nq1 lq8 nb4 ld32", "recorded padded/fp16/dim32/int8 nq1 lq8 nb4 ld32",
+        "recorded pairs/fp16/dim32 nq1 lq8 nb1 ld32"]  # most called first
+    tuned = tmp_path / "tuned.db"
+    result = runner.invoke(main, ["tune", "--from-record", str(recording), "--db", str(tuned), "--trials", "2",
+                                  "--quiet"])
+    assert result.exit_code == 0, result.output
+    # Served again with what was tuned: every bucket by its own winner.
+    second = tmp_path / "second.db"
+    monkeypatch.setenv("MAXSIM_FORGE_RECORD", str(second))
+    reset(Lookup(user_path=tuned, shipped_paths=[]))
+    _serve(1, 1, 1)
+    reset()
+    assert {s.label: s.kind for s in served(second)} == {s.label: "tuned here" for s in served(recording)}
+    assert buckets_from_record(second) == []
+    result = runner.invoke(main, ["tune", "--from-record", str(second), "--db", str(tuned)])
+    assert result.exit_code == 0 and "nothing to tune" in result.output
+    result = runner.invoke(main, ["tune", "--from-record", str(second), "--preset", "quick"])
+    assert result.exit_code == 2 and "without --preset" in result.output
+
+
+def test_coverage_of_a_missing_record_says_where_it_comes_from(tmp_path):
+    result = CliRunner().invoke(main, ["db", "coverage", "--record", str(tmp_path / "none.db")])
+    assert result.exit_code == 1 and "MAXSIM_FORGE_RECORD=" in result.output
+
+
+def test_recording_off_costs_nothing_but_a_counter(tmp_path, monkeypatch):
+    monkeypatch.delenv("MAXSIM_FORGE_RECORD", raising=False)
+    reset(Lookup(user_path=tmp_path / "absent.db", shipped_paths=[]))
+    try:
+        _serve(2, 0, 0)
+        assert _record.recorder() is None and not list(tmp_path.glob("*.db"))
+    finally:
+        reset()
