@@ -13,7 +13,9 @@
 # 3. the side-by-side benchmark under its protocol (a process per implementation and case,
 #    outputs checked, 5 interleaved repetitions) with 30 held-out shapes (bench.* and
 #    heldout.*), the runtime and vLLM benchmarks (runtime.json, vllm.json);
-# 4. exhaustive tables of three buckets and the tuner's replay on them (exhaustive-*.json,
+# 4. quantized docs checked and timed against our fp16 and the peers (quant.json), the NaN
+#    rule's cost (nan-rule.json);
+# 5. exhaustive tables of three buckets and the tuner's replay on them (exhaustive-*.json,
 #    replay-tuner-*.json).
 # Step 3 uses the databases shipped in step 2. Needs `pip install -e '.[test,bench]'`.
 set -euo pipefail
@@ -34,6 +36,9 @@ echo "== bench"
 python3 -m maxsim_forge bench --heldout 30 --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40
 python3 benchmarks/bench_runtime.py --out "$OUT/runtime.json" | tail -40
 python3 benchmarks/bench_vllm.py --out "$OUT/vllm.json"
+echo "== quantized docs against our fp16 and the peers' int8 and fp8; the NaN rule's cost"
+python3 benchmarks/quant_check.py --peers --out "$OUT/quant.json" | grep -v '^maxsim-forge:' | tail -40
+python3 benchmarks/nan_rule_cost.py --out "$OUT/nan-rule.json" | grep -v '^maxsim-forge:' | tail -14
 echo "== exhaustive tables and the tuner's replay"
 python3 benchmarks/collect_exhaustive.py --out "$OUT" ${BUDGET:+--time-budget "$BUDGET"} | tail -5
 python3 benchmarks/replay_tuner.py "$OUT" | tail -40

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .quant import QuantizedDocs, quantize
 from .runtime import explain, maxsim, maxsim_packed, maxsim_pairs, warmup
+from . import ops  # noqa: E402,F401  (registers the torch.library ops)  isort: skip
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ._keys import DTYPE_NAMES
+from ._keys import DTYPE_NAMES, TORCH_ONLY_DTYPES
+
+_TAKEN = {**DTYPE_NAMES, **TORCH_ONLY_DTYPES}
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 PRECISIONS = ("tf32", "ieee")
@@ -22,9 +24,10 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
 
 
 def check_float_dtype(name: str, t: torch.Tensor) -> str:
-    if t.dtype not in DTYPE_NAMES:
-        raise TypeError(f"{name} has dtype {t.dtype}; accepted: {', '.join(map(str, DTYPE_NAMES))}")
-    return DTYPE_NAMES[t.dtype]
+    if t.dtype not in _TAKEN:
+        raise TypeError(f"{name} has dtype {t.dtype}; accepted: {', '.join(map(str, _TAKEN))} "
+                        "(float64 through torch only)")
+    return _TAKEN[t.dtype]
 
 
 def check_same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:

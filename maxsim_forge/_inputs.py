@@ -22,7 +22,7 @@ from ._checks import (
     check_cu_seqlens, check_device, check_float_dtype, check_lengths, check_mask, check_precision, check_rank,
     check_same, check_tensor,
 )
-from ._keys import DTYPE_NAMES
+from ._keys import DTYPE_NAMES, TORCH_ONLY_DTYPES
 from ._pairs import PairBatch, concat_pairs, copy_pair_offsets
 from .codegen import KernelSpec
 from .quant import SPEC_CODES, QuantizedDocs, quantize_rows
@@ -47,7 +47,7 @@ class Prepared:
 def _spec(layout: str, q: torch.Tensor, precision: str, q_kind: str, d_kind: str, codes: str = "none") -> KernelSpec:
     return KernelSpec(
         layout=layout,
-        dtype=DTYPE_NAMES[q.dtype],
+        dtype={**DTYPE_NAMES, **TORCH_ONLY_DTYPES}[q.dtype],
         dim=int(q.shape[-1]),
         precision=precision,
         q_mask=q_kind,
@@ -269,7 +269,10 @@ def pack_quantized_pairs(queries, docs, *, precision: str = "tf32", quantize_que
         raise ValueError("queries and docs are empty; at least one pair is needed to pack")
     precision = check_precision(precision)
     first = check_tensor("queries[0]", queries[0])
-    fmt = getattr(docs[0], "format", None)
+    if not isinstance(docs[0], QuantizedDocs):
+        raise ValueError("quantize_query=True quantizes the query to the docs' format: docs must be QuantizedDocs "
+                         f"(maxsim_forge.quantize), got {type(docs[0]).__name__}")
+    fmt = docs[0].format
     for i, (qi, di) in enumerate(zip(queries, docs)):
         qi = check_tensor(f"queries[{i}]", qi)
         check_rank(f"queries[{i}]", qi, (2,), "[Lq, dim]")
@@ -279,6 +282,10 @@ def pack_quantized_pairs(queries, docs, *, precision: str = "tf32", quantize_que
             raise TypeError(f"docs[{i}] is {type(di).__name__ if not isinstance(di, QuantizedDocs) else di.format}; "
                             f"docs[0] is QuantizedDocs of format {fmt!r}, so every doc must be")
         check_rank(f"docs[{i}]", di.codes, (2,), "[Ld, dim] (packed QuantizedDocs of one doc)")
+        if di.shape[-1] != first.shape[-1]:
+            raise ValueError(f"docs[{i}] has {di.shape[-1]} features but queries[0] has {first.shape[-1]}; "
+                             "both must match")
+        check_device(f"docs[{i}]", di.codes, first, "queries[0]")
     q = torch.cat(list(queries)) if len(queries) > 1 else first
     codes = torch.cat([di.codes for di in docs]) if len(docs) > 1 else docs[0].codes
     scales = torch.cat([di.scales for di in docs]) if len(docs) > 1 else docs[0].scales

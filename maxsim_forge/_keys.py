@@ -23,6 +23,9 @@ from .codegen import DEFAULT_SMEM_LIMIT, DTYPES, KernelConfig, KernelSpec, next_
 # A tensor's dtype -> the name keys, files and the CLI write (codegen's dtype table read
 # the other way round).
 DTYPE_NAMES: dict[torch.dtype, str] = {torch_dtype(name): name for name in DTYPES}
+# Dtypes the entry points take besides: scored by the torch path only (float64: for
+# checks such as gradcheck), the result in that dtype.
+TORCH_ONLY_DTYPES: dict[torch.dtype, str] = {torch.float64: "fp64"}
 
 
 # ---- the GPU
@@ -217,6 +220,7 @@ def nearest(
 __all__ = [
     "DEFAULT_SMEM_LIMIT",
     "DTYPE_NAMES",
+    "TORCH_ONLY_DTYPES",
     "INTERPRETER",
     "BucketKey",
     "Entry",

@@ -101,20 +101,7 @@ def synth(
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dt)
 
     if spec.layout == "pairs":
-        # The longest query and doc are the sizes given: they bucket pairs.
-        q_lens = [lq, *_lengths(nb - 1, lq, lgen, skew).tolist()][:nb]
-        d_lens = [ld, *_lengths(nb - 1, ld, lgen, skew).tolist()][:nb]
-        queries = [rand(n, dim) for n in q_lens]
-        docs = [rand(n, dim) for n in d_lens]
-        if spec.doc_codes:
-            coded = _coded(torch.cat(docs), spec, meta)
-            ends = torch.tensor([0, *d_lens]).cumsum(0).tolist()
-            coded_docs = [coded[ends[i]:ends[i + 1]] for i in range(nb)]
-            prep = pack_quantized_pairs(queries, coded_docs, precision=_precision(spec),
-                                        quantize_query=spec.query_codes is not None)
-            return Problem(prep, lambda: reference_for(prep))
-        prep = pack_pairs(queries, docs, precision=_precision(spec))
-        return Problem(prep, lambda: maxsim_pairs_reference(queries, docs))
+        return _pairs_problem(spec, sizes, rand, lgen, skew, meta)
     q = rand(nq, lq, dim) if spec.layout != "padded" else rand(lq, dim)
     q_side: dict = {}
     if spec.q_mask == "lengths":
@@ -148,6 +135,24 @@ def synth(
         return Problem(prep, lambda: reference_for(prep))
     prep = prepare_padded(q, d, precision=_precision(spec), check_values=not meta, **q_side, **d_side)
     return Problem(prep, lambda: maxsim_reference(q, d, **q_side, **d_side))
+
+
+def _pairs_problem(spec: KernelSpec, sizes: Sizes, rand, lgen: torch.Generator, skew: bool, meta: bool) -> Problem:
+    """Aligned pairs: the longest query and doc are the sizes given (they bucket pairs)."""
+    nb, lq, ld, dim = sizes.nb, sizes.lq, sizes.ld, spec.dim
+    q_lens = [lq, *_lengths(nb - 1, lq, lgen, skew).tolist()][:nb]
+    d_lens = [ld, *_lengths(nb - 1, ld, lgen, skew).tolist()][:nb]
+    queries = [rand(n, dim) for n in q_lens]
+    docs = [rand(n, dim) for n in d_lens]
+    if spec.doc_codes:
+        coded = _coded(torch.cat(docs), spec, meta)
+        ends = torch.tensor([0, *d_lens]).cumsum(0).tolist()
+        coded_docs = [coded[ends[i]:ends[i + 1]] for i in range(nb)]
+        prep = pack_quantized_pairs(queries, coded_docs, precision=_precision(spec),
+                                    quantize_query=spec.query_codes is not None)
+        return Problem(prep, lambda: reference_for(prep))
+    prep = pack_pairs(queries, docs, precision=_precision(spec))
+    return Problem(prep, lambda: maxsim_pairs_reference(queries, docs))
 
 
 def _coded(d: torch.Tensor, spec: KernelSpec, meta: bool, **padding) -> QuantizedDocs:

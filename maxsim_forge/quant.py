@@ -165,12 +165,13 @@ def _quantize_chunk(x: torch.Tensor, format: str, valid, *, offset: int):  # noq
     amax = x.abs().amax(-1)
     real = torch.ones_like(amax, dtype=torch.bool) if valid is None else valid
     bad = real & ~torch.isfinite(x).all(-1)
-    zero = real & (amax == 0)
+    zero = real & (amax / _QMAX[format] == 0)  # all zeros, or too small for a float32 scale
     if bool((bad | zero).any()):
-        which, what = (bad, "holds NaN or inf") if bool(bad.any()) else (zero, "is all zeros")
+        zeros = not bool(bad.any())
+        which, what = (zero, "is all zeros (or too small to scale)") if zeros else (bad, "holds NaN or inf")
         at = _where(which, which.shape)
         at = (at[0] + offset, *at[1:])
-        hint = ("; mark padding with lengths= or mask=" if x.dim() == 3 else "") if what == "is all zeros" else ""
+        hint = "; mark padding with lengths= or mask=" if zeros and x.dim() == 3 else ""
         raise ValueError(f"d's token at {list(at)} {what}: it cannot be quantized{hint}")
     scale = torch.where(real, amax / _QMAX[format], torch.zeros_like(amax))
     codes = _codes(x, scale, format)

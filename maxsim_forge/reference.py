@@ -37,14 +37,21 @@ def valid_tokens(count: int, length: int, lengths, mask, device) -> torch.Tensor
 
 def masked_max(s: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
     """Max over ``dim`` of the entries where ``valid`` (broadcast to ``s``) holds; 0 where
-    none does. Overwrites ``s``."""
+    none does. Overwrites ``s``, unless autograd records it (then the reference is
+    differentiable: a float64 autograd reference for the gradients)."""
+    if s.requires_grad:
+        m = s.masked_fill(~valid, float("-inf")).amax(dim=dim)
+        return m.masked_fill(torch.isneginf(m), 0.0)
     m = s.masked_fill_(~valid, float("-inf")).amax(dim=dim)
     return m.masked_fill_(torch.isneginf(m), 0.0)
 
 
 def query_sum(m: torch.Tensor, q_valid: torch.Tensor, dim: int) -> torch.Tensor:
     """Sum over ``dim`` of the row maxima of valid query tokens: a masked token adds 0
-    whatever its maximum is (NaN and inf included). Overwrites ``m``."""
+    whatever its maximum is (NaN and inf included). Overwrites ``m`` unless autograd
+    records it."""
+    if m.requires_grad:
+        return m.masked_fill(~q_valid, 0.0).sum(dim=dim)
     return m.masked_fill_(~q_valid, 0.0).sum(dim=dim)
 
 

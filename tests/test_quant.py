@@ -368,3 +368,22 @@ def test_a_tuned_quantized_row_serves_its_own_codes_only(tmp_path, monkeypatch):
         assert_scores(out, maxsim_reference(q.double(), _deq(quantize(d, "int8"))), 1e-5, "tuned int8 row")
     finally:
         reset()
+
+
+def test_a_quantized_query_below_the_dots_depth_is_scored_by_torch(isolated_lookup):
+    q, d = randn(6, 16), randn(3, 5, 16)
+    qd = quantize(d, "int8")
+    dec = mf.explain(q, qd, quantize_query=True)
+    assert dec.source == "torch-fallback" and "at least 32" in dec.variant
+    out = mf.maxsim(q, qd, quantize_query=True)
+    assert_scores(out, maxsim_reference(_query(q[None], "int8", True)[0], _deq(qd)), 1e-5, "dim 16, int8 x int8")
+
+
+def test_pairs_of_quantized_docs_are_checked_doc_by_doc(isolated_lookup):
+    qs = [randn(3, 32), randn(2, 32)]
+    with pytest.raises(ValueError, match=r"docs\[1\] has 64 features but queries\[0\] has 32"):
+        mf.maxsim_pairs(qs, [quantize(randn(4, 32), "int8"), quantize(randn(5, 64), "int8")])
+    with pytest.raises(ValueError, match="quantize_query=True quantizes the query.*got Tensor"):
+        mf.maxsim_pairs(qs, [randn(4, 32), randn(5, 32)], quantize_query=True)
+    with pytest.raises(ValueError, match=r"token at \[0\] is all zeros \(or too small to scale\)"):
+        quantize(torch.full((2, 32), 1e-44, device=DEVICE), "int8")

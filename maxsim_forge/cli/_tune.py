@@ -58,13 +58,18 @@ def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, res
         raise click.UsageError("--from-record names the buckets itself: pass it without --preset or --shapes")
     if heartbeat:
         os.environ["MAXSIM_FORGE_HEARTBEAT_S"] = str(heartbeat)  # worker processes inherit it
+    recorded: list = []
     try:
-        buckets = resolve(preset, shapes, tuple(dtypes), tuple(only)) if not record else \
-            _recorded(buckets_from_record(record), tuple(dtypes), tuple(only))
+        if record:
+            recorded = buckets_from_record(record, gpu=_this_gpu(interpreted))
+            buckets = _recorded(recorded, tuple(dtypes), tuple(only))
+        else:
+            buckets = resolve(preset, shapes, tuple(dtypes), tuple(only))
     except (ValueError, ConfigError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    if not buckets:
-        click.echo(f"{record}: every recorded bucket was served by its own winner; nothing to tune")
+    if not buckets and record:
+        click.echo(f"{record}: every bucket recorded on this GPU was served by its own winner; nothing to tune"
+                   if not recorded else f"{record}: --dtype and --only leave none of its {len(recorded)} buckets")
         return
     tuned = open_write(db_path)  # a database that cannot be written stops the run before any work
     tuned.close()
@@ -86,6 +91,15 @@ def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, res
     if left:
         click.echo(f"\n{left} bucket{'' if left == 1 else 's'} cut short or not reached by the time budget: "
                    f"run again with --{'refresh' if refresh else 'resume'} to finish.")
+
+
+def _this_gpu(interpreted: bool) -> str:
+    """The name records give the GPU this run tunes on."""
+    import torch
+
+    from .._keys import INTERPRETER, gpu_info
+
+    return INTERPRETER.name if interpreted else gpu_info(torch.device("cuda")).name
 
 
 def _recorded(buckets, dtypes: tuple, only: tuple):

@@ -21,6 +21,19 @@ log = logging.getLogger("maxsim_forge")
 
 # Integers of this magnitude or more are passed as 64-bit; below, as 32-bit.
 _I32 = 1 << 31
+# triton's JITFunction, imported at the first launcher, not with this module: Triton reads
+# TRITON_INTERPRET when it loads, and the CLI turns the interpreter on after
+# maxsim_forge is imported.
+JITFunction = None
+
+
+def _jit_function() -> type:
+    global JITFunction
+    if JITFunction is None:
+        from triton.runtime.jit import JITFunction as jit_function
+
+        JITFunction = jit_function
+    return JITFunction
 
 
 class Launcher:
@@ -43,13 +56,9 @@ class Launcher:
         self.meta = dict(constexprs, num_warps=num_warps)
         if num_stages is not None:
             self.meta["num_stages"] = num_stages
-        # Imported here, not with this module: Triton reads TRITON_INTERPRET when it loads,
-        # and the CLI turns the interpreter on after maxsim_forge is imported.
-        from triton.runtime.jit import JITFunction
-
         names = list(getattr(kernel, "arg_names", ()))
         # Direct launches need a compiled kernel: not the interpreter's function.
-        self.direct = (isinstance(kernel, JITFunction) and bool(constexprs)
+        self.direct = (isinstance(kernel, _jit_function()) and bool(constexprs)
                        and names[-len(constexprs):] == list(constexprs))
         # The compiled kernel's launcher takes every argument, constexprs included,
         # in the kernel's parameter order.

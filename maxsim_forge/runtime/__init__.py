@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from ._api import Decision, maxsim, maxsim_packed, maxsim_pairs, maxsim_pairs_packed, reset
+from ._api import (
+    Decision, maxsim, maxsim_packed, maxsim_pairs, maxsim_pairs_packed, reset, score_prepared, use_ops,
+)
 from ._explain import explain
+from ._grad import backward_scores
 from ._heuristics import default_config
 from ._keys import bucket_key
 from ._limits import largest_dim
@@ -14,9 +17,9 @@ from ._warmup import check_bucket, warmup
 
 __all__ = [
     "SOURCES",
-    "read_record",
     "Decision",
     "Lookup",
+    "backward_scores",
     "bucket_key",
     "check_bucket",
     "default_config",
@@ -27,6 +30,9 @@ __all__ = [
     "maxsim_packed",
     "maxsim_pairs",
     "maxsim_pairs_packed",
+    "read_record",
     "reset",
+    "score_prepared",
+    "use_ops",
     "warmup",
 ]

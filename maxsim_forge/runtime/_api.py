@@ -23,7 +23,7 @@ from .._inputs import (
     prepare_pair_batch, prepare_pairs,
 )
 from .._keys import BucketKey, bucket, gpu_info
-from ..codegen import KernelConfig, interpreting, load_variant, variant_name
+from ..codegen import MIN_CODE_K, KernelConfig, interpreting, load_variant, variant_name
 from ..quant import QuantizedDocs
 from ..reference import reference_for
 from ._eager import eager_scores
@@ -31,6 +31,7 @@ from ._explain import Decision
 from ._keys import bucket_key
 from ._limits import dim_error
 from . import _record
+from ._grad import Scores, needs_grad
 from ._lookup import HEURISTIC, TORCH, Lookup
 
 log = logging.getLogger("maxsim_forge")
@@ -115,11 +116,14 @@ def _route(prep: Prepared, key: BucketKey | None = None) -> _Route:
 
 def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
     # The environment is read here, once per route: reset() makes a change take effect.
-    if not _uses_kernels(prep.q.device):
-        why = "MAXSIM_FORGE_DISABLE is set" if _disabled() else "CPU tensors without TRITON_INTERPRET=1"
+    if prep.spec.dtype == "fp64" or not _uses_kernels(prep.q.device):
+        why = ("float64 inputs" if prep.spec.dtype == "fp64" else "MAXSIM_FORGE_DISABLE is set" if _disabled()
+               else "CPU tensors without TRITON_INTERPRET=1")
         log.info("maxsim-forge: torch for %s (%s)", key.label(), why)
         return _recorded(_Route(key, None, TORCH, f"torch ({why})"), prep)
     too_large = dim_error(prep.spec.dtype, prep.spec.dim, gpu.smem_limit)
+    if prep.spec.query_codes and prep.spec.dim < MIN_CODE_K:
+        too_large = f"a quantized query's dot takes a dim of at least {MIN_CODE_K}; this one is {prep.spec.dim}"
     if too_large:
         log.info("maxsim-forge: torch for %s (%s)", key.label(), too_large)
         return _recorded(_Route(key, None, TORCH, f"torch ({too_large})"), prep)
@@ -176,7 +180,10 @@ def _run_here(prep: Prepared, key: BucketKey | None, blocking: bool) -> torch.Te
 
 
 def _torch_scores(prep: Prepared) -> torch.Tensor:
-    """The torch path: tensor-core matmuls on a GPU, the float64 reference on the CPU."""
+    """The torch path: tensor-core matmuls on a GPU, the float64 reference on the CPU (and
+    for float64 inputs, whose scores stay float64)."""
+    if prep.spec.dtype == "fp64":
+        return reference_for(prep)
     return eager_scores(prep) if prep.q.is_cuda else reference_for(prep).to(torch.float32)
 
 
@@ -302,6 +309,13 @@ def maxsim(
     dequantized in registers); ``quantize_query=True`` then quantizes the query per token
     to the docs' format too, for int8 or fp8 tensor-core dots.
     """
+    if _compiling():  # one opaque op in the traced graph
+        return _traced["padded"](q, d, q_lengths, q_mask, d_lengths, d_mask, precision)
+    if needs_grad(q, d):
+        _no_quantized_grad(d)
+        return Scores.apply(q, d, lambda q_, d_: prepare_padded(
+            q_, d_, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask, precision=precision,
+            check_values=_check_values(validate, q_lengths, d_lengths), quantize_query=quantize_query), _run)
     quantized = isinstance(d, QuantizedDocs) or quantize_query is not False
     sig, plan = (None, None) if quantized else _plan_for("padded", precision, q, d, q_lengths, q_mask,
                                                          d_lengths, d_mask)
@@ -350,12 +364,19 @@ def maxsim_packed(
     the device. Returns float32 ``[B]`` or ``[Nq, B]``. ``d_packed`` may be packed
     :class:`~maxsim_forge.QuantizedDocs`, with ``quantize_query`` as in :func:`maxsim`.
     """
-    prep = prepare_packed(
-        q, d_packed, cu_seqlens, max_doc_len=max_doc_len, q_lengths=q_lengths, q_mask=q_mask,
-        precision=precision, check_values=_check_values(validate, cu_seqlens, q_lengths),
-        quantize_query=quantize_query,
-    )
-    return _run(prep)
+    def build(q_, d_):
+        return prepare_packed(
+            q_, d_, cu_seqlens, max_doc_len=max_doc_len, q_lengths=q_lengths, q_mask=q_mask,
+            precision=precision, check_values=_check_values(validate, cu_seqlens, q_lengths),
+            quantize_query=quantize_query,
+        )
+
+    if _compiling():
+        return _traced["packed"](q, d_packed, cu_seqlens, max_doc_len, q_lengths, q_mask, precision)
+    if needs_grad(q, d_packed):
+        _no_quantized_grad(d_packed)
+        return Scores.apply(q, d_packed, build, _run)
+    return _run(build(q, d_packed))
 
 
 def maxsim_pairs(
@@ -376,9 +397,13 @@ def maxsim_pairs(
             return torch.zeros(0, dtype=torch.float32)
     if quantize_query is not False or (isinstance(docs, Sequence) and not isinstance(docs, torch.Tensor)
                                        and len(docs) and isinstance(docs[0], QuantizedDocs)):
+        if isinstance(queries, Sequence) and needs_grad(*queries):
+            _no_quantized_grad(QuantizedDocs.__new__(QuantizedDocs))
         return _run(pack_quantized_pairs(queries, docs, precision=precision, quantize_query=quantize_query))
     precision, batch = concat_pairs(queries, docs, precision)
     q_lens, d_lens, q, d = batch
+    if needs_grad(q, d):  # both sides concatenated by differentiable ops: the items get their gradients
+        return Scores.apply(q, d, lambda q_, d_: prepare_pair_batch(batch._replace(q=q_, d=d_), precision), _run)
     if not q.is_cuda:
         return _run(prepare_pair_batch(batch, precision))
     # The fast path of serving batches: a bucket already routed and warm launches at once.
@@ -412,11 +437,43 @@ def maxsim_pairs_packed(
     """Aligned pairs already packed: query i is ``q_packed[q_cu[i]:q_cu[i+1]]``; ``d_packed``
     may be packed :class:`~maxsim_forge.QuantizedDocs`, with ``quantize_query`` as in
     :func:`maxsim`."""
-    prep = prepare_pairs(
-        q_packed, q_cu, d_packed, d_cu, max_q_len=max_q_len, max_d_len=max_d_len,
-        precision=precision, check_values=_check_values(validate, q_cu, d_cu), quantize_query=quantize_query,
-    )
+    def build(q_, d_):
+        return prepare_pairs(
+            q_, q_cu, d_, d_cu, max_q_len=max_q_len, max_d_len=max_d_len,
+            precision=precision, check_values=_check_values(validate, q_cu, d_cu), quantize_query=quantize_query,
+        )
+
+    if _compiling():
+        return _traced["pairs_packed"](q_packed, q_cu, d_packed, d_cu, max_q_len, max_d_len, precision)
+    if needs_grad(q_packed, d_packed):
+        _no_quantized_grad(d_packed)
+        return Scores.apply(q_packed, d_packed, build, _run)
+    return _run(build(q_packed, d_packed))
+
+
+def score_prepared(prep: Prepared) -> torch.Tensor:
+    """Score a checked call through the usual route (what the custom ops run)."""
     return _run(prep)
 
 
-__all__ = ["Decision", "maxsim", "maxsim_packed", "maxsim_pairs", "maxsim_pairs_packed", "reset"]
+# The custom ops (maxsim_forge.ops) the entry points call while torch.compile traces them.
+_traced: dict[str, object] = {}
+
+
+def use_ops(padded, packed, pairs_packed) -> None:
+    """Called by maxsim_forge.ops once its ops are registered."""
+    _traced.update(padded=padded, packed=packed, pairs_packed=pairs_packed)
+
+
+def _compiling() -> bool:
+    return bool(_traced) and torch.compiler.is_compiling()
+
+
+def _no_quantized_grad(d) -> None:
+    if isinstance(d, QuantizedDocs):
+        raise ValueError("gradients through quantized docs are not supported: their codes are integers or fp8; "
+                         "score float docs to train, or call under torch.no_grad()")
+
+
+__all__ = ["Decision", "maxsim", "maxsim_packed", "maxsim_pairs", "maxsim_pairs_packed", "reset", "score_prepared",
+           "use_ops"]

@@ -46,13 +46,17 @@ def record_path() -> Path | None:
 
 
 def _interval() -> float:
+    """The flush interval; a bad setting is reported and the default taken (a record
+    setting never stops scoring)."""
     raw = os.environ.get("MAXSIM_FORGE_RECORD_INTERVAL", "")
     try:
         value = float(raw) if raw else INTERVAL_S
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise ValueError(f"MAXSIM_FORGE_RECORD_INTERVAL={raw!r}; accepted: seconds > 0")
+        log.warning("maxsim-forge: MAXSIM_FORGE_RECORD_INTERVAL=%r is no number of seconds > 0; "
+                    "writing the record every %.0f s", raw, INTERVAL_S)
+        return INTERVAL_S
     return value
 
 
@@ -72,11 +76,13 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
 
 def read(path: str | Path) -> list[dict]:
     """Every row of a record file, most calls first."""
-    with connect(Path(path), read_only=True) as conn:
-        try:
-            rows = conn.execute("SELECT * FROM served ORDER BY calls DESC").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{path} is not a maxsim-forge record ({exc})") from None
+    conn = connect(Path(path), read_only=True)
+    try:
+        rows = conn.execute("SELECT * FROM served ORDER BY calls DESC").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path} is not a maxsim-forge record ({exc})") from None
+    finally:
+        conn.close()
     return [dict(r) for r in rows]
 
 
@@ -88,7 +94,8 @@ class Recorder:
         self.interval = _interval()
         self._routes: list[tuple[object, dict]] = []  # (route, its fixed row fields)
         self._flushed: dict[int, int] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the lists above: held briefly, never while writing
+        self._write_lock = threading.Lock()  # one flush at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = False
@@ -112,23 +119,29 @@ class Recorder:
             self.flush()
 
     def flush(self) -> None:
-        """Add the calls since the last flush to the record file (one transaction)."""
-        with self._lock:
+        """Add the calls since the last flush to the record file (one transaction). The
+        file is written without the lock that routing a new bucket takes: a writer that
+        holds the file delays this flush only."""
+        with self._write_lock:
             now = time.strftime("%Y-%m-%dT%H:%M:%S")
-            rows, before = [], dict(self._flushed)
-            for route, fields in self._routes:
-                count = route.calls  # read once: calls may go on meanwhile
-                calls = count - self._flushed.get(id(route), 0)
-                if calls > 0:
-                    rows.append({**fields, "source": route.source, "calls": calls, "variant": route.variant,
-                                 "first_seen": now, "last_seen": now})
-                    self._flushed[id(route)] = count
+            rows, taken = [], []
+            with self._lock:
+                for route, fields in self._routes:
+                    count = route.calls  # read once: calls may go on meanwhile
+                    calls = count - self._flushed.get(id(route), 0)
+                    if calls > 0:
+                        rows.append({**fields, "source": route.source, "calls": calls, "variant": route.variant,
+                                     "first_seen": now, "last_seen": now})
+                        self._flushed[id(route)] = count
+                        taken.append((id(route), calls))
             if not rows:
                 return
             try:
                 self._write(rows)
             except (sqlite3.Error, OSError) as exc:
-                self._flushed = before  # these calls are written at the next flush
+                with self._lock:  # these calls are written at the next flush
+                    for key, calls in taken:
+                        self._flushed[key] -= calls
                 if not self._failed:
                     self._failed = True
                     log.warning("maxsim-forge: cannot write the record %s (%s); calls are kept and written later",
@@ -148,10 +161,32 @@ class Recorder:
     def close(self) -> None:
         self._stop.set()
         self.flush()
+        atexit.unregister(self.flush)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child (a server's worker) counts from here: what its parent served is
+        the parent's to write, and the child needs a flush thread of its own."""
+        self._lock, self._write_lock = threading.Lock(), threading.Lock()
+        self._stop, self._thread = threading.Event(), None
+        self._flushed = {id(route): route.calls for route, _ in self._routes}
+        if self._routes:
+            self._thread = threading.Thread(target=self._loop, name="maxsim-forge-record", daemon=True)
+            self._thread.start()
 
 
 _recorder: Recorder | None = None
 _recorder_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _recorder_lock
+    _recorder_lock = threading.Lock()
+    if _recorder is not None:
+        _recorder.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def recorder() -> Recorder | None:

@@ -41,8 +41,10 @@ class Served:
 
 
 def _bucket_of(row: dict) -> tuple:
+    """A served bucket as the database keys it (the mask kinds of its calls are no part of
+    it: one bucket's calls may come with several)."""
     return (row["gpu"], row["layout"], row["dtype"], row["precision"], row["dim"], row["codes"], row["nq_bucket"],
-            row["lq_bucket"], row["nb_bucket"], row["ld_bucket"], row["docs"], row["q_mask"], row["d_mask"])
+            row["lq_bucket"], row["nb_bucket"], row["ld_bucket"], row["docs"])
 
 
 def served(path: str | Path) -> list[Served]:
@@ -75,15 +77,22 @@ def coverage_rows(items: list[Served]) -> tuple[list[tuple], list[tuple]]:
     return per_bucket, per_kind
 
 
-def buckets_from_record(path: str | Path) -> list[Bucket]:
-    """The buckets served by anything but their own current winner, most called first,
-    each at the exact sizes of its first recorded call, so that it lands in the same
+def buckets_from_record(path: str | Path, gpu: str | None = None) -> list[Bucket]:
+    """The buckets served on ``gpu`` (default: every GPU of the record, for a record of one
+    kind) by anything but their own current winner, most called first, each at the exact
+    sizes and mask kinds of its most called recorded calls, so that it lands in the same
     bucket (packed docs bucket by their mean length, which the tuner's synthetic lengths
-    only approach: such a bucket may be tuned as its neighbour)."""
-    out = []
+    only approach: such a bucket may be tuned as its neighbour). A bucket served on
+    several GPUs of the record is listed once."""
+    out, seen = [], set()
     for s in served(path):
+        if gpu is not None and s.gpu != gpu:
+            continue
         if s.own_share >= 1.0 or set(s.sources) == {TORCH}:
             continue  # its own winner served every call; or torch by necessity (a dim too large, no kernels)
+        if _bucket_of(s.row)[1:] in seen:
+            continue
+        seen.add(_bucket_of(s.row)[1:])
         r = s.row
         out.append(Bucket(layout=r["layout"], dtype=r["dtype"], dim=r["dim"], nq=max(1, r["nq"]), lq=max(1, r["lq"]),
                           nb=max(1, r["nb"]), ld=max(1, r["ld"] or r["ld_bucket"]), precision=r["precision"] if r["precision"] != "native"

@@ -27,9 +27,13 @@ import threading
 import warnings
 from contextlib import contextmanager
 
+import logging
+
 import optuna
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
+
+log = logging.getLogger("maxsim_forge.tuner")
 
 # Seconds between a running trial's heartbeats, and the silence after which it is taken
 # for dead (failed and retried); MAXSIM_FORGE_HEARTBEAT_S overrides the interval.
@@ -105,7 +109,10 @@ def heartbeat(study: optuna.Study, trials: list[optuna.Trial]):
     def beat() -> None:
         while not stop.wait(interval):
             for trial_id in ids:
-                storage.record_heartbeat(trial_id)
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next interval
+                    log.warning("maxsim-forge: heartbeat of trial %s not recorded (%s); retrying", trial_id, exc)
 
     thread = threading.Thread(target=beat, name="maxsim-forge-heartbeat", daemon=True)
     thread.start()

@@ -19,7 +19,7 @@ from ._presets import Bucket
 from ._compile import CompilePool
 from ._space import in_current_space
 from . import _fleet
-from ._study import NOT_REACHED, BucketResult, BucketTuner, TuneOptions, study_name
+from ._study import NOT_REACHED, BucketResult, BucketTuner, TuneOptions, spent, study_name
 
 
 def make_storage(url: str | None):
@@ -91,12 +91,13 @@ def tune_on_device(
 
 def _elsewhere(tuner: BucketTuner, gpu, opts: TuneOptions, *, first_pass: bool) -> str | None:
     """Why a worker sharing its studies leaves this bucket: committed by another worker
-    ("tuned by ..."), or (first pass only) running on another one ("later")."""
+    with this run's trials spent ("tuned by ..."), or (first pass only) running on
+    another one ("later")."""
     study = _fleet.find_study(study_name(gpu, tuner.key), opts.storage)
     if study is None:
         return None
     who = _fleet.committed_by(study)
-    if who and who != _fleet.worker_id():
+    if who and who != _fleet.worker_id() and spent(study) >= opts.trials:
         return f"tuned by {who}"
     if first_pass and _fleet.busy_elsewhere(study):
         return "later"
@@ -110,10 +111,11 @@ def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, refresh:
     (:mod:`._fleet`)."""
     bars = _Bars(len(buckets), opts, progress)
     results, later = [], []
+    out_of_time = False  # a bucket ended past the deadline: the rest are not started
     try:
         for first_pass, todo in ((True, buckets), (False, later)):
             for bucket in todo:
-                if opts.deadline is not None and time.monotonic() > opts.deadline:
+                if out_of_time:
                     results.append(BucketResult(bucket, None, skipped=True, why=NOT_REACHED))
                     bars.done()
                     continue
@@ -137,6 +139,7 @@ def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, refresh:
                     result.skipped, result.why = True, "cut: time budget"
                 results.append(result)
                 bars.done(result)
+                out_of_time = opts.deadline is not None and time.monotonic() > opts.deadline
     finally:
         bars.close()
     return results

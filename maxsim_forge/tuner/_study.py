@@ -210,6 +210,10 @@ class BucketTuner:
             try:
                 with _fleet.heartbeat(study, asked):  # beats while they run: a dead worker's stop
                     self._evaluate(study, asked)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another worker took these trials for dead (our heartbeats were late) and
+                # retries them: their results go; the study goes on.
+                log.warning("trials of %s were taken over by another worker; their results are dropped", name)
             finally:  # every asked trial is told: none is left running
                 for trial in asked:
                     if trial.number not in self.told:
@@ -335,7 +339,8 @@ class BucketTuner:
             self._record(study.study_name, trial.number, cfg, OK, t, "")
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, value: float | None = None, *, state=None) -> None:
-        study.tell(trial, value, state=state)
+        # skip_if_finished: a trial another worker failed (taken for dead) stays failed.
+        study.tell(trial, value, state=state, skip_if_finished=True)
         self.told.add(trial.number)
 
     def _fail(self, study, trial, cfg: KernelConfig, status: str, msg: str) -> None:

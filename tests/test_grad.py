@@ -1,0 +1,165 @@
+"""Gradients through every scoring call (maxsim_forge/runtime/_grad.py): float64
+gradcheck on the torch path, fp16/bf16/fp32 gradients of the kernels' calls against a
+float64 autograd reference, ties, masks, empty docs, and a short training loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import maxsim_forge as mf
+from maxsim_forge.reference import maxsim_packed_reference, maxsim_pairs_reference, maxsim_reference
+from maxsim_forge.runtime import maxsim_pairs_packed
+
+from conftest import DEVICE, DTYPES, randn
+
+# Gradients are sums of products of inputs in the inputs' dtype, summed in fp32: against
+# float64, relative to the largest gradient entry.
+_TOL = {"fp16": 2e-3, "bf16": 1e-2, "fp32": 1e-5}
+
+
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().clone().requires_grad_()
+
+
+def _close(got: torch.Tensor | None, want: torch.Tensor | None, tol: float, what: str) -> None:
+    want = torch.zeros_like(got, dtype=torch.float64) if want is None else want
+    scale = max(float(want.abs().max()), 1e-30) if want.numel() else 1.0
+    err = float((got.double() - want).abs().max()) / scale if want.numel() else 0.0
+    assert err <= tol, f"{what}: max relative error {err:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("sides", ("plain", "lengths", "masks"))
+@pytest.mark.parametrize("nq", (1, 3))
+def test_gradcheck_in_float64(sides, nq):
+    """float64 takes the torch path: its gradients, checked by finite differences."""
+    q = torch.randn(nq, 4, 8, dtype=torch.float64, device=DEVICE) if nq > 1 else \
+        torch.randn(4, 8, dtype=torch.float64, device=DEVICE)
+    d = torch.randn(3, 5, 8, dtype=torch.float64, device=DEVICE)
+    kw = {}
+    if sides == "lengths":
+        kw = {"d_lengths": torch.tensor([5, 0, 2], device=DEVICE)}
+    elif sides == "masks":
+        kw = {"d_mask": torch.rand(3, 5, device=DEVICE) > 0.4,
+              "q_mask": (torch.rand(nq, 4, device=DEVICE) > 0.3) if nq > 1 else torch.rand(4, device=DEVICE) > 0.3}
+    assert torch.autograd.gradcheck(lambda a, b: mf.maxsim(a, b, **kw), (_leaf(q), _leaf(d)))
+
+
+def test_gradcheck_packed_and_pairs_in_float64():
+    q = torch.randn(2, 3, 8, dtype=torch.float64, device=DEVICE)
+    dp = torch.randn(9, 8, dtype=torch.float64, device=DEVICE)
+    cu = torch.tensor([0, 4, 4, 9], dtype=torch.int32, device=DEVICE)
+    assert torch.autograd.gradcheck(lambda a, b: mf.maxsim_packed(a, b, cu), (_leaf(q), _leaf(dp)))
+    qp = torch.randn(6, 8, dtype=torch.float64, device=DEVICE)
+    q_cu = torch.tensor([0, 2, 6], dtype=torch.int32, device=DEVICE)
+    d_cu = torch.tensor([0, 5, 9], dtype=torch.int32, device=DEVICE)
+    assert torch.autograd.gradcheck(
+        lambda a, b: maxsim_pairs_packed(a, q_cu, b, d_cu, max_q_len=4, max_d_len=5), (_leaf(qp), _leaf(dp)))
+
+
+@pytest.mark.parametrize("dtype", ("fp16", "bf16", "fp32"))
+@pytest.mark.parametrize("nq, sides", [(1, "plain"), (1, "lengths"), (3, "masks"), (2, "qlengths")])
+def test_padded_gradients_match_float64_autograd(isolated_lookup, dtype, nq, sides):
+    dt = DTYPES[dtype]
+    q = randn(nq, 7, 40, dtype=dt) if nq > 1 else randn(7, 40, dtype=dt)
+    d = randn(5, 13, 40, dtype=dt)
+    kw: dict = {}
+    if sides == "lengths":
+        kw["d_lengths"] = torch.tensor([13, 0, 4, 9, 1], device=DEVICE)
+    elif sides == "masks":
+        kw["d_mask"] = torch.rand(5, 13, device=DEVICE) > 0.3
+        kw["q_mask"] = torch.rand(nq, 7, device=DEVICE) > 0.2
+    elif sides == "qlengths":
+        kw["q_lengths"] = torch.tensor([7, 3], device=DEVICE)
+    precision = "ieee" if dtype == "fp32" else "tf32"
+    ql, dl = _leaf(q), _leaf(d)
+    out = mf.maxsim(ql, dl, precision=precision, **kw)
+    assert out.dtype == torch.float32 and out.requires_grad
+    g = torch.randn(out.shape, device=DEVICE)
+    out.backward(g)
+    q64, d64 = _leaf(q.double()), _leaf(d.double())
+    maxsim_reference(q64, d64, **kw).backward(g.double())
+    assert ql.grad.dtype == dt and dl.grad.dtype == dt
+    _close(ql.grad, q64.grad, _TOL[dtype], f"dq {dtype} {sides}")
+    _close(dl.grad, d64.grad, _TOL[dtype], f"dd {dtype} {sides}")
+    if sides == "lengths":
+        assert dl.grad[1].abs().max() == 0 and dl.grad[2, 4:].abs().max() == 0  # empty doc, padding
+    if sides == "masks":
+        assert dl.grad[~kw["d_mask"]].abs().max() == 0  # a masked token never wins
+
+
+def test_packed_and_pairs_gradients_match_float64_autograd(isolated_lookup):
+    q = randn(2, 5, 32, dtype=torch.float32)
+    lens = [4, 0, 11, 1]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+    dp = randn(sum(lens), 32, dtype=torch.float32)
+    ql, dl = _leaf(q), _leaf(dp)
+    out = mf.maxsim_packed(ql, dl, cu, precision="ieee")
+    g = torch.randn(out.shape, device=DEVICE)
+    out.backward(g)
+    q64, d64 = _leaf(q.double()), _leaf(dp.double())
+    maxsim_packed_reference(q64, d64, cu).backward(g.double())
+    _close(ql.grad, q64.grad, 1e-5, "packed dq")
+    _close(dl.grad, d64.grad, 1e-5, "packed dd")
+
+    queries = [_leaf(randn(n, 32, dtype=torch.float32)) for n in (3, 1, 6)]
+    docs = [_leaf(randn(n, 32, dtype=torch.float32)) for n in (5, 2, 0)]
+    out = mf.maxsim_pairs(queries, docs, precision="ieee")
+    g = torch.randn(out.shape, device=DEVICE)
+    out.backward(g)
+    q64 = [_leaf(x.double()) for x in queries]
+    d64 = [_leaf(x.double()) for x in docs]
+    maxsim_pairs_reference(q64, d64).backward(g.double())
+    for mine, ref, what in [*zip(queries, q64, ("q0", "q1", "q2")), *zip(docs[:2], d64[:2], ("d0", "d1"))]:
+        _close(mine.grad, ref.grad, 1e-5, f"pairs {what}")
+    assert queries[2].grad.abs().max() == 0  # its doc is empty: it scores 0 whatever the query
+
+
+def test_ties_go_to_the_lowest_index_and_only_the_needed_gradient_is_made(isolated_lookup):
+    q = torch.ones(1, 4, device=DEVICE)
+    d = torch.zeros(1, 3, 4, device=DEVICE)
+    d[0, 1] = 1.0
+    d[0, 2] = 1.0  # tokens 1 and 2 tie
+    dl = _leaf(d)
+    mf.maxsim(q, dl, precision="ieee").sum().backward()
+    assert dl.grad[0, 1].tolist() == [1.0] * 4 and dl.grad[0, 2].abs().max() == 0
+    ql = _leaf(q)
+    out = mf.maxsim(ql, d, precision="ieee")
+    (dq,) = torch.autograd.grad(out.sum(), ql)
+    assert dq.tolist() == [[1.0] * 4]
+
+
+def test_no_grad_and_quantized_docs():
+    q = _leaf(randn(4, 32, dtype=torch.float32))
+    with torch.no_grad():
+        assert mf.maxsim(q, randn(2, 5, 32, dtype=torch.float32)).grad_fn is None
+    with pytest.raises(ValueError, match="gradients through quantized docs are not supported"):
+        mf.maxsim(q, mf.quantize(randn(2, 5, 32), "int8"))
+
+
+def test_a_contrastive_loss_falls_as_with_the_torch_reference(isolated_lookup):
+    """A hundred and twenty steps of in-batch contrastive training of random embeddings: the loss
+    falls, and step by step as it does through the float64 reference's autograd."""
+    torch.manual_seed(0)
+    nq, nd, lq, ld, dim = 4, 4, 4, 6, 16
+    q0, d0 = torch.randn(nq, lq, dim), torch.randn(nd, ld, dim)
+    losses = {}
+    for name in ("forge", "reference"):
+        q = torch.nn.Parameter(q0.clone().to(DEVICE))
+        d = torch.nn.Parameter(d0.clone().to(DEVICE))
+        opt = torch.optim.SGD([q, d], lr=0.1)
+        seen = []
+        for _ in range(120):
+            opt.zero_grad()
+            if name == "forge":
+                scores = mf.maxsim(q, d, precision="ieee").double()
+            else:
+                scores = maxsim_reference(q.double(), d.double())
+            loss = torch.nn.functional.cross_entropy(scores, torch.arange(nq, device=DEVICE))
+            loss.backward()
+            opt.step()
+            seen.append(float(loss))
+        losses[name] = seen
+    forge, ref = losses["forge"], losses["reference"]
+    assert forge[-1] < 0.5 * forge[0]
+    assert max(abs(a - b) for a, b in zip(forge, ref)) < 1e-3 * max(ref)
