@@ -17,7 +17,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from maxsim_forge.codegen import KernelConfig, KernelSpec, Variant, load_source, render, validate
+from maxsim_forge.codegen import (
+    KernelConfig, KernelSpec, Variant, WinnersConfig, load_source, load_winners, render, validate, winners_meta,
+)
 
 _ELEMENT = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "int8": "*i8", "fp8": "*fp8e4nv"}
 # Launch-time values: unit strides along features and outputs, as the launcher passes
@@ -41,6 +43,8 @@ def _compile(launcher, spec: KernelSpec):
             signature[name] = _ELEMENT[spec.query_codes or spec.dtype]
         elif name == "d_ptr":
             signature[name] = _ELEMENT[spec.doc_codes or spec.dtype]
+        elif name == "idx_ptr":
+            signature[name] = "*i32"
         elif name in ("out_ptr", "part_ptr", "d_scale_ptr", "q_scale_ptr"):
             signature[name] = "*fp32"
         elif name.endswith("mask_ptr"):
@@ -58,8 +62,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         os.environ["MAXSIM_FORGE_CACHE"] = folder
         for spec_d, cfg_d in json.load(sys.stdin):
-            spec, cfg = KernelSpec(**spec_d), KernelConfig.from_dict(cfg_d)
+            spec = KernelSpec(**spec_d)
             try:
+                if "winners" in cfg_d:  # the backward's winners kernel
+                    wcfg = WinnersConfig(**cfg_d["winners"])
+                    launcher = type("L", (), {"kernel": load_winners(spec, wcfg), "meta": winners_meta(spec, wcfg)})
+                    compiled = _compile(launcher, spec)
+                    ptx = compiled.asm["ptx"]
+                    out.append({"shared": compiled.metadata.shared, "wgmma": "wgmma.mma_async" in ptx,
+                                "cp_async": "cp.async" in ptx, "mma": [], "error": None})
+                    continue
+                cfg = KernelConfig.from_dict(cfg_d)
                 validate(spec, cfg)
                 variant = Variant(spec, cfg, load_source(render(spec, cfg, interpret=False)))
                 compiled = _compile(variant.fwd, spec)

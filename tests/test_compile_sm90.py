@@ -104,3 +104,35 @@ def test_variant_compiles_for_hopper(n, compiled):
         # mma.sync and an fp8 one is cast to fp16 in registers for an f16 mma.sync.
         want = _CODE_MMA[spec.codes] if wgmma or spec.query_codes == "int8" else ".f16"
         assert any(want in op for op in result["mma"]), f"{spec.key()} {cfg.key()}: no {want} MMA: {result['mma']}"
+
+
+# The backward's winners kernel: every layout and mask kind, half and fp32 dots.
+WINNERS = [
+    (KernelSpec("padded", "fp16", 128, d_mask="lengths"), {"block_q": 32, "block_d": 64, "num_warps": 4,
+                                                            "num_stages": 2}),
+    (KernelSpec("allpairs", "bf16", 96, "tf32", "mask", "mask"), {"block_q": 64, "block_d": 64, "num_warps": 4,
+                                                                   "num_stages": 2}),
+    (KernelSpec("packed", "fp16", 128, "tf32", "lengths"), {"block_q": 64, "block_d": 32, "num_warps": 4,
+                                                             "num_stages": 3}),
+    (KernelSpec("pairs", "fp32", 320, "ieee"), {"block_q": 32, "block_d": 32, "num_warps": 4, "num_stages": 2}),
+]
+
+
+@pytest.fixture(scope="module")
+def compiled_winners():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    request = json.dumps([[dataclasses.asdict(spec), {"winners": cfg}] for spec, cfg in WINNERS])
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("_aot_sm90.py"))], input=request,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("n", range(len(WINNERS)), ids=[s.key() for s, _ in WINNERS])
+def test_winners_kernel_compiles_for_hopper(n, compiled_winners):
+    spec, cfg = WINNERS[n]
+    result = compiled_winners[n]
+    assert result["error"] is None, f"{spec.key()} winners {cfg} does not compile for sm_90: {result['error']}"
+    assert result["shared"] <= 232_448
+    if cfg["num_stages"] > 1:
+        assert result["cp_async"], f"{spec.key()} winners: doc tiles are not copied asynchronously"

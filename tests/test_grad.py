@@ -163,3 +163,49 @@ def test_a_contrastive_loss_falls_as_with_the_torch_reference(isolated_lookup):
     forge, ref = losses["forge"], losses["reference"]
     assert forge[-1] < 0.5 * forge[0]
     assert max(abs(a - b) for a, b in zip(forge, ref)) < 1e-3 * max(ref)
+
+
+@pytest.mark.parametrize("dtype", ("fp16", "bf16", "fp32"))
+@pytest.mark.parametrize("layout, q_mask, d_mask", [("padded", "none", "lengths"), ("allpairs", "lengths", "mask"),
+                                                     ("allpairs", "mask", "none"), ("packed", "lengths", "none"),
+                                                     ("pairs", "none", "none")])
+def test_winners_kernel_agrees_with_torch(dtype, layout, q_mask, d_mask):
+    """The backward's kernel path (winners from the generated kernel) against its torch
+    path, on the same checked call: the same winners, the same gradients."""
+    from maxsim_forge._keys import Sizes
+    from maxsim_forge._problems import synth
+    from maxsim_forge.codegen import KernelSpec
+    from maxsim_forge.runtime._grad import _torch_backward, grads_from_winners, winners
+
+    spec = KernelSpec(layout, dtype, 48, "ieee", q_mask, d_mask)
+    nq = 3 if layout in ("allpairs", "packed") else 1
+    prep = synth(spec, Sizes(nq=nq, lq=9, nb=5, ld=21), device=DEVICE, seed=7).prep
+    grad = torch.randn(prep.launch_kwargs["nb"] if layout == "pairs" else (prep.launch_kwargs["nq"],
+                                                                          prep.launch_kwargs["nb"]), device=DEVICE)
+    idx = winners(prep)
+    assert idx.dtype == torch.int32
+    kq, kd = grads_from_winners(prep, idx, grad, True, True)
+    tq, td = _torch_backward(prep, grad, True, True)
+    tol = _TOL[dtype]
+    _close(kq, tq.double(), tol, f"{layout} dq")
+    _close(kd, td.double(), tol, f"{layout} dd")
+
+
+def test_a_failing_winners_kernel_falls_back_to_torch_once(isolated_lookup, monkeypatch, caplog):
+    from maxsim_forge.runtime import _grad
+
+    if not _grad._kernels_for(mf.runtime._api.prepare_padded(randn(4, 32), randn(2, 5, 32))):
+        pytest.skip("no kernels here (CPU without the interpreter)")
+
+    def broken(*a, **k):
+        raise RuntimeError("no such kernel here")
+
+    monkeypatch.setattr(_grad, "load_winners", broken)
+    _grad._failed.clear()
+    q, d = _leaf(randn(4, 32, dtype=torch.float32)), _leaf(randn(2, 5, 32, dtype=torch.float32))
+    for _ in range(2):
+        mf.maxsim(q, d, precision="ieee").sum().backward()
+    assert caplog.text.count("the winners kernel of") == 1
+    q64, d64 = _leaf(q.detach().double()), _leaf(d.detach().double())
+    (2 * maxsim_reference(q64, d64)).sum().backward()
+    _close(q.grad, q64.grad, 1e-5, "dq after the fallback")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ._backward import (
+    WinnersConfig, check_winners, load_winners, render_winners, winners_config, winners_meta, winners_smem,
+)
 from ._cache import CacheError, cache_dir, load_source, load_variant
 from ._config import (
     CODE_DTYPES,
@@ -55,6 +58,13 @@ __all__ = [
     "KernelConfig",
     "KernelSpec",
     "Variant",
+    "WinnersConfig",
+    "check_winners",
+    "load_winners",
+    "render_winners",
+    "winners_config",
+    "winners_meta",
+    "winners_smem",
     "cache_dir",
     "environment",
     "exact_k_fits",

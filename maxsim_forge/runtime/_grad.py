@@ -14,12 +14,18 @@ scores exist at once and nothing of size ``Lq x Ld`` stays beyond a chunk.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 
 import torch
 
 from .._inputs import Prepared
+from .._keys import gpu_info
+from ..codegen import interpreting, load_winners, winners_config, winners_meta, winners_smem
 from ..reference import valid_tokens
+
+log = logging.getLogger("maxsim_forge")
 
 # Score elements one backward chunk holds.
 _CHUNK = 1 << 24
@@ -61,7 +67,39 @@ def _longest(cu: torch.Tensor) -> int:
 def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True,
                     need_d: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients (``dq``, ``dd``, shaped and typed as ``prep.q`` and ``prep.d``) of a checked
-    call, for ``grad`` of the scores in its launcher's shape (``[nq, nb]``; pairs ``[nb]``)."""
+    call, for ``grad`` of the scores in its launcher's shape (``[nq, nb]``; pairs ``[nb]``).
+
+    Where the forward runs kernels (a GPU, or Triton's interpreter), the winners come
+    from the generated winners kernel and the gradients follow them; elsewhere (the
+    CPU's torch path, float64, ``MAXSIM_FORGE_DISABLE``), or if that kernel fails on
+    this device (said once), torch finds them a chunk of docs at a time."""
+    if _kernels_for(prep):
+        try:
+            return grads_from_winners(prep, winners(prep), grad, need_q, need_d)
+        except Exception as exc:  # noqa: BLE001 - a kernel this device cannot run: torch, said once
+            key = (prep.spec, type(exc).__name__)
+            if key not in _failed:
+                _failed.add(key)
+                log.warning("maxsim-forge: the winners kernel of %s failed (%s: %s); the backward uses torch",
+                            prep.spec.key(), type(exc).__name__, str(exc)[:300])
+    return _torch_backward(prep, grad, need_q, need_d)
+
+
+_failed: set = set()
+
+
+def _kernels_for(prep: Prepared) -> bool:
+    spec, device = prep.spec, prep.q.device
+    if spec.dtype == "fp64" or spec.codes != "none" or os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0"):
+        return False
+    if device.type == "cuda":
+        return winners_smem(spec, winners_config(spec, rows=64, ld=64)) <= gpu_info(device).smem_limit
+    return device.type == "cpu" and interpreting()
+
+
+def _torch_backward(prep: Prepared, grad: torch.Tensor, need_q: bool,
+                    need_d: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The backward in torch: each chunk's scores again, their winners, then the gradients."""
     if prep.spec.layout == "pairs":
         return _pairs_backward(prep, grad, need_q, need_d)
     k = prep.launch_kwargs
@@ -138,6 +176,92 @@ def _pairs_backward(prep: Prepared, grad: torch.Tensor, need_q: bool, need_d: bo
                 0, (torch.arange(c, device=d.device)[:, None] * ld + idx).reshape(-1),
                 (w[..., None] * qw).reshape(-1, q.shape[-1]))
             dd.index_add_(0, d_rows[d_valid], part[d_valid])
+    return _cast(dq, q), _cast(dd, d)
+
+
+# ---- the kernel path: the winners from a generated kernel, the gradients by gathers and
+# scatters of O(Lq x dim) per doc
+def winners(prep: Prepared) -> torch.Tensor:
+    """The winning doc token of every query row against every doc (``[nb, nq * lq]``;
+    pairs: one per query row, ``[total_query_tokens]``), int32, -1 for none, from the
+    generated winners kernel."""
+    spec, k = prep.spec, prep.launch_kwargs
+    q, d = prep.q, prep.d
+    pairs = spec.layout == "pairs"
+    nq, nb = k["nq"], k["nb"]
+    lq = (k["lq"] or _longest(k["q_cu"])) if pairs else k["lq"]
+    rows = lq if pairs else nq * lq
+    ld = 0 if spec.layout in ("packed", "pairs") else int(d.shape[1])
+    cfg = winners_config(spec, rows=rows, ld=ld or k["ld"] or 64)
+    meta = winners_meta(spec, cfg)
+    kernel = load_winners(spec, cfg)
+    idx = torch.empty((q.shape[0],) if pairs else (nb, nq * lq), dtype=torch.int32, device=q.device)
+    r_tiles = -(-rows // cfg.block_q)
+    if nb == 0 or r_tiles == 0:
+        return idx.fill_(-1)
+    extent = tuple(t if t is not None else d for t in (k.get("q_cu"), k.get("d_cu"), k.get("q_lengths"),
+                                                        k.get("q_mask"), k.get("d_lengths"), k.get("d_mask")))
+    q_strides = (0, q.stride(0), q.stride(1)) if pairs else tuple(q.stride())
+    d_strides = (0, d.stride(0), d.stride(1)) if spec.layout in ("packed", "pairs") else tuple(d.stride())
+    idx_strides = (0, idx.stride(0)) if pairs else tuple(idx.stride())
+    kernel[(r_tiles * nb,)](
+        q, d, idx, *extent, nq, lq, ld, r_tiles, *q_strides, *d_strides,
+        *_strides(k.get("q_mask")), *_strides(k.get("d_mask")), *idx_strides, **meta)
+    return idx
+
+
+def _strides(t: torch.Tensor | None) -> tuple[int, int]:
+    return tuple(t.stride()) if t is not None else (0, 0)
+
+
+def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, need_q: bool,
+                       need_d: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dq, dd) of a checked call from its winners (:func:`winners`)."""
+    k = prep.launch_kwargs
+    q, d = prep.q, prep.d
+    work = _work_dtype(q)
+    dim = q.shape[-1]
+    dq = torch.zeros(q.shape, dtype=work, device=q.device) if need_q else None
+    dd = torch.zeros(d.shape, dtype=work, device=d.device) if need_d else None
+    g = grad.to(work)
+    if prep.spec.layout == "pairs":
+        q_cu, d_cu = k["q_cu"].long(), k["d_cu"].long()
+        pair = torch.repeat_interleave(torch.arange(k["nb"], device=q.device), q_cu[1:] - q_cu[:-1],
+                                       output_size=q.shape[0])
+        won = idx.long()
+        has = won >= 0
+        rows = torch.where(has, d_cu[pair] + won, 0)
+        w = g[pair] * has.to(work)
+        if need_q:
+            dq += w[:, None] * d[rows].to(work)
+        if need_d:
+            dd.index_add_(0, rows[has], (w[:, None] * q.to(work))[has])
+        return _cast(dq, q), _cast(dd, d)
+    nq, lq, nb = k["nq"], k["lq"], k["nb"]
+    m = nq * lq
+    if m == 0 or nb == 0:
+        return _cast(dq, q), _cast(dd, d)
+    qf = q.reshape(m, dim).to(work)
+    g_rows = g[torch.arange(m, device=q.device) // lq]  # [m, nb]: each row's score gradient
+    packed = prep.spec.layout == "packed"
+    ld = 0 if packed else int(d.shape[1])
+    dq_f = torch.zeros(m, dim, dtype=work, device=q.device) if need_q else None
+    step = max(1, _CHUNK // max(1, m * dim))
+    for b0 in range(0, nb, step):
+        b1 = min(nb, b0 + step)
+        won = idx[b0:b1].long()  # [c, m]
+        has = won >= 0
+        w = g_rows[:, b0:b1].t() * has.to(work)
+        at = won.clamp(min=0)
+        rows = (k["d_cu"][b0:b1].long()[:, None] + at) if packed else \
+            (torch.arange(b0, b1, device=d.device)[:, None] * ld + at)
+        flat = d.reshape(-1, dim)
+        if need_q:
+            dq_f += torch.einsum("cm,cmd->md", w, flat[rows].to(work))
+        if need_d:
+            dd.view(-1, dim).index_add_(0, rows[has], (w[..., None] * qf[None])[has])
+    if need_q:
+        dq = dq_f.view(q.shape)
     return _cast(dq, q), _cast(dd, d)
 
 

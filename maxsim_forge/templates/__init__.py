@@ -15,5 +15,7 @@ FWD_QUERY = "maxsim_fwd_query.py.j2"
 FWD_FOLDED = "maxsim_fwd_folded.py.j2"
 SPLIT_REDUCE = "maxsim_split_reduce.py.j2"
 FAMILIES = (FWD_QUERY, FWD_FOLDED)
+# Backward: the winning doc token of every query token, per doc.
+BWD_WINNERS = "maxsim_bwd_winners.py.j2"
 
-__all__ = ["FAMILIES", "FWD_FOLDED", "FWD_QUERY", "SPLIT_REDUCE", "TEMPLATE_DIR"]
+__all__ = ["BWD_WINNERS", "FAMILIES", "FWD_FOLDED", "FWD_QUERY", "SPLIT_REDUCE", "TEMPLATE_DIR"]

@@ -1,0 +1,103 @@
+"""The backward's kernel: which doc token each valid query token's max picked, per doc
+(``templates/maxsim_bwd_winners.py.j2``), rendered and built like the forward's, with a
+config of its own and a heuristic for it.
+
+It does the backward's O(Lq x Ld x dim) work per doc (the scores again, tile by tile,
+never stored); the gradients then follow the winners with gathers and scatters of
+O(Lq x dim) per doc (``runtime/_grad.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..templates import BWD_WINNERS
+from ._cache import load_source
+from ._config import ELEMENT_BYTES, ConfigError, KernelSpec, next_pow2
+from ._render import environment, interpreting
+
+# Feature tile of the winners kernel: the dim rounded up to a power of two, at most this
+# (a longer dim loops over feature tiles).
+MAX_BLOCK_K = 128
+
+
+@dataclass(frozen=True)
+class WinnersConfig:
+    """Tiles and launch of the winners kernel: query rows and doc tokens per tile."""
+
+    block_q: int = 32
+    block_d: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def key(self) -> str:
+        return f"bq{self.block_q}-bdoc{self.block_d}-w{self.num_warps}-s{self.num_stages}"
+
+
+def block_k(spec: KernelSpec) -> int:
+    return min(max(16, next_pow2(spec.dim)), MAX_BLOCK_K)
+
+
+def check_winners(spec: KernelSpec, cfg: WinnersConfig) -> None:
+    """A spec and config the winners kernel takes, or a ConfigError naming what is wrong."""
+    spec.validate()
+    if spec.codes != "none":
+        raise ConfigError(f"codes={spec.codes!r}: gradients are taken of float docs only")
+    for name in ("block_q", "block_d"):
+        value = getattr(cfg, name)
+        if type(value) is not int or value < 16 or value > 128 or value & (value - 1):
+            raise ConfigError(f"{name}={value!r} must be a power of two from 16 to 128")
+    if cfg.num_warps not in (1, 2, 4, 8) or type(cfg.num_warps) is not int:
+        raise ConfigError(f"num_warps={cfg.num_warps!r}; accepted: 1, 2, 4, 8")
+    if type(cfg.num_stages) is not int or not 1 <= cfg.num_stages <= 4:
+        raise ConfigError(f"num_stages={cfg.num_stages!r}; accepted: 1 to 4")
+
+
+def winners_config(spec: KernelSpec, *, rows: int, ld: int) -> WinnersConfig:
+    """A reasonable config for ``rows`` query rows a program may hold and docs of ``ld``
+    tokens: tiles no larger than the work, fp32's doc tiles halved (twice the bytes)."""
+    block_q = min(64, max(16, next_pow2(max(rows, 1))))
+    block_d = min(32 if spec.dtype == "fp32" else 64, max(16, next_pow2(max(ld, 1))))
+    return WinnersConfig(block_q=block_q, block_d=block_d, num_warps=4 if block_q * block_d >= 2048 else 2)
+
+
+def winners_values(spec: KernelSpec, cfg: WinnersConfig, *, interpret: bool | None = None) -> dict:
+    interpret = interpreting() if interpret is None else interpret
+    return {
+        "TEMPLATE": BWD_WINNERS,
+        "VARIANT": f"{spec.key()}.winners-{cfg.key()}",
+        "PAIRS": spec.layout == "pairs",
+        "D_PACKED": spec.layout in ("packed", "pairs"),
+        "Q_MASK": spec.q_mask,
+        "D_MASK": spec.d_mask,
+        "INPUT_PRECISION": spec.precision if spec.dtype == "fp32" else "",
+        # Triton's interpreter multiplies bf16 tiles wrongly (triton 3.9): fp32 there, exact.
+        "UPCAST_DOT": spec.dtype == "bf16" and interpret,
+    }
+
+
+def render_winners(spec: KernelSpec, cfg: WinnersConfig, *, interpret: bool | None = None) -> str:
+    check_winners(spec, cfg)
+    return environment().get_template(BWD_WINNERS).render(**winners_values(spec, cfg, interpret=interpret))
+
+
+def winners_meta(spec: KernelSpec, cfg: WinnersConfig) -> dict:
+    """The kernel's compile-time arguments and launch options."""
+    bk = block_k(spec)
+    return {"DIM": spec.dim, "BLOCK_Q": cfg.block_q, "BLOCK_D": cfg.block_d, "BLOCK_K": bk,
+            "NUM_K": -(-spec.dim // bk), "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def winners_smem(spec: KernelSpec, cfg: WinnersConfig) -> int:
+    """Shared memory estimate: doc tiles per stage and the query tile."""
+    esize = ELEMENT_BYTES[spec.dtype]
+    return (cfg.block_d * cfg.num_stages + cfg.block_q) * block_k(spec) * esize
+
+
+def load_winners(spec: KernelSpec, cfg: WinnersConfig):
+    """The compiled-on-first-launch winners kernel of this spec and config."""
+    return load_source(render_winners(spec, cfg))._maxsim_winners_kernel
+
+
+__all__ = ["WinnersConfig", "check_winners", "load_winners", "render_winners", "winners_config", "winners_meta",
+           "winners_smem", "winners_values"]
