@@ -194,7 +194,9 @@ def test_winners_kernel_agrees_with_torch(dtype, layout, q_mask, d_mask):
 def test_a_failing_winners_kernel_falls_back_to_torch_once(isolated_lookup, monkeypatch, caplog):
     from maxsim_forge.runtime import _grad
 
-    if not _grad._kernels_for(mf.runtime._api.prepare_padded(randn(4, 32), randn(2, 5, 32))):
+    from maxsim_forge._inputs import prepare_padded
+
+    if not _grad._kernels_for(prepare_padded(randn(4, 32), randn(2, 5, 32))):
         pytest.skip("no kernels here (CPU without the interpreter)")
 
     def broken(*a, **k):
@@ -209,3 +211,34 @@ def test_a_failing_winners_kernel_falls_back_to_torch_once(isolated_lookup, monk
     q64, d64 = _leaf(q.detach().double()), _leaf(d.detach().double())
     (2 * maxsim_reference(q64, d64)).sum().backward()
     _close(q.grad, q64.grad, 1e-5, "dq after the fallback")
+
+
+def test_edges_of_the_backward(isolated_lookup):
+    # A packed batch whose last doc is empty (it starts where the tokens end).
+    q = _leaf(randn(2, 3, 16, dtype=torch.float32))
+    dp = _leaf(randn(6, 16, dtype=torch.float32))
+    cu = torch.tensor([0, 4, 6, 6], dtype=torch.int32, device=DEVICE)
+    out = mf.maxsim_packed(q, dp, cu, precision="ieee")
+    out.sum().backward()
+    q64, d64 = _leaf(q.detach().double()), _leaf(dp.detach().double())
+    maxsim_packed_reference(q64, d64, cu).sum().backward()
+    _close(q.grad, q64.grad, 1e-5, "dq, trailing empty doc")
+    _close(dp.grad, d64.grad, 1e-5, "dd, trailing empty doc")
+    # An inf gradient of a score that gets none (an empty doc) stays out of the others.
+    d = randn(3, 5, 16, dtype=torch.float32)
+    ql = _leaf(randn(4, 16, dtype=torch.float32))
+    out = mf.maxsim(ql, d, d_lengths=torch.tensor([5, 0, 2], device=DEVICE), precision="ieee")
+    (dq,) = torch.autograd.grad(out, ql, torch.tensor([1.0, float("inf"), 1.0], device=DEVICE))
+    assert bool(torch.isfinite(dq).all())
+    # A second derivative is refused, never silently wrong.
+    ql = _leaf(randn(4, 16, dtype=torch.float32))
+    (dq,) = torch.autograd.grad(mf.maxsim(ql, d, precision="ieee").sum(), ql, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|differentiable"):
+        torch.autograd.grad((dq ** 2).sum(), ql)
+    # An input changed in place between the forward and the backward is caught.
+    ql = _leaf(randn(4, 16, dtype=torch.float32))
+    x = ql * 1
+    out = mf.maxsim(x, d, precision="ieee")
+    x.mul_(-1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

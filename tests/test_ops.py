@@ -89,3 +89,25 @@ def test_compiled_training_step_has_no_graph_break(isolated_lookup):
     assert torch.allclose(loss, ref)
     for a, b in zip(leaves, ref_leaves):
         assert torch.allclose(a.grad, b.grad)
+
+
+def test_backward_ops_take_any_strides_and_compiled_calls_keep_their_checks(isolated_lookup):
+    q = randn(2, 16, 5, dtype=torch.float32).transpose(1, 2)  # [2, 5, 16], not contiguous
+    d = randn(3, 7, 16, dtype=torch.float32)
+    g = torch.randn(2, 3, device=DEVICE)
+    result = opcheck(ops.maxsim_backward, (g, q, d, None, None, None, None, "ieee", True, True))
+    assert set(result.values()) == {"SUCCESS"}, result
+
+    def bad_lengths(a, b):
+        return mf.maxsim(a, b, q_lengths=torch.tensor([9, 2], device=DEVICE))
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="q_lengths holds values from 2 to 9"):
+        torch.compile(bad_lengths, fullgraph=True, backend="aot_eager")(q, d)
+
+    def quantized(a, b):
+        return mf.maxsim(a, b, quantize_query=True)
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="not traced by torch.compile"):
+        torch.compile(quantized, fullgraph=True, backend="aot_eager")(q, d)

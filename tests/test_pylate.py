@@ -105,3 +105,16 @@ def test_install_without_pylate_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "pylate", None)
     with pytest.raises(RuntimeError, match="pylate is not importable"):
         mf_pylate.install()
+
+
+def test_arrays_and_broadcast_masks_as_pylate_takes_them(isolated_lookup):
+    import numpy as np
+
+    q = np.random.default_rng(0).standard_normal((2, 3, 8))  # float64 arrays: float32, as PyLate's
+    d = [np.random.default_rng(1).standard_normal((4, 8)) for _ in range(3)]
+    out = mf_pylate.colbert_scores(q, d, None, torch.tensor([[1.0, 1.0, 0.0, 1.0]]))  # [1, t] broadcasts
+    assert out.dtype == torch.float32 and out.shape == (2, 3)
+    dm = np.stack(d)
+    dm[:, 2] = 0
+    want = _pylate_formula(torch.as_tensor(q).float().double(), torch.as_tensor(dm).float().double())
+    assert torch.allclose(out.double().cpu(), want, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 import maxsim_forge as mf
@@ -17,7 +16,7 @@ from maxsim_forge.cli import main
 from maxsim_forge.runtime import Lookup, _record, reset
 from maxsim_forge.tuner import buckets_from_record, served
 
-from conftest import DEVICE, randn
+from conftest import randn
 
 
 @pytest.fixture

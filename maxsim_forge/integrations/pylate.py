@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ..runtime import maxsim, maxsim_pairs_packed
@@ -30,12 +31,14 @@ __all__ = ["colbert_kd_scores", "colbert_scores", "colbert_scores_pairwise", "in
 
 
 def _tensor(name: str, x) -> torch.Tensor:
+    """A tensor as PyLate takes it: tensors as they are, lists of tensors stacked, arrays
+    and lists of numbers as float32."""
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, Sequence) and x and all(isinstance(t, torch.Tensor) for t in x):
         return torch.stack(list(x))
     try:
-        return torch.as_tensor(x)
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{name} must be a tensor, a list of tensors or an array; got {type(x).__name__}") from None
 
@@ -45,8 +48,11 @@ def _masked(name: str, x: torch.Tensor, mask, shape: tuple) -> torch.Tensor:
     if mask is None:
         return x
     mask = _tensor(f"{name}_mask", mask).to(x.device)
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"{name}_mask has shape {tuple(mask.shape)}; expected {shape}")
+    try:  # PyLate multiplies: a mask that broadcasts to the tokens is taken
+        mask = torch.broadcast_to(mask, shape)
+    except RuntimeError:
+        raise ValueError(f"{name}_mask has shape {tuple(mask.shape)}; expected {shape} (or one that "
+                         "broadcasts to it)") from None
     return x * mask.to(x.dtype)[..., None]
 
 
@@ -101,7 +107,8 @@ def colbert_kd_scores(queries_embeddings, documents_embeddings, queries_mask=Non
     a, b, t, h = d.shape
     s = q.shape[1]
     if a * b == 0:
-        return torch.zeros(a, b, dtype=torch.float32, device=q.device)
+        return torch.zeros(a, b, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+                           device=q.device)
     pairs_q = q[:, None].expand(a, b, s, h).reshape(a * b * s, h)  # query a beside each of its candidates
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     out = maxsim_pairs_packed(pairs_q, _offsets([s] * (a * b), q.device), d.reshape(a * b * t, h),

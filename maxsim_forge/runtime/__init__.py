@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ._api import (
-    Decision, maxsim, maxsim_packed, maxsim_pairs, maxsim_pairs_packed, reset, score_prepared, use_ops,
-)
+from ._api import Decision, reset
+from ._entry import maxsim, maxsim_packed, maxsim_pairs, maxsim_pairs_packed, score_prepared, use_ops
 from ._explain import explain
 from ._grad import backward_scores
 from ._heuristics import default_config

@@ -116,7 +116,8 @@ def _torch_backward(prep: Prepared, grad: torch.Tensor, need_q: bool,
     q_valid = valid_tokens(nq, lq, k.get("q_lengths"), k.get("q_mask"), q.device)
     qw = q.to(work)
     g = grad.to(work)
-    step = max(1, _CHUNK // max(1, nq * lq * ld))
+    # Per doc: its scores (nq lq ld), and the rows gathered and scattered (nq lq dim).
+    step = max(1, _CHUNK // max(1, nq * lq * max(ld, dim)))
     for b0 in range(0, nb, step):
         b1 = min(nb, b0 + step)
         if packed:
@@ -130,7 +131,7 @@ def _torch_backward(prep: Prepared, grad: torch.Tensor, need_q: bool,
         idx, has = _winners(s, d_valid[:, None, None, :])
         del s
         # The weight of each (doc, query token): its score's gradient where it counts.
-        w = g[:, b0:b1].t()[:, :, None] * (has & q_valid[None]).to(work)  # [c, nq, lq]
+        w = torch.where(has & q_valid[None], g[:, b0:b1].t()[:, :, None], 0.0)  # [c, nq, lq]
         c = b1 - b0
         if need_q:
             won = dw[torch.arange(c, device=d.device)[:, None, None], idx]  # [c, nq, lq, dim]
@@ -158,14 +159,14 @@ def _pairs_backward(prep: Prepared, grad: torch.Tensor, need_q: bool, need_d: bo
     if nb == 0 or lq == 0 or ld == 0:
         return _cast(dq, q), _cast(dd, d)
     g = grad.to(work)
-    step = max(1, _CHUNK // max(1, lq * ld))
+    step = max(1, _CHUNK // max(1, lq * max(ld, q.shape[-1])))
     for b0 in range(0, nb, step):
         b1 = min(nb, b0 + step)
         qp, q_valid, q_rows = _gather_rows(q, k["q_cu"], b0, b1, lq)
         dp, d_valid, d_rows = _gather_rows(d, k["d_cu"], b0, b1, ld)
         qw, dw = qp.to(work), dp.to(work)
         idx, has = _winners(torch.einsum("bid,bjd->bij", qw, dw), d_valid[:, None, :])
-        w = g[b0:b1, None] * (has & q_valid).to(work)  # [c, lq]
+        w = torch.where(has & q_valid, g[b0:b1, None], 0.0)  # [c, lq]
         c = b1 - b0
         if need_q:
             won = dw[torch.arange(c, device=d.device)[:, None], idx]  # [c, lq, dim]
@@ -230,8 +231,10 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
                                        output_size=q.shape[0])
         won = idx.long()
         has = won >= 0
+        if d.numel() == 0 or q.shape[0] == 0:
+            return _cast(dq, q), _cast(dd, d)
         rows = torch.where(has, d_cu[pair] + won, 0)
-        w = g[pair] * has.to(work)
+        w = torch.where(has, g[pair], 0.0)
         if need_q:
             dq += w[:, None] * d[rows].to(work)
         if need_d:
@@ -239,10 +242,9 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
         return _cast(dq, q), _cast(dd, d)
     nq, lq, nb = k["nq"], k["lq"], k["nb"]
     m = nq * lq
-    if m == 0 or nb == 0:
+    if m == 0 or nb == 0 or d.numel() == 0:
         return _cast(dq, q), _cast(dd, d)
     qf = q.reshape(m, dim).to(work)
-    g_rows = g[torch.arange(m, device=q.device) // lq]  # [m, nb]: each row's score gradient
     packed = prep.spec.layout == "packed"
     ld = 0 if packed else int(d.shape[1])
     dq_f = torch.zeros(m, dim, dtype=work, device=q.device) if need_q else None
@@ -251,10 +253,13 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
         b1 = min(nb, b0 + step)
         won = idx[b0:b1].long()  # [c, m]
         has = won >= 0
-        w = g_rows[:, b0:b1].t() * has.to(work)
+        # Each row's score gradient where it has a winner (selected, so an inf or NaN
+        # gradient of a score that has none stays out).
+        w = torch.where(has, g[:, b0:b1].repeat_interleave(lq, dim=0).t(), 0.0)
         at = won.clamp(min=0)
         rows = (k["d_cu"][b0:b1].long()[:, None] + at) if packed else \
             (torch.arange(b0, b1, device=d.device)[:, None] * ld + at)
+        rows = torch.where(has, rows, 0)  # a trailing empty packed doc starts past the end
         flat = d.reshape(-1, dim)
         if need_q:
             dq_f += torch.einsum("cm,cmd->md", w, flat[rows].to(work))
@@ -282,12 +287,15 @@ class Scores(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, d: torch.Tensor, build: Callable[[torch.Tensor, torch.Tensor], Prepared],
                 run: Callable[[Prepared], torch.Tensor]) -> torch.Tensor:
         prep = build(q.detach(), d.detach())
+        ctx.save_for_backward(q, d)  # so that an in-place change before the backward is caught
         ctx.prep = prep
         ctx.q_shape, ctx.d_shape = q.shape, d.shape
         return run(prep)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative is refused, never wrong
     def backward(ctx, grad: torch.Tensor):
+        ctx.saved_tensors  # noqa: B018 - raises if an input was changed in place since the forward
         prep = ctx.prep
         g = grad.unsqueeze(0) if prep.squeeze else grad
         need_q, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
