@@ -40,21 +40,28 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return op(a.float(), b.float())
 
 
-def _gather(x: torch.Tensor, cu: torch.Tensor, start: int, stop: int, length: int, scales=None):
-    """Items start..stop of a packed ``x`` with offsets ``cu`` -> padded [n, length, dim], valid;
-    codes with per-token ``scales`` come back dequantized to float32."""
+def packed_rows(cu: torch.Tensor, start: int, stop: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row index [n, length], valid [n, length]) of items start..stop of a packed tensor with
+    offsets ``cu``, padded to ``length``; a padding position points at row 0."""
     cu = cu.long()
     begin = cu[start:stop]
     lens = cu[start + 1 : stop + 1] - begin
-    pos = torch.arange(length, device=x.device)
+    pos = torch.arange(length, device=cu.device)
     valid = pos[None, :] < lens[:, None]
-    idx = torch.where(valid, begin[:, None] + pos[None, :], torch.zeros_like(begin)[:, None])
+    return torch.where(valid, begin[:, None] + pos[None, :], torch.zeros_like(begin)[:, None]), valid
+
+
+def _gather(x: torch.Tensor, cu: torch.Tensor, start: int, stop: int, length: int, scales=None):
+    """Items start..stop of a packed ``x`` with offsets ``cu`` -> padded [n, length, dim], valid;
+    codes with per-token ``scales`` come back dequantized to float32."""
+    idx, valid = packed_rows(cu, start, stop, length)
     if scales is not None:
         return dequantize_codes(x[idx], scales[idx], torch.float32), valid
     return x[idx], valid
 
 
-def _longest(cu: torch.Tensor) -> int:
+def longest(cu: torch.Tensor) -> int:
+    """The longest item of packed offsets ``cu`` (a read-back)."""
     return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
 
 
@@ -75,8 +82,8 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
     layout = prep.spec.layout
     if layout == "pairs":
         out = torch.zeros(nb, dtype=torch.float32, device=q.device)
-        lq = lq or _longest(k["q_cu"])
-        ld = ld or _longest(k["d_cu"])
+        lq = lq or longest(k["q_cu"])
+        ld = ld or longest(k["d_cu"])
         if nb == 0 or lq == 0 or ld == 0:
             return out
         row = dim * q.element_size()
@@ -90,7 +97,7 @@ def eager_scores(prep: Prepared) -> torch.Tensor:
         return out
     out = torch.zeros(nq, nb, dtype=torch.float32, device=q.device)
     if layout == "packed":
-        ld = ld or _longest(k["d_cu"])
+        ld = ld or longest(k["d_cu"])
     if nq == 0 or nb == 0 or lq == 0 or ld == 0:
         return out
     q_valid = valid_tokens(nq, lq, k.get("q_lengths"), k.get("q_mask"), q.device)

@@ -24,6 +24,7 @@ from .._inputs import Prepared
 from .._keys import gpu_info
 from ..codegen import interpreting, load_winners, winners_config, winners_meta, winners_smem
 from ..reference import valid_tokens
+from ._eager import longest, packed_rows
 
 log = logging.getLogger("maxsim_forge")
 
@@ -51,17 +52,8 @@ def _winners(s: torch.Tensor, d_valid: torch.Tensor) -> tuple[torch.Tensor, torc
 def _gather_rows(x: torch.Tensor, cu: torch.Tensor, start: int, stop: int, length: int):
     """Rows of items start..stop of a packed ``x``: (padded [n, length, dim], valid [n, length],
     row index [n, length] into ``x``)."""
-    cu = cu.long()
-    begin = cu[start:stop]
-    lens = cu[start + 1 : stop + 1] - begin
-    pos = torch.arange(length, device=x.device)
-    valid = pos[None, :] < lens[:, None]
-    rows = torch.where(valid, begin[:, None] + pos[None, :], torch.zeros_like(begin)[:, None])
+    rows, valid = packed_rows(cu, start, stop, length)
     return x[rows], valid, rows
-
-
-def _longest(cu: torch.Tensor) -> int:
-    return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
 
 
 def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True,
@@ -110,7 +102,7 @@ def _torch_backward(prep: Prepared, grad: torch.Tensor, need_q: bool,
     dq = torch.zeros(q.shape, dtype=work, device=q.device) if need_q else None
     dd = torch.zeros(d.shape, dtype=work, device=d.device) if need_d else None
     packed = prep.spec.layout == "packed"
-    ld = (_longest(k["d_cu"]) if packed else int(d.shape[1])) if nb else 0
+    ld = (longest(k["d_cu"]) if packed else int(d.shape[1])) if nb else 0
     if nq == 0 or nb == 0 or lq == 0 or ld == 0:
         return _cast(dq, q), _cast(dd, d)
     q_valid = valid_tokens(nq, lq, k.get("q_lengths"), k.get("q_mask"), q.device)
@@ -153,7 +145,7 @@ def _pairs_backward(prep: Prepared, grad: torch.Tensor, need_q: bool, need_d: bo
     q, d = prep.q, prep.d
     work = _work_dtype(q)
     nb = k["nb"]
-    lq, ld = k["lq"] or _longest(k["q_cu"]), k["ld"] or _longest(k["d_cu"])
+    lq, ld = k["lq"] or longest(k["q_cu"]), k["ld"] or longest(k["d_cu"])
     dq = torch.zeros(q.shape, dtype=work, device=q.device) if need_q else None
     dd = torch.zeros(d.shape, dtype=work, device=d.device) if need_d else None
     if nb == 0 or lq == 0 or ld == 0:
@@ -190,7 +182,7 @@ def winners(prep: Prepared) -> torch.Tensor:
     q, d = prep.q, prep.d
     pairs = spec.layout == "pairs"
     nq, nb = k["nq"], k["nb"]
-    lq = (k["lq"] or _longest(k["q_cu"])) if pairs else k["lq"]
+    lq = (k["lq"] or longest(k["q_cu"])) if pairs else k["lq"]
     rows = lq if pairs else nq * lq
     ld = 0 if spec.layout in ("packed", "pairs") else int(d.shape[1])
     cfg = winners_config(spec, rows=rows, ld=ld or k["ld"] or 64)
