@@ -88,14 +88,16 @@ class Sizes:
         return Sizes(nq=bucket(self.nq), lq=bucket(self.lq), nb=bucket(self.nb), ld=bucket(self.ld))
 
 
-def shape_label(layout: str, dtype: str, dim: int, buckets: Sizes, docs: str = "full", codes: str = "none") -> str:
+def shape_label(layout: str, dtype: str, dim: int, buckets: Sizes, docs: str = "full", codes: str = "none",
+                op: str = "fwd") -> str:
     """A bucket as ``db show``, ``tune`` and ``explain`` write it:
     ``padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged``; quantized docs add their codes
     after the dim (``padded/fp16/dim128/int8xint8 ...``)."""
     fill = {"full": "", "": " any-docs"}.get(docs, f" {docs}")
     coded = "" if codes == "none" else f"/{codes}"
+    backward = " backward" if op == "bwd" else ""
     return (f"{layout}/{dtype}/dim{dim}{coded} nq{buckets.nq} lq{buckets.lq} "
-            f"nb{buckets.nb} ld{buckets.ld}{fill}")
+            f"nb{buckets.nb} ld{buckets.ld}{fill}{backward}")
 
 
 def doc_fill(spec: KernelSpec) -> str:
@@ -123,6 +125,8 @@ class BucketKey:
     docs: str = "full"
     # How the docs (and the query) are stored: codegen's CODES; "none" for float docs.
     codes: str = "none"
+    # The kernel: "fwd" (the scores) or "bwd" (the backward's winners kernel).
+    op: str = "fwd"
 
     @property
     def sizes(self) -> Sizes:
@@ -133,13 +137,13 @@ class BucketKey:
         return dict(self.__dict__)
 
     def label(self) -> str:
-        return shape_label(self.layout, self.dtype, self.dim, self.sizes, self.docs, self.codes)
+        return shape_label(self.layout, self.dtype, self.dim, self.sizes, self.docs, self.codes, self.op)
 
     @classmethod
     def from_row(cls, row: dict) -> BucketKey:
         """The key of a database or export row; rows from before ``docs`` was recorded get "",
         rows from before ``codes`` existed "none"."""
-        absent = {"docs": "", "codes": "none"}
+        absent = {"docs": "", "codes": "none", "op": "fwd"}
         return cls(**{k: row.get(k, absent[k]) if k in absent else row[k] for k in cls.__dataclass_fields__})
 
 

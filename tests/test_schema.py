@@ -32,8 +32,9 @@ def test_previous_schema_version_migrates(tmp_path):
     assert row["cut"] == 0  # a row from before version 7 counts as a finished study
     # Rows from before the key recorded docs say "" and stay distinct from new rows.
     assert row["docs"] == "" and "docs" in db.db["trials"].columns_dict
-    assert db.db["winners"].pks[-2:] == ["docs", "codes"]
+    assert db.db["winners"].pks[-3:] == ["docs", "codes", "op"]
     assert row["codes"] == "none" and "codes" in db.db["trials"].columns_dict  # version 8: float docs
+    assert row["op"] == "fwd" and "op" in db.db["trials"].columns_dict  # version 9: the forward kernel
     old_key = BucketKey.from_row(row)
     assert old_key.docs == "" and old_key.label().endswith("nb1024 ld512 any-docs")
     db.put_winner(replace(old_key, docs="full"), {"config": json.dumps(KernelConfig().to_dict()), "time_ms": 0.2})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..codegen import DTYPES, LAYOUTS, KernelConfig, is_current
+from ..codegen import DTYPES, LAYOUTS, KernelConfig, is_current, winners_config_of
 from ._group import DB_OPTION, check_cache, failures, main, open_read, open_write, out_file, table, \
     use_interpreter_without_cuda
 
@@ -22,15 +22,17 @@ def _shown(w: dict) -> tuple:
 
     speed = f"{w['speedup']:.2f}x" if w.get("speedup") else "-"
     ms = f"{w['time_ms']:.4f}" if w.get("time_ms") is not None else "-"
-    return (w["gpu"], w["layout"], w["dtype"], w["dim"], w.get("codes", "none"), w["nq_bucket"], w["lq_bucket"],
-            w["ld_bucket"], w["nb_bucket"], w.get("docs") or "-", KernelConfig.from_dict(w["config"]).key(), ms, speed,
+    op = w.get("op", "fwd")
+    config = winners_config_of(w["config"]).key() if op == "bwd" else KernelConfig.from_dict(w["config"]).key()
+    return (w["gpu"], w["layout"], w["dtype"], w["dim"], w.get("codes", "none"), op, w["nq_bucket"], w["lq_bucket"],
+            w["ld_bucket"], w["nb_bucket"], w.get("docs") or "-", config, ms, speed,
             trials_label(w.get("trials") or 0, bool(w.get("cut"))),
             "yes" if is_current(w) else "stale", "current" if in_current_space(w) else "older")
 
 
 def _bad(exc) -> tuple:
     # A row that breaks the schema: its key as far as it can be read, and why it is skipped.
-    return (exc.row, "", "", "", "", "", "", "", "", "", f"BAD ROW: field {exc.field}: {exc.why}", "-", "-", "-",
+    return (exc.row, "", "", "", "", "", "", "", "", "", "", f"BAD ROW: field {exc.field}: {exc.why}", "-", "-", "-",
             "bad", "-")
 
 
@@ -60,7 +62,8 @@ def db_show(db_path, gpu, layout, dtype, shipped) -> None:
             rows, errors = scan_winners(conn, where=where, gpu=gpu, layout=layout, dtype=dtype)
             conn.conn.close()
             good, bad = good + rows, bad + errors
-    click.echo(table(("gpu", "layout", "dtype", "dim", "codes", "nq", "lq", "ld", "nb", "docs", "config", "ms", "vs torch",
+    click.echo(table(("gpu", "layout", "dtype", "dim", "codes", "op", "nq", "lq", "ld", "nb", "docs", "config", "ms",
+                      "vs torch",
                       "trials", "current", "space"), [_shown(w) for w in good] + [_bad(e) for e in bad]))
     stale = sum(not is_current(w) for w in good)
     if stale:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ._backward import (
-    WinnersConfig, check_winners, load_winners, render_winners, winners_config, winners_meta, winners_smem,
+    WinnersConfig, check_winners, load_winners, render_winners, winners_config, winners_config_of, winners_hash,
+    winners_meta, winners_smem,
 )
 from ._cache import CacheError, cache_dir, load_source, load_variant
 from ._config import (
@@ -63,6 +64,8 @@ __all__ = [
     "load_winners",
     "render_winners",
     "winners_config",
+    "winners_config_of",
+    "winners_hash",
     "winners_meta",
     "winners_smem",
     "cache_dir",

@@ -9,12 +9,13 @@ O(Lq x dim) per doc (``runtime/_grad.py``).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from ..templates import BWD_WINNERS
 from ._cache import load_source
-from ._config import ELEMENT_BYTES, ConfigError, KernelSpec, next_pow2
-from ._render import environment, interpreting
+from ._config import ELEMENT_BYTES, MASK_KINDS, ConfigError, KernelSpec, next_pow2
+from ._render import environment, interpreting, jit_kernels
 
 # Feature tile of the winners kernel: the dim rounded up to a power of two, at most this
 # (a longer dim loops over feature tiles).
@@ -94,10 +95,37 @@ def winners_smem(spec: KernelSpec, cfg: WinnersConfig) -> int:
     return (cfg.block_d * cfg.num_stages + cfg.block_q) * block_k(spec) * esize
 
 
+def winners_hash(layout: str, dtype: str, dim: int, precision: str, cfg: WinnersConfig) -> str:
+    """Hash of the winners kernels a tuned backward config runs (every mask kind its layout
+    takes) and its launch: a stored backward row is current while this is unchanged."""
+    meta = sorted(winners_meta(KernelSpec(layout, dtype, dim, precision), cfg).items())
+    digest = hashlib.sha256(f"winners {layout} {dtype} {dim} {precision}; {meta}\f".encode())
+    for q_mask in MASK_KINDS:
+        for d_mask in MASK_KINDS:
+            spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask)
+            try:
+                source = render_winners(spec, cfg, interpret=False)
+            except ConfigError:
+                continue  # a mask kind this layout does not take
+            for kernel in jit_kernels(source):
+                digest.update(kernel.encode() + b"\n")
+            digest.update(b"\f")
+    return digest.hexdigest()[:16]
+
+
+def winners_config_of(config: dict) -> WinnersConfig:
+    """A stored backward config (a JSON object of its four knobs)."""
+    try:
+        return WinnersConfig(**{k: config[k] for k in ("block_q", "block_d", "num_warps", "num_stages")})
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"a backward config needs block_q, block_d, num_warps and num_stages; got {config!r}") \
+            from exc
+
+
 def load_winners(spec: KernelSpec, cfg: WinnersConfig):
     """The compiled-on-first-launch winners kernel of this spec and config."""
     return load_source(render_winners(spec, cfg))._maxsim_winners_kernel
 
 
-__all__ = ["WinnersConfig", "check_winners", "load_winners", "render_winners", "winners_config", "winners_meta",
-           "winners_smem", "winners_values"]
+__all__ = ["WinnersConfig", "check_winners", "load_winners", "render_winners", "winners_config", "winners_config_of",
+           "winners_hash", "winners_meta", "winners_smem", "winners_values"]

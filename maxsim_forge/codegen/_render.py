@@ -185,6 +185,11 @@ def is_current(row: dict) -> bool:
     if not stored:
         return row.get("template_hash") == template_hash()
     try:
+        if row.get("op", "fwd") == "bwd":
+            from ._backward import winners_config_of, winners_hash
+
+            return stored == winners_hash(row["layout"], row["dtype"], row["dim"], row["precision"],
+                                          winners_config_of(row["config"]))
         cfg = row["config"]
         cfg = KernelConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
         return stored == kernel_hash(row["layout"], row["dtype"], row["dim"], row["precision"], cfg,

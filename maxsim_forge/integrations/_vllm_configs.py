@@ -37,6 +37,8 @@ log = logging.getLogger("maxsim_forge")
 
 OPS = {"padded": "maxsim", "allpairs": "maxsim_allpairs", "packed": "maxsim_packed", "pairs": "maxsim_pairs"}
 LAYOUTS = {op: layout for layout, op in OPS.items()}
+# The backward's winners kernel has files of its own: op=maxsim_allpairs_backward, ...
+BACKWARD = "_backward"
 _BUCKET_FIELDS = ("nq", "lq", "nb", "ld")
 _KEY_FIELDS = set(BucketKey.__dataclass_fields__)
 # The fields a bucket's "_winner" block may carry: a row's values and its compute capability.
@@ -100,8 +102,8 @@ def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
     files: dict[str, dict] = {}
     for w in db.winners():
         try:
-            name = file_name(OPS[w["layout"]], w["dim"], w["gpu"],
-                             _dtype_tag(w["dtype"], w["precision"], w.get("codes", "none")))
+            op = OPS[w["layout"]] + (BACKWARD if w.get("op", "fwd") == "bwd" else "")
+            name = file_name(op, w["dim"], w["gpu"], _dtype_tag(w["dtype"], w["precision"], w.get("codes", "none")))
         except ValueError as exc:
             raise ValueError(f"{db.path}: row {row_label(w)}: {exc}") from None
         if (out_dir / name).resolve().parent != out_dir.resolve():
@@ -119,19 +121,21 @@ def export_vllm(db: TunedDB, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def _head(path: Path) -> tuple[str, int, str, str, str, str]:
-    """(layout, dim, device, dtype, precision, codes) of a file, from its name."""
+def _head(path: Path) -> tuple[str, int, str, str, str, str, str]:
+    """(layout, dim, device, dtype, precision, codes, kernel op) of a file, from its name."""
     head = _parse_fields(path.name.removesuffix(".json"))
     try:
         op, dim, device, tag = head["op"], head["dim"], head["device_name"], head["dtype"]
     except KeyError as exc:
         raise ValueError(f"{path.name}: file name lacks {exc}; expected op=,dim=,device_name=,dtype=") from None
+    kind = "bwd" if op.endswith(BACKWARD) else "fwd"
+    op = op.removesuffix(BACKWARD)
     if op not in LAYOUTS:
         raise ValueError(f"{path.name}: op {op!r} is not one of {', '.join(LAYOUTS)}")
     if not dim.isdigit():
         raise ValueError(f"{path.name}: dim={dim!r}; accepted: a positive integer")
     safe_name_part("device_name", device)
-    return (LAYOUTS[op], int(dim), device, *_untag(tag))
+    return (LAYOUTS[op], int(dim), device, *_untag(tag), kind)
 
 
 def _bucket_fields(path: Path, label: str) -> tuple[dict[str, int], str]:
@@ -146,7 +150,7 @@ def _bucket_fields(path: Path, label: str) -> tuple[dict[str, int], str]:
 
 
 def _rows_of(path: Path) -> list[dict]:
-    layout, dim, device, dtype, precision, codes = _head(path)
+    layout, dim, device, dtype, precision, codes, kind = _head(path)
     doc = json.loads(path.read_text())
     if not isinstance(doc, dict):
         raise ValueError(f"{path.name}: holds {type(doc).__name__}; accepted: an object of buckets")
@@ -170,7 +174,7 @@ def _rows_of(path: Path) -> list[dict]:
         winner.setdefault("triton_version", doc.get("triton_version"))
         row = {"gpu": device, "cc": winner.pop("cc", ""), "layout": layout, "dtype": dtype,
                "precision": precision, "dim": dim, **{f"{k}_bucket": fields[k] for k in _BUCKET_FIELDS},
-               "docs": docs, "codes": codes, "config": config, **winner}
+               "docs": docs, "codes": codes, "op": kind, "config": config, **winner}
         rows.append(check_winner(row, where=path.name))
     return rows
 

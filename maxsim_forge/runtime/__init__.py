@@ -5,7 +5,8 @@ from __future__ import annotations
 from ._api import Decision, reset
 from ._entry import maxsim, maxsim_packed, maxsim_pairs, maxsim_pairs_packed, score_prepared, use_ops
 from ._explain import explain
-from ._grad import backward_scores
+from ._grad import backward_scores, winners
+from ._grad import _torch_backward as torch_backward
 from ._heuristics import default_config
 from ._keys import bucket_key
 from ._limits import largest_dim
@@ -32,6 +33,8 @@ __all__ = [
     "read_record",
     "reset",
     "score_prepared",
+    "torch_backward",
     "use_ops",
+    "winners",
     "warmup",
 ]

@@ -14,6 +14,7 @@ scores exist at once and nothing of size ``Lq x Ld`` stays beyond a chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -22,9 +23,11 @@ import torch
 
 from .._inputs import Prepared
 from .._keys import gpu_info
-from ..codegen import interpreting, load_winners, winners_config, winners_meta, winners_smem
+from ..codegen import WinnersConfig, interpreting, load_winners, winners_config, winners_meta, winners_smem
 from ..reference import valid_tokens
 from ._eager import longest, packed_rows
+from ._keys import bucket_key
+from ._lookup import decide_winners
 
 log = logging.getLogger("maxsim_forge")
 
@@ -174,10 +177,10 @@ def _pairs_backward(prep: Prepared, grad: torch.Tensor, need_q: bool, need_d: bo
 
 # ---- the kernel path: the winners from a generated kernel, the gradients by gathers and
 # scatters of O(Lq x dim) per doc
-def winners(prep: Prepared) -> torch.Tensor:
+def winners(prep: Prepared, cfg: WinnersConfig | None = None) -> torch.Tensor:
     """The winning doc token of every query row against every doc (``[nb, nq * lq]``;
     pairs: one per query row, ``[total_query_tokens]``), int32, -1 for none, from the
-    generated winners kernel."""
+    generated winners kernel (``cfg``: the bucket's, tuned or the heuristic's)."""
     spec, k = prep.spec, prep.launch_kwargs
     q, d = prep.q, prep.d
     pairs = spec.layout == "pairs"
@@ -185,7 +188,7 @@ def winners(prep: Prepared) -> torch.Tensor:
     lq = (k["lq"] or longest(k["q_cu"])) if pairs else k["lq"]
     rows = lq if pairs else nq * lq
     ld = 0 if spec.layout in ("packed", "pairs") else int(d.shape[1])
-    cfg = winners_config(spec, rows=rows, ld=ld or k["ld"] or 64)
+    cfg = cfg or winners_decision(prep)[0]
     meta = winners_meta(spec, cfg)
     kernel = load_winners(spec, cfg)
     idx = torch.empty((q.shape[0],) if pairs else (nb, nq * lq), dtype=torch.int32, device=q.device)
@@ -201,6 +204,21 @@ def winners(prep: Prepared) -> torch.Tensor:
         q, d, idx, *extent, nq, lq, ld, r_tiles, *q_strides, *d_strides,
         *_strides(k.get("q_mask")), *_strides(k.get("d_mask")), *idx_strides, **meta)
     return idx
+
+
+def winners_decision(prep: Prepared) -> tuple[WinnersConfig, str]:
+    """The winners kernel's config for this call's bucket and its source (a tuned backward
+    row of the databases, or the heuristic), decided once per bucket and lookup."""
+    from . import _api  # the dispatcher's lookup (which reset() replaces)
+
+    lookup = _api._lookup
+    gpu = gpu_info(prep.q.device)
+    key = dataclasses.replace(bucket_key(prep, gpu), op="bwd")
+    memo = lookup.__dict__.setdefault("_winners_memo", {})
+    decided = memo.get((prep.spec, key))
+    if decided is None:
+        decided = memo[(prep.spec, key)] = decide_winners(lookup, prep.spec, key, gpu, prep.sizes)
+    return decided
 
 
 def _strides(t: torch.Tensor | None) -> tuple[int, int]:

@@ -24,7 +24,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from .._keys import BucketKey, Entry, GpuInfo, nearest, query_tile_limit
-from ..codegen import ConfigError, KernelConfig, KernelSpec, is_current, validate
+from ..codegen import (
+    ConfigError, KernelConfig, KernelSpec, WinnersConfig, check_winners, is_current, validate, winners_config,
+    winners_config_of, winners_smem,
+)
 from ..tuned_db import LockedError, TunedDBError, load_winners, shipped_db_paths, user_db_path
 from ._heuristics import default_config
 
@@ -138,7 +141,8 @@ class Lookup:
         for _, _, entries in self._sources:
             for entry in entries or ():
                 row = entry.row
-                family = (row["layout"], row["dtype"], row["precision"], row["dim"], row.get("codes", "none"))
+                family = (row["layout"], row["dtype"], row["precision"], row["dim"], row.get("codes", "none"),
+                          row.get("op", "fwd"))
                 self.exact[(entry.gpu, *family, entry.sizes, entry.docs)].append(entry)
                 self.family[(entry.gpu, *family)].append(entry)
                 self.arch[(entry.row["cc"], *family)].append(entry)
@@ -147,10 +151,10 @@ class Lookup:
         """The entry still runs the kernels it was timed with (a stale one is reported once)."""
         current = self._current.get(entry)
         if current is None:
-            path, layout, dtype, dim, precision, khash, thash, codes = entry.stamp
+            path, layout, dtype, dim, precision, khash, thash, codes, op = entry.stamp
             current = is_current({"layout": layout, "dtype": dtype, "dim": dim, "precision": precision,
-                                  "codes": codes, "config": entry.config, "kernel_hash": khash,
-                                  "template_hash": thash})
+                                  "codes": codes, "op": op, "config": entry.row["config"] if op == "bwd"
+                                  else entry.config, "kernel_hash": khash, "template_hash": thash})
             self._current[entry] = current
             if not current:
                 self._report(f"{entry.source} {path}: the row for {layout}/{dtype}/dim{dim} {entry.config.key()} "
@@ -165,7 +169,7 @@ class Lookup:
         self.load()
         if self.pending:
             self.changed_since(self.generation)  # a database held by a writer: try it again
-        family = (key.layout, key.dtype, key.precision, key.dim, key.codes)
+        family = (key.layout, key.dtype, key.precision, key.dim, key.codes, key.op)
         want = key.sizes
         # A query set's neighbour has no query tile taller than the set's folded rows: a
         # set that fits one tile takes the one-tile store (BENCHMARKS.md).
@@ -196,9 +200,45 @@ class Lookup:
         return default_config(spec, **sizes, sm_count=gpu.sm_count, smem_limit=gpu.smem_limit), HEURISTIC
 
 
+def decide_winners(lookup: Lookup, spec: KernelSpec, key: BucketKey, gpu: GpuInfo,
+                   sizes: dict) -> tuple[WinnersConfig, str]:
+    """The backward's winners-kernel config for a call's bucket (``key`` with op "bwd") and
+    where it came from, in the forward's order: this bucket's current row, its stale
+    row, the nearest current row on this GPU, one of the same compute capability, the
+    heuristic."""
+    lookup.load()
+    family = (key.layout, key.dtype, key.precision, key.dim, key.codes, "bwd")
+    want = key.sizes
+
+    def fits(entry: Entry) -> bool:
+        try:
+            cfg = winners_config_of(entry.row["config"])
+            check_winners(spec, cfg)
+        except ConfigError:
+            return False
+        return winners_smem(spec, cfg) <= gpu.smem_limit
+
+    entries = lookup.family.get((gpu.name, *family), ())
+    for usable, source in (
+        (lambda e: e.is_bucket(want, key.docs) and fits(e) and lookup._is_current(e), None),
+        (lambda e: e.is_bucket(want, key.docs) and fits(e), STALE),
+        (lambda e: fits(e) and lookup._is_current(e), NEAREST),
+    ):
+        hit = next(nearest(entries, want, docs=key.docs, usable=usable), None)
+        if hit is not None:
+            return winners_config_of(hit.row["config"]), source or hit.source
+    sibling = next(nearest(lookup.arch.get((gpu.cc, *family), ()), want, docs=key.docs, own_bucket=False,
+                           usable=lambda e: fits(e) and lookup._is_current(e)), None)
+    if sibling is not None:
+        return winners_config_of(sibling.row["config"]), SAME_ARCH
+    rows = sizes["lq"] if spec.layout == "pairs" else sizes["nq"] * sizes["lq"]
+    return winners_config(spec, rows=rows, ld=sizes["ld"] or 64), HEURISTIC
+
+
 def _entry(row: dict, path: Path, source: str) -> Entry:
     stamp = (str(path), row["layout"], row["dtype"], row["dim"], row["precision"],
-             row.get("kernel_hash") or "", row.get("template_hash") or "", row.get("codes", "none"))
+             row.get("kernel_hash") or "", row.get("template_hash") or "", row.get("codes", "none"),
+             row.get("op", "fwd"))
     return Entry(sizes=BucketKey.from_row(row).sizes, config=KernelConfig.from_dict(row["config"]),
                  docs=row.get("docs") or "", source=source, gpu=row["gpu"], stamp=stamp, row=row)
 

@@ -32,9 +32,10 @@ _FLOAT = (int, float)  # JSON writes 1.0 as 1; a bool is still refused
 # The key: required (docs and codes may be absent in rows stored before they were recorded).
 KEY_FIELDS: dict[str, type | tuple] = {
     "gpu": str, "cc": str, "layout": str, "dtype": str, "precision": str, "dim": int,
-    "nq_bucket": int, "lq_bucket": int, "ld_bucket": int, "nb_bucket": int, "docs": str, "codes": str,
+    "nq_bucket": int, "lq_bucket": int, "ld_bucket": int, "nb_bucket": int, "docs": str, "codes": str, "op": str,
 }
-_OPTIONAL_KEYS = ("docs", "codes")
+_OPTIONAL_KEYS = ("docs", "codes", "op")
+OPS = ("fwd", "bwd")
 # Everything else a winner holds: optional (None where a database column is NULL).
 VALUE_FIELDS: dict[str, type | tuple] = {
     "config": dict, "time_ms": _FLOAT, "baseline_ms": _FLOAT, "speedup": _FLOAT, "near_best": list,
@@ -136,7 +137,7 @@ def _check_fields(row: dict) -> dict:
 
 def _check_choices(row: dict) -> None:
     for name, accepted in (("layout", LAYOUTS), ("dtype", DTYPES), ("precision", _PRECISIONS),
-                           ("docs", _DOCS), ("codes", CODES)):
+                           ("docs", _DOCS), ("codes", CODES), ("op", OPS)):
         if name in row and row[name] not in accepted:
             raise ValueError(f"{name}: {row[name]!r}; accepted: {', '.join(map(repr, accepted))}")
     if not row["gpu"]:

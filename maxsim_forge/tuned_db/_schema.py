@@ -23,7 +23,7 @@ from pathlib import Path
 import sqlite_utils
 
 BUCKET_COLUMNS = ("layout", "dtype", "precision", "dim", "nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket", "docs",
-                  "codes")
+                  "codes", "op")
 WINNER_KEY = ("gpu",) + BUCKET_COLUMNS
 
 
@@ -78,7 +78,7 @@ def _m3_docs(db: sqlite_utils.Database) -> None:
     for table in ("winners", "trials"):
         if "docs" not in db[table].columns_dict:
             db[table].add_column("docs", str, not_null_default="")
-    key = [k for k in WINNER_KEY if k != "codes"]  # the key of version 3 (codes came in version 8)
+    key = [k for k in WINNER_KEY if k not in ("codes", "op")]  # the key of version 3 (codes and op came later)
     if db["winners"].pks != key:
         db["winners"].transform(pk=key)
 
@@ -123,6 +123,18 @@ def _m8_codes(db: sqlite_utils.Database) -> None:
     for table in ("winners", "trials"):
         if "codes" not in db[table].columns_dict:
             db[table].add_column("codes", str, not_null_default="none")
+    key = [k for k in WINNER_KEY if k != "op"]  # the key of version 8 (op came in version 9)
+    if db["winners"].pks != key:
+        db["winners"].transform(pk=key)
+
+
+def _m9_op(db: sqlite_utils.Database) -> None:
+    # Version 9: the kernel a row tunes: "fwd" (the scores, every row stored before) or
+    # "bwd" (the backward's winners kernel, whose config has tiles, warps and stages
+    # only). It joins the winners' key.
+    for table in ("winners", "trials"):
+        if "op" not in db[table].columns_dict:
+            db[table].add_column("op", str, not_null_default="fwd")
     if db["winners"].pks != list(WINNER_KEY):
         db["winners"].transform(pk=list(WINNER_KEY))
 
@@ -136,6 +148,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0006_space_sizes", _m6_space_sizes),
     ("0007_cut", _m7_cut),
     ("0008_codes", _m8_codes),
+    ("0009_op", _m9_op),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -30,6 +30,7 @@ class Bucket:
     q_mask: str = "none"
     d_mask: str = "none"
     codes: str = "none"
+    op: str = "fwd"  # "bwd": the backward's winners kernel
     name: str = ""
 
     @property
@@ -43,7 +44,8 @@ class Bucket:
     def label(self) -> str:
         """Its name, then its bucket as ``db show`` writes it (the sizes rounded up to their
         buckets): ``colbert padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged``."""
-        bucketed = shape_label(self.layout, self.dtype, self.dim, self.sizes.bucketed(), doc_fill(self.spec), self.codes)
+        bucketed = shape_label(self.layout, self.dtype, self.dim, self.sizes.bucketed(), doc_fill(self.spec), self.codes,
+                               self.op)
         return f"{self.name or self.layout} {bucketed}"
 
     def tiny(self) -> Bucket:
@@ -94,7 +96,15 @@ def _default() -> list[Bucket]:
         for dim in (96, 64):
             buckets += [Bucket(layout="padded", dtype=dtype, dim=dim, lq=32, nb=nb, ld=300, name="colbert-full")
                         for nb in (1000, 16000)]
-    return buckets + _quantized()
+    return buckets + _quantized() + _backward()
+
+
+def _backward() -> list[Bucket]:
+    """The backward's winners kernel for training shapes: a PyLate-like contrastive batch
+    (32 queries of 32 tokens against 256 docs of 180) and a ColPali-like one (docs of
+    1030 tokens), bf16 and fp16."""
+    return [Bucket(layout="allpairs", dtype=dtype, dim=128, nq=32, lq=32, nb=256, ld=ld, d_mask="mask", op="bwd",
+                   name=name) for dtype in ("bf16", "fp16") for ld, name in ((180, "train"), (1030, "train-colpali"))]
 
 
 def _quantized() -> list[Bucket]:
@@ -167,9 +177,13 @@ def _checked(item: object, where: str) -> Bucket:
         value = getattr(bucket, name)
         if type(value) is not int or value < 1:
             raise ValueError(f"{where}: {name}={value!r}; accepted: a positive integer")
-    for name in ("layout", "dtype", "precision", "q_mask", "d_mask", "codes", "name"):
+    for name in ("layout", "dtype", "precision", "q_mask", "d_mask", "codes", "op", "name"):
         if not isinstance(getattr(bucket, name), str):
             raise ValueError(f"{where}: {name}={getattr(bucket, name)!r}; accepted: a string")
+    if bucket.op not in ("fwd", "bwd"):
+        raise ValueError(f"{where}: op={bucket.op!r}; accepted: 'fwd', 'bwd'")
+    if bucket.op == "bwd" and bucket.codes != "none":
+        raise ValueError(f"{where}: op='bwd' takes float docs (codes 'none'): gradients are of float docs only")
     try:
         bucket.spec.validate()
     except ValueError as exc:

@@ -19,6 +19,7 @@ from ._presets import Bucket
 from ._compile import CompilePool
 from ._space import in_current_space
 from . import _fleet
+from ._backward import WinnersTuner
 from ._study import NOT_REACHED, BucketResult, BucketTuner, TuneOptions, spent, study_name
 
 
@@ -119,7 +120,8 @@ def _tune_buckets(buckets, db, gpu, opts: TuneOptions, *, resume: bool, refresh:
                     results.append(BucketResult(bucket, None, skipped=True, why=NOT_REACHED))
                     bars.done()
                     continue
-                tuner = BucketTuner(bucket if opts.device.startswith("cuda") else bucket.tiny(), db, gpu, opts)
+                kind = WinnersTuner if bucket.op == "bwd" else BucketTuner
+                tuner = kind(bucket if opts.device.startswith("cuda") else bucket.tiny(), db, gpu, opts)
                 if (resume or refresh) and _is_done(db, tuner, refresh=refresh):
                     row = db.winner(tuner.key)
                     results.append(BucketResult(tuner.bucket, tuner.key, None, row["time_ms"], row.get("baseline_ms"),

@@ -221,6 +221,10 @@ def space_sizes(spec: KernelSpec, sizes: Sizes) -> str:
 def in_current_space(row: dict) -> bool:
     """Whether a tuned database row was found among the candidates its bucket has in this
     package's search space (rows stored before schema 6: in the same whole space)."""
+    if row.get("op", "fwd") == "bwd":
+        from ._backward import space_id
+
+        return row.get("space_hash") == space_id()
     recorded = row.get("space_sizes")
     if not recorded:
         return row.get("space_hash") == space_hash()

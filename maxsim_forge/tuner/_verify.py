@@ -6,9 +6,9 @@ import torch
 
 from .._keys import Sizes
 from .._problems import relative_error, synth, tolerance
-from ..codegen import KernelConfig, KernelSpec, is_current, kernel_hash, load_variant, template_hash
+from ..codegen import KernelConfig, KernelSpec, is_current, kernel_hash, load_variant, template_hash, winners_config_of
 from ..tuned_db import BucketKey, TunedDB, scan_winners
-from ._compile import MISMATCH, OK, classify
+from ._compile import MISMATCH, OK, RUNTIME_FAILED, classify
 
 # Docs per check; the interpreter also shrinks the token counts.
 _DOCS = 16
@@ -56,6 +56,9 @@ def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[
         if device == "cpu":
             sizes = Sizes(nq=min(sizes.nq, 3), lq=min(sizes.lq, 8), nb=3, ld=min(sizes.ld, 24))
         label = f"{w['gpu']} {key.label()}"
+        if w.get("op", "fwd") == "bwd":  # the backward's winners kernel
+            rows.append((label, *_check_backward(spec, w, sizes, device, seed * 7919 + i)))
+            continue
         cfg = KernelConfig.from_dict(w["config"])
         status, detail = check_variant(spec, cfg, sizes, device=device, seed=seed * 7919 + i,
                                        smem_limit=w.get("smem_limit"))
@@ -63,6 +66,21 @@ def verify_winners(db: TunedDB, *, seed: int = 0, device: str = "cuda") -> list[
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return rows
+
+
+def _check_backward(spec: KernelSpec, row: dict, sizes: Sizes, device: str, seed: int) -> tuple[str, str, str]:
+    """(config, status, detail) of a backward row: its winners on fresh data, each a maximum
+    of its row."""
+    from ..runtime import winners
+    from ._backward import check_winners_output
+
+    cfg = winners_config_of(row["config"])
+    try:
+        prep = synth(spec, sizes, device=device, seed=seed).prep
+        why = check_winners_output(prep, winners(prep, cfg))
+    except Exception as exc:  # noqa: BLE001 - reported per row
+        return cfg.key(), RUNTIME_FAILED, f"{type(exc).__name__}: {exc}"[:200]
+    return (cfg.key(), MISMATCH, why[:200]) if why else (cfg.key(), OK, "winners are row maxima")
 
 
 def stamp_kernel_hash(row: dict) -> dict:
