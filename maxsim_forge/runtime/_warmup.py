@@ -52,7 +52,9 @@ def _targets(buckets: list[dict] | None, gpu_name: str) -> list[tuple[KernelSpec
     full = {key[:-1] for key in exact if key[-1] == "full"}
     out = []
     for key in exact:
-        name, layout, dtype, precision, dim, codes, sizes, docs = key
+        name, layout, dtype, precision, dim, codes, op, sizes, docs = key
+        if op == "bwd":
+            continue  # the backward's kernels compile at the first backward
         if layout not in ("padded", "allpairs") or docs == "full":
             masks = ("none",)
         elif docs == "ragged" and key[:-1] in full:
