@@ -12,9 +12,11 @@ masked tokens as zero vectors (a copy of the embeddings times the mask); a maske
 token adds 0 either way. Float masks of 0 and 1 and boolean masks are both taken. The
 ``backend`` argument is accepted and ignored: this is the backend.
 
-pylate itself is not a dependency: it brings sentence-transformers and transformers,
-several GB beside torch. The tests check these functions against PyLate's documented
-examples and its torch formulas, not against an installed pylate.
+pylate itself is not a dependency, and no ``[pylate]`` extra is offered: pylate 1.6.0
+needs fast-plaid, whose releases it accepts pin ``torch==2.11.0`` exactly (fast-plaid
+1.4.6.2110), which would replace the pinned torch 2.13.0 with a CUDA build of several GB.
+The tests check these functions against PyLate's documented examples and its torch
+formulas, not against an installed pylate.
 """
 
 from __future__ import annotations
