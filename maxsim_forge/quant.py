@@ -102,8 +102,9 @@ class QuantizedDocs:
                 f"device={self.device}, nbytes={self.nbytes})")
 
 
-def _valid(d: torch.Tensor, lengths, mask) -> torch.Tensor | None:
-    """Which tokens of padded ``d`` are real: from lengths or a mask; None = all."""
+def _valid(d: torch.Tensor, lengths, mask):
+    """Which tokens of padded ``d`` are real, as a function of a chunk of docs ``(i0, i1)``
+    (made a chunk at a time, never for the whole batch); None = all."""
     if d.dim() == 2:
         if lengths is not None or mask is not None:
             raise ValueError("lengths and mask mark padding of padded docs [B, Ld, dim]; packed docs [T, dim] have none")
@@ -115,9 +116,11 @@ def _valid(d: torch.Tensor, lengths, mask) -> torch.Tensor | None:
         raise ValueError("pass lengths or mask, not both")
     if lengths is not None:
         lengths = check_lengths("lengths", lengths, nb, ld, d, "d", True)
-        return torch.arange(ld, device=d.device)[None, :] < lengths[:, None]
+        pos = torch.arange(ld, device=d.device)
+        return lambda i0, i1: pos[None, :] < lengths[i0:i1, None]
     if mask is not None:
-        return check_mask("mask", mask, (nb, ld), d, "d")
+        mask = check_mask("mask", mask, (nb, ld), d, "d")
+        return lambda i0, i1: mask[i0:i1]
     return None
 
 
@@ -153,7 +156,7 @@ def quantize(d: torch.Tensor, format: str = "int8", *, lengths: torch.Tensor | N
     step = max(1, CHUNK_TOKENS // max(per_item, 1))
     for i0 in range(0, int(d.shape[0]), step):
         i1 = min(int(d.shape[0]), i0 + step)
-        part = None if valid is None else valid[i0:i1]
+        part = None if valid is None else valid(i0, i1)
         c, s = _quantize_chunk(d[i0:i1], format, part, offset=i0)
         codes[i0:i1] = c
         scales[i0:i1] = s

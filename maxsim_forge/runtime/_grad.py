@@ -214,7 +214,7 @@ def winners_decision(prep: Prepared) -> tuple[WinnersConfig, str]:
     lookup = _api._lookup
     gpu = gpu_info(prep.q.device)
     key = dataclasses.replace(bucket_key(prep, gpu), op="bwd")
-    memo = lookup.__dict__.setdefault("_winners_memo", {})
+    memo = lookup.winners_memo
     decided = memo.get((prep.spec, key))
     if decided is None:
         decided = memo[(prep.spec, key)] = decide_winners(lookup, prep.spec, key, gpu, prep.sizes)
