@@ -148,15 +148,27 @@ class Recorder:
                                 self.path, exc)
 
     def _write(self, rows: list[dict]) -> None:
-        conn = connect(self.path)
-        try:
-            with conn:  # one transaction: BEGIN ... COMMIT
-                conn.executemany(
-                    f"INSERT INTO served ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
-                    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET calls = calls + excluded.calls, "
-                    "last_seen = excluded.last_seen, variant = excluded.variant", rows)
-        finally:
-            conn.close()
+        """One transaction, retried while another process holds the file: switching it to
+        WAL does not wait on SQLite's busy timeout, so processes that flush at once (at
+        exit, say) could otherwise lose their calls."""
+        deadline = time.monotonic() + _WAIT_S
+        while True:
+            try:
+                conn = connect(self.path)
+                try:
+                    with conn:  # one transaction: BEGIN ... COMMIT
+                        conn.executemany(
+                            f"INSERT INTO served ({', '.join(_COLUMNS)}) VALUES "
+                            f"({', '.join(':' + c for c in _COLUMNS)}) ON CONFLICT ({', '.join(_KEY)}) DO UPDATE "
+                            "SET calls = calls + excluded.calls, last_seen = excluded.last_seen, "
+                            "variant = excluded.variant", rows)
+                finally:
+                    conn.close()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._stop.set()
