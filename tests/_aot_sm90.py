@@ -18,13 +18,15 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from maxsim_forge.codegen import (
-    KernelConfig, KernelSpec, Variant, WinnersConfig, load_source, load_winners, render, validate, winners_meta,
+    KernelConfig, KernelSpec, Variant, WinnersConfig, grads_meta, load_grads, load_source, load_winners, render, validate,
+    winners_meta,
 )
 
 _ELEMENT = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "int8": "*i8", "fp8": "*fp8e4nv"}
 # Launch-time values: unit strides along features and outputs, as the launcher passes
 # them (Triton specialises an integer of value 1), other strides and pointers aligned.
-_UNIT = ("stride_qd", "stride_dd", "stride_ob", "stride_dmt", "stride_qmt", "stride_pb")
+_UNIT = ("stride_qd", "stride_dd", "stride_ob", "stride_dmt", "stride_qmt", "stride_pb", "stride_gqd", "stride_gdd",
+         "stride_im")
 
 
 def _compile(launcher, spec: KernelSpec):
@@ -41,11 +43,11 @@ def _compile(launcher, spec: KernelSpec):
             signature[name] = "constexpr"
         elif name == "q_ptr":
             signature[name] = _ELEMENT[spec.query_codes or spec.dtype]
-        elif name == "d_ptr":
+        elif name in ("d_ptr", "dq_ptr", "dd_ptr"):
             signature[name] = _ELEMENT[spec.doc_codes or spec.dtype]
         elif name == "idx_ptr":
             signature[name] = "*i32"
-        elif name in ("out_ptr", "part_ptr", "d_scale_ptr", "q_scale_ptr"):
+        elif name in ("out_ptr", "part_ptr", "d_scale_ptr", "q_scale_ptr", "g_ptr"):
             signature[name] = "*fp32"
         elif name.endswith("mask_ptr"):
             signature[name] = "*i1"
@@ -71,6 +73,16 @@ def main() -> None:
                     ptx = compiled.asm["ptx"]
                     out.append({"shared": compiled.metadata.shared, "wgmma": "wgmma.mma_async" in ptx,
                                 "cp_async": "cp.async" in ptx, "mma": [], "error": None})
+                    continue
+                if "grads" in cfg_d:  # the backward's gradient kernels, at these query and doc lengths
+                    module = load_grads(spec)
+                    shared, wgmma = 0, False
+                    for name, meta in zip(("_maxsim_dq_kernel", "_maxsim_dd_kernel"), grads_meta(spec, **cfg_d["grads"])):
+                        launcher = type("L", (), {"kernel": getattr(module, name), "meta": meta})
+                        compiled = _compile(launcher, spec)
+                        shared = max(shared, compiled.metadata.shared)
+                        wgmma = wgmma or "wgmma.mma_async" in compiled.asm["ptx"]
+                    out.append({"shared": shared, "wgmma": wgmma, "cp_async": False, "mma": [], "error": None})
                     continue
                 cfg = KernelConfig.from_dict(cfg_d)
                 validate(spec, cfg)

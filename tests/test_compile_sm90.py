@@ -136,3 +136,31 @@ def test_winners_kernel_compiles_for_hopper(n, compiled_winners):
     assert result["shared"] <= 232_448
     if cfg["num_stages"] > 1:
         assert result["cp_async"], f"{spec.key()} winners: doc tiles are not copied asynchronously"
+
+
+# The backward's gradient kernels: padded, query-set and packed docs, half and fp32 dots,
+# tiles of short and long queries and docs.
+GRADS = [
+    (KernelSpec("padded", "fp16", 128), {"lq": 32, "ld": 180}),
+    (KernelSpec("allpairs", "bf16", 128, "tf32", "lengths", "mask"), {"lq": 32, "ld": 1030}),
+    (KernelSpec("packed", "bf16", 96), {"lq": 300, "ld": 0}),
+    (KernelSpec("allpairs", "fp32", 320, "ieee"), {"lq": 9, "ld": 20}),
+]
+
+
+@pytest.fixture(scope="module")
+def compiled_grads():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    request = json.dumps([[dataclasses.asdict(spec), {"grads": sizes}] for spec, sizes in GRADS])
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("_aot_sm90.py"))], input=request,
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("n", range(len(GRADS)), ids=[f"{s.key()}-lq{z['lq']}-ld{z['ld']}" for s, z in GRADS])
+def test_gradient_kernels_compile_for_hopper(n, compiled_grads):
+    spec, sizes = GRADS[n]
+    result = compiled_grads[n]
+    assert result["error"] is None, f"{spec.key()} gradient kernels at {sizes} do not compile for sm_90: {result['error']}"
+    assert result["shared"] <= 232_448

@@ -191,6 +191,125 @@ def test_winners_kernel_agrees_with_torch(dtype, layout, q_mask, d_mask):
     _close(kd, td.double(), tol, f"{layout} dd")
 
 
+@pytest.mark.parametrize("dtype, layout, dim, lq, ld, nq", [
+    ("fp16", "allpairs", 200, 70, 150, 2),   # two feature tiles, two query-token tiles, three doc-token tiles
+    ("bf16", "padded", 40, 9, 70, 1),
+    ("fp32", "packed", 96, 17, 0, 3),
+    ("fp16", "packed", 16, 1, 0, 2),
+])
+def test_gradient_kernels_cross_every_tile_edge(dtype, layout, dim, lq, ld, nq):
+    """The dq and dd kernels at sizes off every tile's edge, packed docs with and without
+    their longest length given, against the torch backward of the same winners."""
+    from maxsim_forge._inputs import prepare_packed
+    from maxsim_forge.codegen import grads_meta
+    from maxsim_forge.runtime._grad import _torch_backward, grads_from_winners, winners
+
+    dt = DTYPES[dtype]
+    q = randn(nq, lq, dim, dtype=dt) if layout != "padded" else randn(lq, dim, dtype=dt)
+    precision = "ieee" if dtype == "fp32" else "tf32"
+    if layout == "packed":
+        lens = [0, 130, 1, 64, 65]
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+        d = randn(sum(lens), dim, dtype=dt)
+        preps = [prepare_packed(q, d, cu, precision=precision, max_doc_len=m) for m in (None, 130)]
+    else:
+        from maxsim_forge._inputs import prepare_padded
+        d = randn(4, ld, dim, dtype=dt)
+        preps = [prepare_padded(q, d, d_lengths=torch.tensor([ld, 0, 3, ld - 1], device=DEVICE), precision=precision)]
+    dq_meta, dd_meta = grads_meta(preps[0].spec, lq=lq, ld=ld)
+    assert dim > dq_meta["BLOCK_K"] or layout != "allpairs"  # the first case crosses feature tiles
+    for prep in preps:
+        grad = torch.randn(prep.launch_kwargs["nq"], prep.launch_kwargs["nb"], device=DEVICE)
+        kq, kd = grads_from_winners(prep, winners(prep), grad, True, True)
+        tq, td = _torch_backward(prep, grad, True, True)
+        assert kq.dtype == dt and kd.dtype == dt and kq.shape == prep.q.shape and kd.shape == prep.d.shape
+        _close(kq, tq.double(), _TOL[dtype], f"{layout} dq")
+        _close(kd, td.double(), _TOL[dtype], f"{layout} dd")
+
+
+def test_gradient_kernels_keep_non_finite_values_where_they_belong(isolated_lookup):
+    """An inf score gradient of a doc reaches only the tokens that won in it (a token no
+    query token won gets 0, not inf x 0), and a NaN in a masked query token stays out."""
+    q = _leaf(randn(2, 6, 32, dtype=torch.float16))
+    d = _leaf(randn(3, 40, 32, dtype=torch.float16))
+    q_mask = torch.ones(2, 6, dtype=torch.bool, device=DEVICE)
+    q_mask[1, 5] = False
+    with torch.no_grad():
+        q[1, 5] = float("nan")
+    out = mf.maxsim(q, d, q_mask=q_mask)
+    g = torch.ones(2, 3, device=DEVICE)
+    g[0, 1] = float("inf")
+    dq, dd = torch.autograd.grad(out, (q, d), g)
+    q64, d64 = _leaf(q.detach().double()), _leaf(d.detach().double())
+    # float64 takes the torch backward, which follows the winners by gathers and a scatter.
+    rq, rd = torch.autograd.grad(mf.maxsim(q64, d64, q_mask=q_mask), (q64, d64), g.double())
+    assert torch.equal(torch.isfinite(dd), torch.isfinite(rd)) and torch.equal(torch.isfinite(dq), torch.isfinite(rq))
+    assert not bool(torch.isnan(dd).any())
+    fin = torch.isfinite(rd)
+    _close(dd[fin], rd[fin], _TOL["fp16"], "finite dd")
+    assert bool((dq[1, 5] == 0).all())
+
+
+def test_the_backward_is_the_same_bits_on_every_run(isolated_lookup):
+    """Many query tokens winning the same doc tokens (sums in the dd kernel): two backwards
+    of the same call give identical bits, with and without torch's deterministic mode."""
+    q = randn(8, 32, 64, dtype=torch.bfloat16)
+    d = randn(24, 50, 64, dtype=torch.bfloat16)
+    d[:, 7] = 4 * q.float().mean(dim=(0, 1)).to(torch.bfloat16)  # a token most query tokens pick
+    g = torch.randn(8, 24, device=DEVICE)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        for mode in (False, True):
+            torch.use_deterministic_algorithms(mode)
+            runs = []
+            for _ in range(3):
+                ql, dl = _leaf(q), _leaf(d)
+                mf.maxsim(ql, dl).backward(g)
+                runs.append((ql.grad, dl.grad))
+            for dq, dd in runs[1:]:
+                assert torch.equal(dq, runs[0][0]) and torch.equal(dd, runs[0][1]), f"deterministic mode {mode}"
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a CUDA GPU")
+def test_forward_and_backward_replay_in_a_cuda_graph(isolated_lookup):
+    """A training step's scoring (forward and backward) captured in a CUDA graph, replayed
+    on new inputs copied into the captured tensors, equals the eager step."""
+    q = _leaf(randn(16, 32, 128, dtype=torch.bfloat16))
+    d = _leaf(randn(64, 180, 128, dtype=torch.bfloat16))
+    labels = torch.arange(16, device=DEVICE) * 4
+
+    def step():
+        q.grad = d.grad = None
+        loss = torch.nn.functional.cross_entropy(mf.maxsim(q, d) / 0.05, labels)
+        loss.backward()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # compiles the kernels and decides the configs before the capture
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    q.grad = d.grad = None
+    with torch.cuda.graph(graph):
+        loss = torch.nn.functional.cross_entropy(mf.maxsim(q, d) / 0.05, labels)
+        loss.backward()
+    captured = (loss, q.grad, d.grad)
+    for _ in range(2):
+        new_q, new_d = randn(16, 32, 128, dtype=torch.bfloat16), randn(64, 180, 128, dtype=torch.bfloat16)
+        with torch.no_grad():
+            q.copy_(new_q)
+            d.copy_(new_d)
+        graph.replay()
+        torch.cuda.synchronize()
+        want = step()
+        assert torch.equal(captured[0], want.detach())
+        assert torch.equal(captured[1], q.grad) and torch.equal(captured[2], d.grad)
+
+
 def test_a_failing_winners_kernel_falls_back_to_torch_once(isolated_lookup, monkeypatch, caplog):
     from maxsim_forge.runtime import _grad
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ._backward import (
-    WinnersConfig, check_winners, load_winners, render_winners, winners_config, winners_config_of, winners_hash,
-    winners_meta, winners_smem,
+    WinnersConfig, check_winners, grads_meta, load_grads, load_winners, render_grads, render_winners, winners_config,
+    winners_config_of, winners_hash, winners_meta, winners_smem,
 )
 from ._cache import CacheError, cache_dir, load_source, load_variant
 from ._config import (
@@ -61,7 +61,10 @@ __all__ = [
     "Variant",
     "WinnersConfig",
     "check_winners",
+    "grads_meta",
+    "load_grads",
     "load_winners",
+    "render_grads",
     "render_winners",
     "winners_config",
     "winners_config_of",

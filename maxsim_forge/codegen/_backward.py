@@ -1,10 +1,12 @@
-"""The backward's kernel: which doc token each valid query token's max picked, per doc
-(``templates/maxsim_bwd_winners.py.j2``), rendered and built like the forward's, with a
-config of its own and a heuristic for it.
+"""The backward's kernels, rendered and built like the forward's.
 
-It does the backward's O(Lq x Ld x dim) work per doc (the scores again, tile by tile,
-never stored); the gradients then follow the winners with gathers and scatters of
-O(Lq x dim) per doc (``runtime/_grad.py``).
+The winners kernel (``templates/maxsim_bwd_winners.py.j2``) finds which doc token each
+valid query token's max picked, per doc: the backward's O(Lq x Ld x dim) work per doc
+(the scores again, tile by tile, never stored), with a config of its own, tuned per
+bucket, and a heuristic for it. The gradient kernels (``templates/maxsim_bwd_grads.py.j2``)
+then follow the winners for a query set against padded or packed docs: a gather per
+query row for dq, a 0/1 dot per doc-token tile for dd, in a fixed order (the same bits
+on every run); their tiles follow from the shapes (:func:`grads_meta`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from ..templates import BWD_WINNERS
+from ..templates import BWD_GRADS, BWD_WINNERS
 from ._cache import load_source
 from ._config import ELEMENT_BYTES, MASK_KINDS, ConfigError, KernelSpec, next_pow2
 from ._render import environment, interpreting, jit_kernels
@@ -127,5 +129,46 @@ def load_winners(spec: KernelSpec, cfg: WinnersConfig):
     return load_source(render_winners(spec, cfg))._maxsim_winners_kernel
 
 
-__all__ = ["WinnersConfig", "check_winners", "load_winners", "render_winners", "winners_config", "winners_config_of",
+_TL = {"fp16": "tl.float16", "bf16": "tl.bfloat16", "fp32": "tl.float32"}
+
+
+def render_grads(spec: KernelSpec, *, interpret: bool | None = None) -> str:
+    """The gradient kernels' module of ``spec`` (a query set against padded or packed docs)."""
+    spec.validate()
+    if spec.codes != "none":
+        raise ConfigError(f"codes={spec.codes!r}: gradients are taken of float docs only")
+    if spec.layout == "pairs":
+        raise ConfigError("layout='pairs': its gradients are gathers and a scatter in torch")
+    interpret = interpreting() if interpret is None else interpret
+    upcast = spec.dtype == "bf16" and interpret  # the interpreter's bf16 dot (see winners_values)
+    return environment().get_template(BWD_GRADS).render(
+        TEMPLATE=BWD_GRADS,
+        VARIANT=f"{spec.layout}-{spec.dtype}-dim{spec.dim}-{spec.precision}.grads",
+        D_PACKED=spec.layout == "packed",
+        OUT_TYPE=_TL[spec.dtype],
+        DOT_TYPE="tl.float32" if upcast else _TL[spec.dtype],
+        UPCAST_DOT=upcast,
+        INPUT_PRECISION=spec.precision if spec.dtype == "fp32" else "",
+    )
+
+
+def grads_meta(spec: KernelSpec, *, lq: int, ld: int) -> tuple[dict, dict]:
+    """Compile-time arguments and launch options of the dq and dd kernels for queries of
+    ``lq`` tokens and docs of up to ``ld`` (0: unknown) tokens."""
+    esize = ELEMENT_BYTES[spec.dtype]
+    dq = {"DIM": spec.dim, "BLOCK_R": 32, "BLOCK_B": 8 if esize == 2 else 4,
+          "BLOCK_K": min(64, max(16, next_pow2(spec.dim))), "num_warps": 4, "num_stages": 2}
+    block_t = min(64, max(16, next_pow2(max(lq, 1))))
+    dd = {"DIM": spec.dim, "BLOCK_J": min(64, max(16, next_pow2(ld))) if ld else 64, "BLOCK_T": block_t,
+          "BLOCK_K": min(128 if esize == 2 else 64, max(16, next_pow2(spec.dim))), "num_warps": 4, "num_stages": 2}
+    return dq, dd
+
+
+def load_grads(spec: KernelSpec):
+    """The compiled-on-first-launch gradient kernels' module (``_maxsim_dq_kernel``,
+    ``_maxsim_dd_kernel``) of this spec."""
+    return load_source(render_grads(spec))
+
+
+__all__ = ["WinnersConfig", "check_winners", "grads_meta", "load_grads", "load_winners", "render_grads", "render_winners", "winners_config", "winners_config_of",
            "winners_hash", "winners_meta", "winners_smem", "winners_values"]

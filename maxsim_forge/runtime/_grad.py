@@ -8,8 +8,10 @@ a query token facing no valid doc token (or whose every valid product is -inf), 
 empty doc get zero gradient.
 
 The forward keeps only what the call already holds (its inputs, by reference); the
-backward finds each winner again, a chunk of docs at a time, so no more than ``_CHUNK``
-scores exist at once and nothing of size ``Lq x Ld`` stays beyond a chunk.
+backward finds each winner again. Where kernels run, the generated winners kernel finds
+them (never storing a score) and the generated gradient kernels follow them; elsewhere
+torch does both a chunk of docs at a time, so no more than ``_CHUNK`` scores exist at
+once and nothing of size ``Lq x Ld`` stays beyond a chunk.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import torch
 
 from .._inputs import Prepared
 from .._keys import gpu_info
-from ..codegen import WinnersConfig, interpreting, load_winners, winners_config, winners_meta, winners_smem
+from ..codegen import (
+    WinnersConfig, grads_meta, interpreting, load_grads, load_winners, winners_config, winners_meta, winners_smem,
+)
 from ..reference import valid_tokens
 from ._eager import longest, packed_rows
 from ._keys import bucket_key
@@ -125,16 +129,19 @@ def _torch_backward(prep: Prepared, grad: torch.Tensor, need_q: bool,
         s = torch.einsum("nid,bjd->bnij", qw, dw)  # [c, nq, lq, ld]
         idx, has = _winners(s, d_valid[:, None, None, :])
         del s
-        # The weight of each (doc, query token): its score's gradient where it counts.
-        w = torch.where(has & q_valid[None], g[:, b0:b1].t()[:, :, None], 0.0)  # [c, nq, lq]
+        # The weight of each (doc, query token): its score's gradient where it counts. Rows
+        # it does not count for are selected out (not multiplied by 0: a masked token may hold
+        # NaN, and a score's gradient may be inf).
+        sel = (has & q_valid[None])[..., None]
+        w = torch.where(sel[..., 0], g[:, b0:b1].t()[:, :, None], 0.0)  # [c, nq, lq]
         c = b1 - b0
         if need_q:
             won = dw[torch.arange(c, device=d.device)[:, None, None], idx]  # [c, nq, lq, dim]
-            dq += torch.einsum("bni,bnid->nid", w, won)
+            dq += torch.einsum("bni,bnid->nid", w, torch.where(sel, won, 0.0))
         if need_d:
             target = (torch.arange(c, device=d.device)[:, None, None] * ld + idx).reshape(-1)
             part = torch.zeros(c * ld, dim, dtype=work, device=d.device)
-            part.index_add_(0, target, (w[..., None] * qw[None]).reshape(-1, dim))
+            part.index_add_(0, target, torch.where(sel, w[..., None] * qw[None], 0.0).reshape(-1, dim))
             part = part.view(c, ld, dim)
             if packed:
                 dd.index_add_(0, rows[d_valid], part[d_valid])
@@ -161,22 +168,23 @@ def _pairs_backward(prep: Prepared, grad: torch.Tensor, need_q: bool, need_d: bo
         dp, d_valid, d_rows = _gather_rows(d, k["d_cu"], b0, b1, ld)
         qw, dw = qp.to(work), dp.to(work)
         idx, has = _winners(torch.einsum("bid,bjd->bij", qw, dw), d_valid[:, None, :])
-        w = torch.where(has & q_valid, g[b0:b1, None], 0.0)  # [c, lq]
+        sel = (has & q_valid)[..., None]  # selected, not multiplied by 0 (see _torch_backward)
+        w = torch.where(sel[..., 0], g[b0:b1, None], 0.0)  # [c, lq]
         c = b1 - b0
         if need_q:
             won = dw[torch.arange(c, device=d.device)[:, None], idx]  # [c, lq, dim]
-            dq.index_add_(0, q_rows[q_valid], (w[..., None] * won)[q_valid])
+            dq.index_add_(0, q_rows[q_valid], torch.where(sel, w[..., None] * won, 0.0)[q_valid])
         if need_d:
             part = torch.zeros(c, ld, q.shape[-1], dtype=work, device=d.device)
             part.view(c * ld, -1).index_add_(
                 0, (torch.arange(c, device=d.device)[:, None] * ld + idx).reshape(-1),
-                (w[..., None] * qw).reshape(-1, q.shape[-1]))
+                torch.where(sel, w[..., None] * qw, 0.0).reshape(-1, q.shape[-1]))
             dd.index_add_(0, d_rows[d_valid], part[d_valid])
     return _cast(dq, q), _cast(dd, d)
 
 
-# ---- the kernel path: the winners from a generated kernel, the gradients by gathers and
-# scatters of O(Lq x dim) per doc
+# ---- the kernel path: the winners from a generated kernel, the gradients from two more
+# (pairs: gathers and a scatter in torch)
 def winners(prep: Prepared, cfg: WinnersConfig | None = None) -> torch.Tensor:
     """The winning doc token of every query row against every doc (``[nb, nq * lq]``;
     pairs: one per query row, ``[total_query_tokens]``), int32, -1 for none, from the
@@ -227,57 +235,67 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
 
 def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, need_q: bool,
                        need_d: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(dq, dd) of a checked call from its winners (:func:`winners`)."""
+    """(dq, dd) of a checked call from its winners (:func:`winners`): the generated gradient
+    kernels for a query set against padded or packed docs, gathers and a scatter in torch
+    for pairs. Neither reads anything back to the host (a CUDA graph can hold them)."""
+    if prep.spec.layout == "pairs":
+        return _pairs_grads(prep, idx, grad, need_q, need_d)
+    k = prep.launch_kwargs
+    q, d = prep.q, prep.d
+    packed = prep.spec.layout == "packed"
+    nq, lq, nb, dim = k["nq"], k["lq"], k["nb"], q.shape[-1]
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
+    dd = (torch.zeros if packed else torch.empty)(d.shape, dtype=d.dtype, device=d.device) if need_d else None
+    if nq * lq == 0 or nb == 0 or d.numel() == 0:
+        return (None if dq is None else dq.zero_()), (None if dd is None else dd.zero_())
+    if q.numel() >= 2**31:
+        raise ValueError(f"a query set of {q.numel()} elements; the gradient kernels index it with 32 bits")
+    g = grad.to(torch.float32)
+    kernels = load_grads(prep.spec)
+    ld = 0 if packed else int(d.shape[1])
+    dq_meta, dd_meta = grads_meta(prep.spec, lq=lq, ld=ld or k["ld"])
+    d_cu = k["d_cu"] if packed else d  # padded docs: a pointer never read
+    if need_q:
+        d_strides = (0, d.stride(0), d.stride(1)) if packed else tuple(d.stride())
+        grid = (-(-nq * lq // dq_meta["BLOCK_R"]), -(-dim // dq_meta["BLOCK_K"]))
+        kernels._maxsim_dq_kernel[grid](d, idx, g, dq, d_cu, nq, lq, nb, *d_strides, *idx.stride(), *g.stride(),
+                                        *dq.stride(), **dq_meta)
+    if need_d:
+        span = ld or k["ld"]  # packed: the longest doc where the call gives it, else one program a doc
+        j_progs = max(1, -(-span // dd_meta["BLOCK_J"]))
+        dd_strides = (0, dd.stride(0), dd.stride(1)) if packed else tuple(dd.stride())
+        grid = (j_progs * nb, -(-dim // dd_meta["BLOCK_K"]))
+        kernels._maxsim_dd_kernel[grid](q, idx, g, dd, d_cu, nq, lq, ld, j_progs, *q.stride(), *idx.stride(),
+                                        *g.stride(), *dd_strides, **dd_meta)
+    return dq, dd
+
+
+def _pairs_grads(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, need_q: bool,
+                 need_d: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dq, dd) of aligned pairs from their winners: one gather, one scatter; rows with no
+    winner add to a spare row past the end, so nothing is selected on the host."""
     k = prep.launch_kwargs
     q, d = prep.q, prep.d
     work = _work_dtype(q)
     dim = q.shape[-1]
-    dq = torch.zeros(q.shape, dtype=work, device=q.device) if need_q else None
-    dd = torch.zeros(d.shape, dtype=work, device=d.device) if need_d else None
-    g = grad.to(work)
-    if prep.spec.layout == "pairs":
-        q_cu, d_cu = k["q_cu"].long(), k["d_cu"].long()
-        pair = torch.repeat_interleave(torch.arange(k["nb"], device=q.device), q_cu[1:] - q_cu[:-1],
-                                       output_size=q.shape[0])
-        won = idx.long()
-        has = won >= 0
-        if d.numel() == 0 or q.shape[0] == 0:
-            return _cast(dq, q), _cast(dd, d)
-        rows = torch.where(has, d_cu[pair] + won, 0)
-        w = torch.where(has, g[pair], 0.0)
-        if need_q:
-            dq += w[:, None] * d[rows].to(work)
-        if need_d:
-            dd.index_add_(0, rows[has], (w[:, None] * q.to(work))[has])
-        return _cast(dq, q), _cast(dd, d)
-    nq, lq, nb = k["nq"], k["lq"], k["nb"]
-    m = nq * lq
-    if m == 0 or nb == 0 or d.numel() == 0:
-        return _cast(dq, q), _cast(dd, d)
-    qf = q.reshape(m, dim).to(work)
-    packed = prep.spec.layout == "packed"
-    ld = 0 if packed else int(d.shape[1])
-    dq_f = torch.zeros(m, dim, dtype=work, device=q.device) if need_q else None
-    step = max(1, _CHUNK // max(1, m * dim))
-    for b0 in range(0, nb, step):
-        b1 = min(nb, b0 + step)
-        won = idx[b0:b1].long()  # [c, m]
-        has = won >= 0
-        # Each row's score gradient where it has a winner (selected, so an inf or NaN
-        # gradient of a score that has none stays out).
-        w = torch.where(has, g[:, b0:b1].repeat_interleave(lq, dim=0).t(), 0.0)
-        at = won.clamp(min=0)
-        rows = (k["d_cu"][b0:b1].long()[:, None] + at) if packed else \
-            (torch.arange(b0, b1, device=d.device)[:, None] * ld + at)
-        rows = torch.where(has, rows, 0)  # a trailing empty packed doc starts past the end
-        flat = d.reshape(-1, dim)
-        if need_q:
-            dq_f += torch.einsum("cm,cmd->md", w, flat[rows].to(work))
-        if need_d:
-            dd.view(-1, dim).index_add_(0, rows[has], (w[..., None] * qf[None])[has])
+    if d.numel() == 0 or q.shape[0] == 0:
+        return (torch.zeros_like(q) if need_q else None), (torch.zeros_like(d) if need_d else None)
+    q_cu, d_cu = k["q_cu"].long(), k["d_cu"].long()
+    pair = torch.repeat_interleave(torch.arange(k["nb"], device=q.device), q_cu[1:] - q_cu[:-1],
+                                   output_size=q.shape[0])
+    won = idx.long()
+    has = won >= 0
+    rows = torch.where(has, d_cu[pair] + won, d.shape[0])
+    w = torch.where(has, grad.to(work)[pair], 0.0)
+    dq = dd = None
     if need_q:
-        dq = dq_f.view(q.shape)
-    return _cast(dq, q), _cast(dd, d)
+        picked = d[rows.clamp(max=d.shape[0] - 1)].to(work)
+        dq = torch.where(has[:, None], w[:, None] * picked, 0.0).to(q.dtype)
+    if need_d:
+        spare = torch.zeros(d.shape[0] + 1, dim, dtype=work, device=d.device)
+        spare.index_add_(0, rows, torch.where(has[:, None], w[:, None] * q.to(work), 0.0))
+        dd = spare[:-1].to(d.dtype)
+    return dq, dd
 
 
 def _part(t: torch.Tensor | None, b0: int, b1: int) -> torch.Tensor | None:

@@ -17,5 +17,7 @@ SPLIT_REDUCE = "maxsim_split_reduce.py.j2"
 FAMILIES = (FWD_QUERY, FWD_FOLDED)
 # Backward: the winning doc token of every query token, per doc.
 BWD_WINNERS = "maxsim_bwd_winners.py.j2"
+# Backward: the gradients from the winners (a query set against padded or packed docs).
+BWD_GRADS = "maxsim_bwd_grads.py.j2"
 
-__all__ = ["BWD_WINNERS", "FAMILIES", "FWD_FOLDED", "FWD_QUERY", "SPLIT_REDUCE", "TEMPLATE_DIR"]
+__all__ = ["BWD_GRADS", "BWD_WINNERS", "FAMILIES", "FWD_FOLDED", "FWD_QUERY", "SPLIT_REDUCE", "TEMPLATE_DIR"]
