@@ -11,7 +11,10 @@
 # database), nan (benchmarks/nan_rule_cost.py), bench (maxsim-forge bench on $CASES with
 # $IMPLS, $REPEAT repetitions, $HELDOUT held-out shapes), tune (tune --preset $PRESET
 # --refresh into a copy of the shipped database, $BUDGET seconds, then db ship), exhaustive
-# (benchmarks/collect_exhaustive.py and the replay).
+# (benchmarks/collect_exhaustive.py and the replay), gtests (the gradient, custom-op and
+# PyLate tests, compiled), tbench (benchmarks/bench_training.py: a training step against
+# the peers), train (benchmarks/train_run.py: a short training run, loss curves and chart).
+# tune takes $ONLY (a label filter, repeatable with spaces: "backward /int8") and $TRIALS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -51,8 +54,9 @@ for step in ${STEPS:-tests verify nan bench}; do
     tune)
       say "tune --preset ${PRESET:-default}"
       [ -f "$RES/tuned.db" ] || cp "$shipped" "$RES/tuned.db"
+      only=(); for o in ${ONLY:-}; do only+=(--only "$o"); done
       timeout "${TUNE_S:-300}" python3 -m maxsim_forge tune --preset "${PRESET:-default}" --db "$RES/tuned.db" \
-          --refresh --quiet --time-budget "${BUDGET:-240}" >"$RES/tune.log" 2>&1
+          "${only[@]}" --trials "${TRIALS:-24}" --refresh --quiet --time-budget "${BUDGET:-240}" >>"$RES/tune.log" 2>&1
       echo "exit $?" >>"$RES/tune.log"; tail -20 "$RES/tune.log" | tee -a "$LOG"
       python3 -m maxsim_forge db ship "$RES/tuned.db" --out "$RES/$gpu.db" 2>&1 | tail -3 | tee -a "$LOG" ;;
     exhaustive)
@@ -69,6 +73,23 @@ for step in ${STEPS:-tests verify nan bench}; do
       say "quantized docs: checked and timed (${QUANT_ARGS:-})"
       timeout "${QUANT_S:-200}" python3 benchmarks/quant_check.py --out "$RES/quant.json" ${QUANT_ARGS:-} 2>&1 \
           | tee "$RES/quant.log" | grep -v "^maxsim-forge:" | tee -a "$LOG" ;;
+    gtests)
+      say "pytest gradients, custom ops, PyLate, compiled"
+      timeout "${GTESTS_S:-200}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_grad.py tests/test_ops.py \
+          tests/test_pylate.py tests/test_backward_tuning.py >"$RES/gtests.log" 2>&1
+      echo "exit $?" >>"$RES/gtests.log"; grep -E "FAILED|ERROR" "$RES/gtests.log" | head -20 | tee -a "$LOG"
+      tail -4 "$RES/gtests.log" | tee -a "$LOG" ;;
+    tbench)
+      say "training step against the peers (${TCASES:-colbert,colpali})"
+      timeout "${TBENCH_S:-240}" python3 benchmarks/bench_training.py --cases "${TCASES:-colbert,colpali}" \
+          --repeat "${REPEAT:-5}" --out "$RES/training.json" >"$RES/training.log" 2>&1
+      echo "exit $?" >>"$RES/training.log"; tail -30 "$RES/training.log" | tee -a "$LOG" ;;
+    train)
+      say "training run, maxsim-forge and torch (${TRAIN_STEPS:-300} steps)"
+      timeout "${TRAIN_S:-180}" python3 benchmarks/train_run.py --steps "${TRAIN_STEPS:-300}" --out "$RES/train-run.json" \
+          --chart "$RES/training-loss.png" >"$RES/train-run.log" 2>&1
+      echo "exit $?" >>"$RES/train-run.log"; tail -12 "$RES/train-run.log" | tee -a "$LOG"
+      cp "$RES/training-loss.png" "$OUT/" 2>/dev/null ;;
     *) say "unknown step $step" ;;
   esac
 done
