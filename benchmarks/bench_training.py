@@ -27,6 +27,7 @@ import datetime
 import importlib
 import importlib.metadata
 import json
+import logging
 import os
 import statistics
 import sys
@@ -100,6 +101,21 @@ def reference(q: torch.Tensor, d: torch.Tensor, labels: torch.Tensor) -> tuple[f
     return loss.item(), q64.grad, d64.grad
 
 
+class _Fallbacks(logging.Handler):
+    """maxsim-forge's warnings (a kernel that fell back to torch) seen while checking."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage()[:200])
+
+
+FALLBACKS = _Fallbacks()
+logging.getLogger("maxsim_forge").addHandler(FALLBACKS)
+
+
 def check(step: Callable[[], torch.Tensor], q: torch.Tensor, d: torch.Tensor,
           ref: tuple[float, torch.Tensor, torch.Tensor]) -> dict:
     """Errors of one step against the reference: gradients relative to their largest entry."""
@@ -153,7 +169,10 @@ def run_case(name: str, shape: tuple, impls: list[str], device: torch.device, re
         row = rows[impl]
         try:
             step = make_step(IMPLS[impl](), q, d, labels)
+            FALLBACKS.seen.clear()
             row["errors"] = errs = check(step, q, d, ref)
+            if FALLBACKS.seen:
+                row["warnings"] = list(FALLBACKS.seen)
             if max(errs["dq"], errs["dd"]) > tol or not errs["loss"] <= LOSS_TOL:
                 row.update(status="wrong", reason=f"over the tolerances (gradients {tol:g}, loss {LOSS_TOL:g})")
             if row["status"] == "ok" or time_wrong or impl == "pylate-torch":
@@ -165,7 +184,8 @@ def run_case(name: str, shape: tuple, impls: list[str], device: torch.device, re
             row.update(status="skipped", reason=f"{type(exc).__name__}: {exc}"[:300])
         finally:
             q.grad = d.grad = None
-        print(f"  {name} {impl}: {row['status']} {row.get('errors', '')} {row.get('reason', '')}", file=sys.stderr)
+        print(f"  {name} {impl}: {row['status']} {row.get('errors', '')} {row.get('reason', '')} "
+              f"{row.get('warnings', '')}", file=sys.stderr)
     del ref
     times: dict[str, list[float]] = {i: [] for i in steps}
     for r in range(repeat):

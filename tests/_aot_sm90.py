@@ -26,7 +26,7 @@ _ELEMENT = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "int8": "*i8", "f
 # Launch-time values: unit strides along features and outputs, as the launcher passes
 # them (Triton specialises an integer of value 1), other strides and pointers aligned.
 _UNIT = ("stride_qd", "stride_dd", "stride_ob", "stride_dmt", "stride_qmt", "stride_pb", "stride_gqd", "stride_gdd",
-         "stride_im")
+         "stride_im", "stride_wm", "stride_rm")
 
 
 def _compile(launcher, spec: KernelSpec):
@@ -47,6 +47,8 @@ def _compile(launcher, spec: KernelSpec):
             signature[name] = _ELEMENT[spec.doc_codes or spec.dtype]
         elif name == "idx_ptr":
             signature[name] = "*i32"
+        elif name == "row_ptr":  # torch.sort's indices
+            signature[name] = "*i64"
         elif name in ("out_ptr", "part_ptr", "d_scale_ptr", "q_scale_ptr", "g_ptr"):
             signature[name] = "*fp32"
         elif name.endswith("mask_ptr"):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ._backward import (
-    WinnersConfig, check_winners, grads_meta, load_grads, load_winners, render_grads, render_winners, winners_config,
-    winners_config_of, winners_hash, winners_meta, winners_smem,
+    DQ_PROGRAMS, WinnersConfig, check_winners, grads_meta, load_grads, load_winners, render_grads, render_winners,
+    winners_config, winners_config_of, winners_hash, winners_meta, winners_smem,
 )
 from ._cache import CacheError, cache_dir, load_source, load_variant
 from ._config import (
@@ -45,6 +45,7 @@ from ._render import (
 from ._variant import Variant
 
 __all__ = [
+    "DQ_PROGRAMS",
     "CODES",
     "CODE_DTYPES",
     "DEFAULT_SMEM_LIMIT",

@@ -4,9 +4,9 @@ The winners kernel (``templates/maxsim_bwd_winners.py.j2``) finds which doc toke
 valid query token's max picked, per doc: the backward's O(Lq x Ld x dim) work per doc
 (the scores again, tile by tile, never stored), with a config of its own, tuned per
 bucket, and a heuristic for it. The gradient kernels (``templates/maxsim_bwd_grads.py.j2``)
-then follow the winners for a query set against padded or packed docs: a gather per
-query row for dq, a 0/1 dot per doc-token tile for dd, in a fixed order (the same bits
-on every run); their tiles follow from the shapes (:func:`grads_meta`).
+then follow the winners for a query set against padded or packed docs: gathers of the winning doc
+tokens for dq, each doc token's rows (the winners sorted) for dd, in a fixed order (the
+same bits on every run); their tiles follow from the shapes (:func:`grads_meta`).
 """
 
 from __future__ import annotations
@@ -132,35 +132,34 @@ def load_winners(spec: KernelSpec, cfg: WinnersConfig):
 _TL = {"fp16": "tl.float16", "bf16": "tl.bfloat16", "fp32": "tl.float32"}
 
 
-def render_grads(spec: KernelSpec, *, interpret: bool | None = None) -> str:
+def render_grads(spec: KernelSpec) -> str:
     """The gradient kernels' module of ``spec`` (a query set against padded or packed docs)."""
     spec.validate()
     if spec.codes != "none":
         raise ConfigError(f"codes={spec.codes!r}: gradients are taken of float docs only")
     if spec.layout == "pairs":
         raise ConfigError("layout='pairs': its gradients are gathers and a scatter in torch")
-    interpret = interpreting() if interpret is None else interpret
-    upcast = spec.dtype == "bf16" and interpret  # the interpreter's bf16 dot (see winners_values)
     return environment().get_template(BWD_GRADS).render(
         TEMPLATE=BWD_GRADS,
-        VARIANT=f"{spec.layout}-{spec.dtype}-dim{spec.dim}-{spec.precision}.grads",
+        VARIANT=f"{spec.layout}-{spec.dtype}-dim{spec.dim}.grads",
         D_PACKED=spec.layout == "packed",
         OUT_TYPE=_TL[spec.dtype],
-        DOT_TYPE="tl.float32" if upcast else _TL[spec.dtype],
-        UPCAST_DOT=upcast,
-        INPUT_PRECISION=spec.precision if spec.dtype == "fp32" else "",
     )
 
 
-def grads_meta(spec: KernelSpec, *, lq: int, ld: int) -> tuple[dict, dict]:
-    """Compile-time arguments and launch options of the dq and dd kernels for queries of
-    ``lq`` tokens and docs of up to ``ld`` (0: unknown) tokens."""
+# Programs the dq kernel aims for (its docs split to reach them): a few per SM.
+DQ_PROGRAMS = 512
+
+
+def grads_meta(spec: KernelSpec, *, rows: int) -> tuple[dict, dict]:
+    """Compile-time arguments and launch options of the dq and dd kernels for ``rows``
+    query rows (the dq kernel's tiles are sized to spread them over the GPU)."""
     esize = ELEMENT_BYTES[spec.dtype]
-    dq = {"DIM": spec.dim, "BLOCK_R": 32, "BLOCK_B": 8 if esize == 2 else 4,
-          "BLOCK_K": min(64, max(16, next_pow2(spec.dim))), "num_warps": 4, "num_stages": 2}
-    block_t = min(64, max(16, next_pow2(max(lq, 1))))
-    dd = {"DIM": spec.dim, "BLOCK_J": min(64, max(16, next_pow2(ld))) if ld else 64, "BLOCK_T": block_t,
-          "BLOCK_K": min(128 if esize == 2 else 64, max(16, next_pow2(spec.dim))), "num_warps": 4, "num_stages": 2}
+    block_k = min(64, max(16, next_pow2(spec.dim)))
+    dq = {"DIM": spec.dim, "BLOCK_R": 32 if rows >= 4096 else 16, "BLOCK_B": 8 if esize == 2 else 4,
+          "BLOCK_K": block_k, "num_warps": 4, "num_stages": 2}
+    dd = {"DIM": spec.dim, "BLOCK_J": 32, "BLOCK_K": min(128, max(16, next_pow2(spec.dim))), "num_warps": 4,
+          "num_stages": 2}
     return dq, dd
 
 
@@ -170,5 +169,5 @@ def load_grads(spec: KernelSpec):
     return load_source(render_grads(spec))
 
 
-__all__ = ["WinnersConfig", "check_winners", "grads_meta", "load_grads", "load_winners", "render_grads", "render_winners", "winners_config", "winners_config_of",
+__all__ = ["DQ_PROGRAMS", "WinnersConfig", "check_winners", "grads_meta", "load_grads", "load_winners", "render_grads", "render_winners", "winners_config", "winners_config_of",
            "winners_hash", "winners_meta", "winners_smem", "winners_values"]

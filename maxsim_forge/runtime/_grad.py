@@ -26,7 +26,7 @@ import torch
 from .._inputs import Prepared
 from .._keys import gpu_info
 from ..codegen import (
-    WinnersConfig, grads_meta, interpreting, load_grads, load_winners, winners_config, winners_meta, winners_smem,
+    DQ_PROGRAMS, WinnersConfig, grads_meta, interpreting, load_grads, load_winners, winners_config, winners_meta, winners_smem,
 )
 from ..reference import valid_tokens
 from ._eager import longest, packed_rows
@@ -79,7 +79,7 @@ def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True,
             key = (prep.spec, type(exc).__name__)
             if key not in _failed:
                 _failed.add(key)
-                log.warning("maxsim-forge: the winners kernel of %s failed (%s: %s); the backward uses torch",
+                log.warning("maxsim-forge: the backward's kernels of %s failed (%s: %s); the backward uses torch",
                             prep.spec.key(), type(exc).__name__, str(exc)[:300])
     return _torch_backward(prep, grad, need_q, need_d)
 
@@ -248,25 +248,40 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
     dd = (torch.zeros if packed else torch.empty)(d.shape, dtype=d.dtype, device=d.device) if need_d else None
     if nq * lq == 0 or nb == 0 or d.numel() == 0:
         return (None if dq is None else dq.zero_()), (None if dd is None else dd.zero_())
-    if q.numel() >= 2**31:
-        raise ValueError(f"a query set of {q.numel()} elements; the gradient kernels index it with 32 bits")
     g = grad.to(torch.float32)
     kernels = load_grads(prep.spec)
+    m = nq * lq
     ld = 0 if packed else int(d.shape[1])
-    dq_meta, dd_meta = grads_meta(prep.spec, lq=lq, ld=ld or k["ld"])
+    dq_meta, dd_meta = grads_meta(prep.spec, rows=m)
     d_cu = k["d_cu"] if packed else d  # padded docs: a pointer never read
     if need_q:
         d_strides = (0, d.stride(0), d.stride(1)) if packed else tuple(d.stride())
-        grid = (-(-nq * lq // dq_meta["BLOCK_R"]), -(-dim // dq_meta["BLOCK_K"]))
-        kernels._maxsim_dq_kernel[grid](d, idx, g, dq, d_cu, nq, lq, nb, *d_strides, *idx.stride(), *g.stride(),
-                                        *dq.stride(), **dq_meta)
+        tiles = -(-m // dq_meta["BLOCK_R"]) * -(-dim // dq_meta["BLOCK_K"])
+        # Split the docs where the row tiles alone leave the GPU idle: fp32 parts, summed
+        # in order after (a few MB at most: DQ_PROGRAMS tiles' worth).
+        splits = max(1, min(DQ_PROGRAMS // tiles, -(-nb // (4 * dq_meta["BLOCK_B"]))))
+        per = -(-nb // splits)
+        per = -(-per // dq_meta["BLOCK_B"]) * dq_meta["BLOCK_B"]
+        splits = -(-nb // per)
+        out = dq if splits == 1 else torch.empty((splits, *q.shape), dtype=torch.float32, device=q.device)
+        out_strides = ((0, *dq.stride()) if splits == 1 else tuple(out.stride()))
+        grid = (-(-m // dq_meta["BLOCK_R"]), -(-dim // dq_meta["BLOCK_K"]), splits)
+        kernels._maxsim_dq_kernel[grid](d, idx, g, out, d_cu, nq, lq, nb, per, *d_strides, *idx.stride(),
+                                        *g.stride(), *out_strides, **dq_meta)
+        if splits > 1:
+            dq.copy_(out.sum(dim=0))
     if need_d:
-        span = ld or k["ld"]  # packed: the longest doc where the call gives it, else one program a doc
-        j_progs = max(1, -(-span // dd_meta["BLOCK_J"]))
+        # Each doc's winners in order (stable: a token's rows stay in row order).
+        won, rows = torch.sort(idx, dim=1, stable=True)
+        ld_hint = ld or k["ld"]  # packed: the longest doc where the call gives it
+        if packed and not ld_hint:
+            ld_hint = -(-d.shape[0] // nb)  # the mean doc: the loop over a doc's tiles covers longer ones
+        j_progs = max(1, -(-ld_hint // dd_meta["BLOCK_J"]))
         dd_strides = (0, dd.stride(0), dd.stride(1)) if packed else tuple(dd.stride())
         grid = (j_progs * nb, -(-dim // dd_meta["BLOCK_K"]))
-        kernels._maxsim_dd_kernel[grid](q, idx, g, dd, d_cu, nq, lq, ld, j_progs, *q.stride(), *idx.stride(),
-                                        *g.stride(), *dd_strides, **dd_meta)
+        kernels._maxsim_dd_kernel[grid](q, won, rows, g, dd, d_cu, nq, lq, ld, j_progs, m, m.bit_length() + 1,
+                                        *q.stride(), *won.stride(), *rows.stride(), *g.stride(), *dd_strides,
+                                        **dd_meta)
     return dq, dd
 
 
