@@ -13,7 +13,7 @@
 # --refresh into a copy of the shipped database, $BUDGET seconds, then db ship), exhaustive
 # (benchmarks/collect_exhaustive.py and the replay), gtests (the gradient, custom-op and
 # PyLate tests, compiled), tbench (benchmarks/bench_training.py: a training step against
-# the peers), train (benchmarks/train_run.py: a short training run, loss curves and chart).
+# the peers), profile (benchmarks/profile_backward.py), train (benchmarks/train_run.py: a short training run, loss curves and chart).
 # tune takes $ONLY (a label filter, repeatable with spaces: "backward /int8") and $TRIALS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +79,10 @@ for step in ${STEPS:-tests verify nan bench}; do
           tests/test_pylate.py tests/test_backward_tuning.py >"$RES/gtests.log" 2>&1
       echo "exit $?" >>"$RES/gtests.log"; grep -E "FAILED|ERROR" "$RES/gtests.log" | head -20 | tee -a "$LOG"
       tail -4 "$RES/gtests.log" | tee -a "$LOG" ;;
+    profile)
+      say "where a training step's time goes"
+      timeout "${PROFILE_S:-120}" python3 benchmarks/profile_backward.py >"$RES/profile.log" 2>&1
+      echo "exit $?" >>"$RES/profile.log"; grep -E "^==|^  |exit" "$RES/profile.log" | tee -a "$LOG" ;;
     tbench)
       say "training step against the peers (${TCASES:-colbert,colpali})"
       timeout "${TBENCH_S:-240}" python3 benchmarks/bench_training.py --cases "${TCASES:-colbert,colpali}" \

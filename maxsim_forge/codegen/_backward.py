@@ -154,9 +154,8 @@ DQ_PROGRAMS = 512
 def grads_meta(spec: KernelSpec, *, rows: int) -> tuple[dict, dict]:
     """Compile-time arguments and launch options of the dq and dd kernels for ``rows``
     query rows (the dq kernel's tiles are sized to spread them over the GPU)."""
-    esize = ELEMENT_BYTES[spec.dtype]
     block_k = min(64, max(16, next_pow2(spec.dim)))
-    dq = {"DIM": spec.dim, "BLOCK_R": 32 if rows >= 4096 else 16, "BLOCK_B": 8 if esize == 2 else 4,
+    dq = {"DIM": spec.dim, "BLOCK_R": 32 if rows >= 4096 else 16, "BLOCK_B": 4,
           "BLOCK_K": block_k, "num_warps": 4, "num_stages": 2}
     dd = {"DIM": spec.dim, "BLOCK_J": 32, "BLOCK_K": min(128, max(16, next_pow2(spec.dim))), "num_warps": 4,
           "num_stages": 2}

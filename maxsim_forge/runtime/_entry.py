@@ -193,13 +193,18 @@ def score_prepared(prep: Prepared) -> torch.Tensor:
 _traced: dict[str, object] = {}
 
 
+_ops_ready = False  # a plain bool: Dynamo reads it as a constant (torch 2.11 cannot trace bool(dict))
+
+
 def use_ops(padded, packed, pairs_packed) -> None:
     """Called by maxsim_forge.ops once its ops are registered."""
+    global _ops_ready
     _traced.update(padded=padded, packed=packed, pairs_packed=pairs_packed)
+    _ops_ready = True
 
 
 def _compiling() -> bool:
-    return bool(_traced) and torch.compiler.is_compiling()
+    return _ops_ready and torch.compiler.is_compiling()
 
 
 def _traceable(d, quantize_query) -> None:

@@ -270,9 +270,12 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
                                         *g.stride(), *out_strides, **dq_meta)
         if splits > 1:
             dq.copy_(out.sum(dim=0))
+        del out
     if need_d:
-        # Each doc's winners in order (stable: a token's rows stay in row order).
-        won, rows = torch.sort(idx, dim=1, stable=True)
+        # Each doc's winners in order (stable: a token's rows stay in row order), sorted in
+        # place: dq, done, was their last other reader.
+        rows = torch.empty(idx.shape, dtype=torch.int64, device=idx.device)
+        won, rows = torch.sort(idx, dim=1, stable=True, out=(idx, rows))
         ld_hint = ld or k["ld"]  # packed: the longest doc where the call gives it
         if packed and not ld_hint:
             ld_hint = -(-d.shape[0] // nb)  # the mean doc: the loop over a doc's tiles covers longer ones
