@@ -300,6 +300,9 @@ def test_forward_and_backward_replay_in_a_cuda_graph(isolated_lookup):
         loss = torch.nn.functional.cross_entropy(mf.maxsim(q, d) / 0.05, labels)
         loss.backward()
     captured = (loss, q.grad, d.grad)
+    from maxsim_forge.runtime._grad import _launchers
+
+    assert sum(launcher.direct_launches for _, launcher in _launchers.values()) > 0  # no per-call Triton dispatch
     for _ in range(2):
         new_q, new_d = randn(16, 32, 128, dtype=torch.bfloat16), randn(64, 180, 128, dtype=torch.bfloat16)
         with torch.no_grad():

@@ -165,3 +165,19 @@ def test_strict_undefined_catches_missing_values(tmp_path):
                                      "{% block queries %}\n    x = {{ NOT_A_VALUE }}\n"))
     with pytest.raises(jinja2.UndefinedError):
         render(KernelSpec("padded", "fp16", 128), KernelConfig(), env=env)
+
+
+def test_kernel_hashes_read_the_same_on_every_python():
+    """The syntax-tree text behind kernel hashes leaves out empty and None fields, so the
+    Python that tunes (3.12 on the GPU machine, which added FunctionDef.type_params) and
+    the Python that serves (3.11, 3.13, which leaves empty lists out of ast.dump) agree.
+    The text below is what 3.11, 3.12 and 3.13 give."""
+    import ast
+
+    from maxsim_forge.codegen._render import _dump
+
+    node = ast.parse("def f(x, *, n: int = 2):\n    return x[n] + 1.5\n").body[0]
+    assert _dump(node) == (
+        "FunctionDef(name='f', args=arguments(args=[arg(arg='x')], kwonlyargs=[arg(arg='n', annotation=Name(id='int', "
+        "ctx=Load()))], kw_defaults=[Constant(value=2)]), body=[Return(value=BinOp(left=Subscript(value=Name(id='x', "
+        "ctx=Load()), slice=Name(id='n', ctx=Load()), ctx=Load()), op=Add(), right=Constant(value=1.5)))])")

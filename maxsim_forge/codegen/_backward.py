@@ -168,5 +168,6 @@ def load_grads(spec: KernelSpec):
     return load_source(render_grads(spec))
 
 
-__all__ = ["DQ_PROGRAMS", "WinnersConfig", "check_winners", "grads_meta", "load_grads", "load_winners", "render_grads", "render_winners", "winners_config", "winners_config_of",
-           "winners_hash", "winners_meta", "winners_smem", "winners_values"]
+__all__ = ["DQ_PROGRAMS", "WinnersConfig", "check_winners", "grads_meta", "load_grads", "load_winners", "render_grads",
+           "render_winners", "winners_config", "winners_config_of", "winners_hash", "winners_meta", "winners_smem",
+           "winners_values"]

@@ -130,15 +130,29 @@ def template_hash(env: jinja2.Environment | None = None) -> str:
 
 def jit_kernels(source: str) -> list[str]:
     """The ``@triton.jit`` functions of a rendered module, each as its syntax tree dumped
-    without positions: comments, blank lines and layout leave it unchanged."""
+    without positions: comments, blank lines and layout leave it unchanged, and so does the
+    Python that reads it (:func:`_dump`)."""
     dumps = []
     for node in ast.parse(source).body:
         if isinstance(node, ast.FunctionDef):
             for decorator in node.decorator_list:
                 target = decorator.func if isinstance(decorator, ast.Call) else decorator
                 if ast.unparse(target) == "triton.jit":
-                    dumps.append(ast.dump(node, include_attributes=False))
+                    dumps.append(_dump(node))
     return dumps
+
+
+def _dump(node) -> str:
+    """A syntax tree as text that is the same on every Python: fields holding None or an
+    empty list are left out (``ast.dump``'s text differs between versions: 3.12 added
+    ``FunctionDef.type_params``, 3.13 leaves empty lists out), positions too."""
+    if isinstance(node, ast.AST):
+        fields = ((name, getattr(node, name, None)) for name in node._fields)
+        inner = ", ".join(f"{name}={_dump(value)}" for name, value in fields if value is not None and value != [])
+        return f"{type(node).__name__}({inner})"
+    if isinstance(node, list):
+        return "[" + ", ".join(_dump(value) for value in node) + "]"
+    return repr(node)
 
 
 def kernel_hash(layout: str, dtype: str, dim: int, precision: str, cfg: KernelConfig,

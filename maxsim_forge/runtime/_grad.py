@@ -26,8 +26,10 @@ import torch
 from .._inputs import Prepared
 from .._keys import gpu_info
 from ..codegen import (
-    DQ_PROGRAMS, WinnersConfig, grads_meta, interpreting, load_grads, load_winners, winners_config, winners_meta, winners_smem,
+    DQ_PROGRAMS, WinnersConfig, grads_meta, interpreting, load_grads, load_winners, winners_config, winners_meta,
+    winners_smem,
 )
+from ..codegen._launcher import Launcher
 from ..reference import valid_tokens
 from ._eager import longest, packed_rows
 from ._keys import bucket_key
@@ -208,10 +210,25 @@ def winners(prep: Prepared, cfg: WinnersConfig | None = None) -> torch.Tensor:
     q_strides = (0, q.stride(0), q.stride(1)) if pairs else tuple(q.stride())
     d_strides = (0, d.stride(0), d.stride(1)) if spec.layout in ("packed", "pairs") else tuple(d.stride())
     idx_strides = (0, idx.stride(0)) if pairs else tuple(idx.stride())
-    kernel[(r_tiles * nb,)](
-        q, d, idx, *extent, nq, lq, ld, r_tiles, *q_strides, *d_strides,
-        *_strides(k.get("q_mask")), *_strides(k.get("d_mask")), *idx_strides, **meta)
+    _launch(kernel, (r_tiles * nb,), (q, d, idx, *extent, nq, lq, ld, r_tiles, *q_strides, *d_strides,
+                                      *_strides(k.get("q_mask")), *_strides(k.get("d_mask")), *idx_strides), meta, 9)
     return idx
+
+
+_launchers: dict[tuple, tuple] = {}
+
+
+def _launch(kernel, grid: tuple, args: tuple, meta: dict, tensors: int) -> None:
+    """Launch ``kernel`` (its ``tensors`` leading arguments tensors, the rest integers)
+    through a :class:`Launcher` kept per kernel and meta-parameters: after the first
+    launch of a specialisation, no per-call dispatch through Triton."""
+    key = (id(kernel), tuple(meta.items()))
+    entry = _launchers.get(key)
+    if entry is None or entry[0] is not kernel:
+        constexprs = {k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")}
+        entry = _launchers[key] = (kernel, Launcher(kernel, tensors=tensors, fixed=0, constexprs=constexprs,
+                                                    num_warps=meta["num_warps"], num_stages=meta.get("num_stages")))
+    entry[1]((*grid, 1, 1)[:3], args)
 
 
 def winners_decision(prep: Prepared) -> tuple[WinnersConfig, str]:
@@ -266,8 +283,8 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
         out = dq if splits == 1 else torch.empty((splits, *q.shape), dtype=torch.float32, device=q.device)
         out_strides = ((0, *dq.stride()) if splits == 1 else tuple(out.stride()))
         grid = (-(-m // dq_meta["BLOCK_R"]), -(-dim // dq_meta["BLOCK_K"]), splits)
-        kernels._maxsim_dq_kernel[grid](d, idx, g, out, d_cu, nq, lq, nb, per, *d_strides, *idx.stride(),
-                                        *g.stride(), *out_strides, **dq_meta)
+        _launch(kernels._maxsim_dq_kernel, grid, (d, idx, g, out, d_cu, nq, lq, nb, per, *d_strides, *idx.stride(),
+                                                  *g.stride(), *out_strides), dq_meta, 5)
         if splits > 1:
             dq.copy_(out.sum(dim=0))
         del out
@@ -282,9 +299,9 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
         j_progs = max(1, -(-ld_hint // dd_meta["BLOCK_J"]))
         dd_strides = (0, dd.stride(0), dd.stride(1)) if packed else tuple(dd.stride())
         grid = (j_progs * nb, -(-dim // dd_meta["BLOCK_K"]))
-        kernels._maxsim_dd_kernel[grid](q, won, rows, g, dd, d_cu, nq, lq, ld, j_progs, m, m.bit_length() + 1,
-                                        *q.stride(), *won.stride(), *rows.stride(), *g.stride(), *dd_strides,
-                                        **dd_meta)
+        args = (q, won, rows, g, dd, d_cu, nq, lq, ld, j_progs, m, m.bit_length() + 1, *q.stride(), *won.stride(),
+                *rows.stride(), *g.stride(), *dd_strides)
+        _launch(kernels._maxsim_dd_kernel, grid, args, dd_meta, 6)
     return dq, dd
 
 

@@ -25,7 +25,7 @@ from ..runtime import bucket_key, torch_backward, winners
 from ..tuned_db import TunedDB
 from . import _fleet
 from ._presets import Bucket
-from ._study import BucketResult, TuneOptions, make_sampler, study_name
+from ._study import BucketResult, TuneOptions, _triton_version, make_sampler, study_name
 from ._timing import time_fn
 
 log = logging.getLogger("maxsim_forge.tuner")
@@ -162,8 +162,8 @@ class WinnersTuner:
             "cut": int(result.cut), "seed": opts.seed, "template_hash": template_hash(),
             "kernel_hash": winners_hash(self.spec.layout, self.spec.dtype, self.spec.dim, self.spec.precision, best),
             "space_hash": space_id(),
-            "sm_count": self.gpu.sm_count, "smem_limit": self.gpu.smem_limit, "torch_version": str(torch.__version__),
-            "package_version": __version__,
+            "sm_count": self.gpu.sm_count, "smem_limit": self.gpu.smem_limit, "triton_version": _triton_version(),
+            "torch_version": str(torch.__version__), "package_version": __version__,
         }, study=True)
         if not result.cut:
             study.set_user_attr("committed_by", _fleet.worker_id())
