@@ -7,6 +7,7 @@ from ._backward import (
     winners_config, winners_config_of, winners_hash, winners_meta, winners_smem,
 )
 from ._cache import CacheError, cache_dir, load_source, load_variant
+from ._launcher import Launcher
 from ._config import (
     CODE_DTYPES,
     CODES,
@@ -53,6 +54,7 @@ __all__ = [
     "DTYPES",
     "LAUNCH_REVISION",
     "LAYOUTS",
+    "Launcher",
     "MASK_KINDS",
     "Q_MODES",
     "CacheError",

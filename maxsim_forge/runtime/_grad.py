@@ -26,10 +26,9 @@ import torch
 from .._inputs import Prepared
 from .._keys import gpu_info
 from ..codegen import (
-    DQ_PROGRAMS, WinnersConfig, grads_meta, interpreting, load_grads, load_winners, winners_config, winners_meta,
-    winners_smem,
+    DQ_PROGRAMS, Launcher, WinnersConfig, grads_meta, interpreting, load_grads, load_winners, winners_config,
+    winners_meta, winners_smem,
 )
-from ..codegen._launcher import Launcher
 from ..reference import valid_tokens
 from ._eager import longest, packed_rows
 from ._keys import bucket_key
