@@ -80,12 +80,18 @@ _CODE_MMA = {"int8xint8": ".s8", "fp8xfp8": ".e4m3"}
 @pytest.fixture(scope="module")
 def compiled():
     # One process compiles every variant, without the interpreter.
+    results = _aot([[dataclasses.asdict(spec), cfg.to_dict()] for spec, cfg, _ in VARIANTS])
+    return dict(zip(range(len(VARIANTS)), results))
+
+
+def _aot(request: list) -> list:
+    """Compile the requested kernels for sm_90 in one process of its own, without the
+    interpreter (tests/_aot_sm90.py): its result per request."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    request = json.dumps([[dataclasses.asdict(spec), cfg.to_dict()] for spec, cfg, _ in VARIANTS])
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("_aot_sm90.py"))], input=request,
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("_aot_sm90.py"))], input=json.dumps(request),
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    return dict(zip(range(len(VARIANTS)), json.loads(done.stdout)))
+    return json.loads(done.stdout)
 
 
 @pytest.mark.parametrize("n", range(len(VARIANTS)), ids=[f"{s.key()}-{c.key()}" for s, c, _ in VARIANTS])
@@ -120,12 +126,7 @@ WINNERS = [
 
 @pytest.fixture(scope="module")
 def compiled_winners():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    request = json.dumps([[dataclasses.asdict(spec), {"winners": cfg}] for spec, cfg in WINNERS])
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("_aot_sm90.py"))], input=request,
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout)
+    return _aot([[dataclasses.asdict(spec), {"winners": cfg}] for spec, cfg in WINNERS])
 
 
 @pytest.mark.parametrize("n", range(len(WINNERS)), ids=[s.key() for s, _ in WINNERS])
@@ -150,17 +151,13 @@ GRADS = [
 
 @pytest.fixture(scope="module")
 def compiled_grads():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    request = json.dumps([[dataclasses.asdict(spec), {"grads": sizes}] for spec, sizes in GRADS])
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("_aot_sm90.py"))], input=request,
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout)
+    return _aot([[dataclasses.asdict(spec), {"grads": sizes}] for spec, sizes in GRADS])
 
 
 @pytest.mark.parametrize("n", range(len(GRADS)), ids=[f"{s.key()}-rows{z['rows']}" for s, z in GRADS])
 def test_gradient_kernels_compile_for_hopper(n, compiled_grads):
     spec, sizes = GRADS[n]
     result = compiled_grads[n]
-    assert result["error"] is None, f"{spec.key()} gradient kernels at {sizes} do not compile for sm_90: {result['error']}"
+    assert result["error"] is None, \
+        f"{spec.key()} gradient kernels at {sizes} do not compile for sm_90: {result['error']}"
     assert result["shared"] <= 232_448
