@@ -15,8 +15,8 @@ similarities are rounded to bf16 before the max, so near-ties pick other winners
 float64 does): it is the baseline as PyLate runs it, timed anyway, its error shown.
 Timing: 3 warm-up steps each (the peers autotune on their first calls), then ``--repeat``
 rounds over the implementations in rotated order, each step timed by
-``triton.testing.do_bench`` (median); reported: the median of the rounds' medians and their
-range. Memory: the peak allocated during one step above what was allocated before it,
+``maxsim_forge.tuner.time_fn`` (``triton.testing.do_bench`` medians); reported: the median
+of the rounds' medians and their range. Memory: the peak allocated during one step above what was allocated before it,
 next to the budget "saved winner indices (int32) + gradients".
 """
 
@@ -31,7 +31,6 @@ import logging
 import os
 import statistics
 import sys
-import time
 from typing import Callable
 
 os.environ.setdefault("MAXSIM_FORGE_COMPILE", "blocking")  # timed calls run kernels, not the torch stand-in
@@ -39,6 +38,8 @@ os.environ.setdefault("LIK_SUPPRESS_NORM_WARN", "1")
 
 import torch
 import torch.nn.functional as F
+
+from maxsim_forge.tuner import time_fn
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TEMPERATURE = 0.05
@@ -140,20 +141,6 @@ def extra_memory(step: Callable[[], torch.Tensor], q: torch.Tensor, d: torch.Ten
     return torch.cuda.max_memory_allocated() - base
 
 
-def time_ms(step: Callable[[], torch.Tensor], q: torch.Tensor, d: torch.Tensor) -> float:
-    """Median milliseconds of one step: do_bench on CUDA, two perf_counter runs elsewhere."""
-    if q.device.type == "cuda":
-        from triton.testing import do_bench
-
-        return float(do_bench(step, warmup=25, rep=200, grad_to_none=[q, d], return_mode="median"))
-    runs = []
-    for _ in range(2):
-        t0 = time.perf_counter()
-        step()
-        runs.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(runs)
-
-
 def run_case(name: str, shape: tuple, impls: list[str], device: torch.device, repeat: int, seed: int,
              time_wrong: bool = False) -> list[dict]:
     """Check, warm up, measure memory and time every implementation on one case."""
@@ -194,7 +181,7 @@ def run_case(name: str, shape: tuple, impls: list[str], device: torch.device, re
             if impl not in steps:
                 continue
             try:
-                times[impl].append(time_ms(steps[impl], q, d))
+                times[impl].append(time_fn(steps[impl], device=device.type, rep_ms=200).median_ms)
             except Exception as exc:  # noqa: BLE001 - a failure while timing drops that impl
                 rows[impl].update(status="skipped", reason=f"timing: {type(exc).__name__}: {exc}"[:300])
                 del steps[impl]

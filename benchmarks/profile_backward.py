@@ -1,5 +1,5 @@
 """Where a training step's MaxSim time goes, on a CUDA GPU: each piece of maxsim-forge's
-forward and backward timed alone (``triton.testing.do_bench`` medians, ms), then a
+forward and backward timed alone (``maxsim_forge.tuner.time_fn`` medians, ms), then a
 ``torch.profiler`` table of whole steps (GPU time per kernel, host time per step).
 
     python benchmarks/profile_backward.py [--cases colbert,colpali]
@@ -26,11 +26,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default=",".join(CASES))
     args = ap.parse_args()
-    from triton.testing import do_bench
-
     import maxsim_forge as mf
     from maxsim_forge._inputs import prepare_padded
     from maxsim_forge.runtime._grad import grads_from_winners, winners
+    from maxsim_forge.tuner import time_fn
 
     for name in args.cases.split(","):
         q, d, labels = make_inputs(CASES[name], torch.device("cuda"), 0)
@@ -41,17 +40,17 @@ def main() -> None:
         idx = winners(prep)
         g = torch.randn(q.shape[0], d.shape[0], device="cuda")
         pieces = {
-            "step (forward, loss, backward)": (step, [q, d]),
-            "forward alone (no grad)": (lambda: mf.maxsim(q.detach(), d.detach()), None),
-            "winners kernel": (lambda: winners(prep), None),
-            "dq from winners": (lambda: grads_from_winners(prep, idx.clone(), g, True, False), None),
-            "dd from winners (sort included)": (lambda: grads_from_winners(prep, idx.clone(), g, False, True), None),
-            "sort of the winners": (lambda: torch.sort(idx, dim=1, stable=True), None),
-            "idx.clone (subtract from the two above)": (lambda: idx.clone(), None),
+            "step (forward, loss, backward)": step,
+            "forward alone (no grad)": lambda: mf.maxsim(q.detach(), d.detach()),
+            "winners kernel": lambda: winners(prep),
+            "dq from winners": lambda: grads_from_winners(prep, idx.clone(), g, True, False),
+            "dd from winners (sort included)": lambda: grads_from_winners(prep, idx.clone(), g, False, True),
+            "sort of the winners": lambda: torch.sort(idx, dim=1, stable=True),
+            "idx.clone (subtract from the two above)": lambda: idx.clone(),
         }
         print(f"== {name}: {tuple(q.shape)} x {tuple(d.shape)} {q.dtype}")
-        for what, (fn, to_none) in pieces.items():
-            ms = do_bench(fn, warmup=25, rep=200, grad_to_none=to_none, return_mode="median")
+        for what, fn in pieces.items():
+            ms = time_fn(fn, device="cuda", rep_ms=200).median_ms
             print(f"  {what:42s} {ms:8.4f} ms")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -303,9 +303,9 @@ def test_forward_and_backward_replay_in_a_cuda_graph(isolated_lookup):
         loss = torch.nn.functional.cross_entropy(mf.maxsim(q, d) / 0.05, labels)
         loss.backward()
     captured = (loss, q.grad, d.grad)
-    from maxsim_forge.runtime._grad import _launchers
+    from maxsim_forge.codegen._backward import _launchers
 
-    assert sum(launcher.direct_launches for _, launcher in _launchers.values()) > 0  # no per-call Triton dispatch
+    assert sum(launcher.direct_launches for launcher in _launchers.values()) > 0  # no per-call Triton dispatch
     for _ in range(2):
         new_q, new_d = randn(16, 32, 128, dtype=torch.bfloat16), randn(64, 180, 128, dtype=torch.bfloat16)
         with torch.no_grad():
@@ -329,7 +329,7 @@ def test_a_failing_winners_kernel_falls_back_to_torch_once(isolated_lookup, monk
     def broken(*a, **k):
         raise RuntimeError("no such kernel here")
 
-    monkeypatch.setattr(_grad, "load_winners", broken)
+    monkeypatch.setattr(_grad, "winners_launcher", broken)
     _grad._failed.clear()
     q, d = _leaf(randn(4, 32, dtype=torch.float32)), _leaf(randn(2, 5, 32, dtype=torch.float32))
     for _ in range(2):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ._backward import (
-    DQ_PROGRAMS, WinnersConfig, check_winners, grads_meta, load_grads, load_winners, render_grads, render_winners,
-    winners_config, winners_config_of, winners_hash, winners_meta, winners_smem,
+    DQ_PROGRAMS, WinnersConfig, check_winners, grads_launcher, grads_meta, load_grads, load_winners, render_grads,
+    render_winners, winners_config, winners_config_of, winners_hash, winners_launcher, winners_meta, winners_smem,
 )
 from ._cache import CacheError, cache_dir, load_source, load_variant
 from ._launcher import Launcher
@@ -64,6 +64,7 @@ __all__ = [
     "Variant",
     "WinnersConfig",
     "check_winners",
+    "grads_launcher",
     "grads_meta",
     "load_grads",
     "load_winners",
@@ -72,6 +73,7 @@ __all__ = [
     "winners_config",
     "winners_config_of",
     "winners_hash",
+    "winners_launcher",
     "winners_meta",
     "winners_smem",
     "cache_dir",

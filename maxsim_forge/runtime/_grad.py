@@ -26,8 +26,8 @@ import torch
 from .._inputs import Prepared
 from .._keys import gpu_info
 from ..codegen import (
-    DQ_PROGRAMS, Launcher, WinnersConfig, grads_meta, interpreting, load_grads, load_winners, winners_config,
-    winners_meta, winners_smem,
+    DQ_PROGRAMS, WinnersConfig, grads_launcher, grads_meta, interpreting, winners_config, winners_launcher,
+    winners_smem,
 )
 from ..reference import valid_tokens
 from ._eager import longest, packed_rows
@@ -198,8 +198,7 @@ def winners(prep: Prepared, cfg: WinnersConfig | None = None) -> torch.Tensor:
     rows = lq if pairs else nq * lq
     ld = 0 if spec.layout in ("packed", "pairs") else int(d.shape[1])
     cfg = cfg or winners_decision(prep)[0]
-    meta = winners_meta(spec, cfg)
-    kernel = load_winners(spec, cfg)
+    launcher = winners_launcher(spec, cfg)
     idx = torch.empty((q.shape[0],) if pairs else (nb, nq * lq), dtype=torch.int32, device=q.device)
     r_tiles = -(-rows // cfg.block_q)
     if nb == 0 or r_tiles == 0:
@@ -209,25 +208,9 @@ def winners(prep: Prepared, cfg: WinnersConfig | None = None) -> torch.Tensor:
     q_strides = (0, q.stride(0), q.stride(1)) if pairs else tuple(q.stride())
     d_strides = (0, d.stride(0), d.stride(1)) if spec.layout in ("packed", "pairs") else tuple(d.stride())
     idx_strides = (0, idx.stride(0)) if pairs else tuple(idx.stride())
-    _launch(kernel, (r_tiles * nb,), (q, d, idx, *extent, nq, lq, ld, r_tiles, *q_strides, *d_strides,
-                                      *_strides(k.get("q_mask")), *_strides(k.get("d_mask")), *idx_strides), meta, 9)
+    launcher((r_tiles * nb, 1, 1), (q, d, idx, *extent, nq, lq, ld, r_tiles, *q_strides, *d_strides,
+                                    *_strides(k.get("q_mask")), *_strides(k.get("d_mask")), *idx_strides))
     return idx
-
-
-_launchers: dict[tuple, tuple] = {}
-
-
-def _launch(kernel, grid: tuple, args: tuple, meta: dict, tensors: int) -> None:
-    """Launch ``kernel`` (its ``tensors`` leading arguments tensors, the rest integers)
-    through a :class:`Launcher` kept per kernel and meta-parameters: after the first
-    launch of a specialisation, no per-call dispatch through Triton."""
-    key = (id(kernel), tuple(meta.items()))
-    entry = _launchers.get(key)
-    if entry is None or entry[0] is not kernel:
-        constexprs = {k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")}
-        entry = _launchers[key] = (kernel, Launcher(kernel, tensors=tensors, fixed=0, constexprs=constexprs,
-                                                    num_warps=meta["num_warps"], num_stages=meta.get("num_stages")))
-    entry[1]((*grid, 1, 1)[:3], args)
 
 
 def winners_decision(prep: Prepared) -> tuple[WinnersConfig, str]:
@@ -265,7 +248,6 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
     if nq * lq == 0 or nb == 0 or d.numel() == 0:
         return (None if dq is None else dq.zero_()), (None if dd is None else dd.zero_())
     g = grad.to(torch.float32)
-    kernels = load_grads(prep.spec)
     m = nq * lq
     ld = 0 if packed else int(d.shape[1])
     dq_meta, dd_meta = grads_meta(prep.spec, rows=m)
@@ -282,8 +264,8 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
         out = dq if splits == 1 else torch.empty((splits, *q.shape), dtype=torch.float32, device=q.device)
         out_strides = ((0, *dq.stride()) if splits == 1 else tuple(out.stride()))
         grid = (-(-m // dq_meta["BLOCK_R"]), -(-dim // dq_meta["BLOCK_K"]), splits)
-        _launch(kernels._maxsim_dq_kernel, grid, (d, idx, g, out, d_cu, nq, lq, nb, per, *d_strides, *idx.stride(),
-                                                  *g.stride(), *out_strides), dq_meta, 5)
+        grads_launcher(prep.spec, "dq", dq_meta)(grid, (d, idx, g, out, d_cu, nq, lq, nb, per, *d_strides,
+                                                        *idx.stride(), *g.stride(), *out_strides))
         if splits > 1:
             dq.copy_(out.sum(dim=0))
         del out
@@ -297,10 +279,10 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
             ld_hint = -(-d.shape[0] // nb)  # the mean doc: the loop over a doc's tiles covers longer ones
         j_progs = max(1, -(-ld_hint // dd_meta["BLOCK_J"]))
         dd_strides = (0, dd.stride(0), dd.stride(1)) if packed else tuple(dd.stride())
-        grid = (j_progs * nb, -(-dim // dd_meta["BLOCK_K"]))
+        grid = (j_progs * nb, -(-dim // dd_meta["BLOCK_K"]), 1)
         args = (q, won, rows, g, dd, d_cu, nq, lq, ld, j_progs, m, m.bit_length() + 1, *q.stride(), *won.stride(),
                 *rows.stride(), *g.stride(), *dd_strides)
-        _launch(kernels._maxsim_dd_kernel, grid, args, dd_meta, 6)
+        grads_launcher(prep.spec, "dd", dd_meta)(grid, args)
     return dq, dd
 
 
