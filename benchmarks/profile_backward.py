@@ -25,7 +25,12 @@ from bench_training import CASES, make_inputs, make_step  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--host", action="store_true",
+                    help="only the host side: each implementation's step under cProfile (top functions by own time)")
     args = ap.parse_args()
+    if args.host:
+        host_profiles(args.cases.split(","))
+        return
     import maxsim_forge as mf
     from maxsim_forge._inputs import prepare_padded
     from maxsim_forge.runtime._grad import grads_from_winners, winners
@@ -58,6 +63,43 @@ def main() -> None:
                 step()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+def host_profiles(cases: list[str], steps: int = 300) -> None:
+    """Steps per second with the GPU kept busy (wall clock over ``steps`` steps, synced at the
+    ends), then each implementation's Python functions by own time under cProfile."""
+    import cProfile
+    import pstats
+    import time
+
+    from bench_training import IMPLS
+
+    for name in cases:
+        q, d, labels = make_inputs(CASES[name], torch.device("cuda"), 0)
+        for impl, load in IMPLS.items():
+            if impl == "pylate-torch":
+                continue
+            try:
+                step = make_step(load(), q, d, labels)
+                for _ in range(5):
+                    step()
+            except Exception as exc:  # noqa: BLE001 - a peer that is missing
+                print(f"== {name} {impl}: skipped ({type(exc).__name__}: {exc})"[:300])
+                continue
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - t0) / steps * 1e3
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+            prof.disable()
+            print(f"== {name} {impl}: {wall:.4f} ms per step (wall clock, {steps} steps)")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(18)
 
 
 if __name__ == "__main__":
