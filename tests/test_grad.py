@@ -88,6 +88,49 @@ def test_padded_gradients_match_float64_autograd(isolated_lookup, dtype, nq, sid
         assert dl.grad[~kw["d_mask"]].abs().max() == 0  # a masked token never wins
 
 
+@pytest.mark.parametrize("nq, sides", [(1, "plain"), (3, "masks"), (2, "lengths")])
+def test_a_shape_seen_before_trains_through_its_plan(isolated_lookup, monkeypatch, nq, sides):
+    """A padded call whose shapes, dtypes and devices were scored before (on a GPU: once its
+    route is warm) skips the checks with gradients too: the same spec, sizes and route,
+    the same gradients."""
+    from maxsim_forge._inputs import prepare_padded
+    from maxsim_forge.runtime import _api, _entry
+
+    q = randn(nq, 7, 40, dtype=torch.bfloat16) if nq > 1 else randn(7, 40, dtype=torch.bfloat16)
+    d = randn(5, 13, 40, dtype=torch.bfloat16)
+    kw: dict = {}
+    if sides == "masks":
+        kw = {"d_mask": torch.rand(5, 13, device=DEVICE) > 0.3, "q_mask": torch.rand(nq, 7, device=DEVICE) > 0.2}
+    elif sides == "lengths":
+        kw = {"d_lengths": torch.tensor([13, 0, 4, 9, 1], device=DEVICE), "q_lengths": torch.tensor([7, 3],
+                                                                                             device=DEVICE)}
+    g = torch.randn(5, device=DEVICE) if nq == 1 else torch.randn(nq, 5, device=DEVICE)
+    grads = []
+    for planned in (False, True):
+        if planned:
+            # Remember the plan as a GPU call does once its route is warm (the CPU keeps the
+            # checked path), then make any check an error.
+            prep = prepare_padded(q, d, **kw)
+            route = _api._route(prep)
+            assert route.warm
+            sig, _ = _api._plan_for("padded", "tf32", q, d, kw.get("q_lengths"), kw.get("q_mask"),
+                                    kw.get("d_lengths"), kw.get("d_mask"))
+            _api._plans[sig] = (route, prep.squeeze, prep.sizes, prep.spec)
+            monkeypatch.setattr(_entry, "prepare_padded", lambda *a, **k: pytest.fail("checked again"))
+            calls = route.calls
+        ql, dl = _leaf(q), _leaf(d)
+        out = mf.maxsim(ql, dl, validate=False, **kw)
+        out.backward(g)
+        grads.append((out.detach(), ql.grad, dl.grad))
+    assert route.calls == calls + 1
+    for a, b, what in zip(grads[0], grads[1], ("scores", "dq", "dd")):
+        assert a.shape == b.shape and torch.equal(a, b), what
+    q64, d64 = _leaf(q.double()), _leaf(d.double())
+    maxsim_reference(q64, d64, **kw).backward(g.double())
+    _close(grads[1][1], q64.grad, _TOL["bf16"], "dq through the plan")
+    _close(grads[1][2], d64.grad, _TOL["bf16"], "dd through the plan")
+
+
 def test_packed_and_pairs_gradients_match_float64_autograd(isolated_lookup):
     q = randn(2, 5, 32, dtype=torch.float32)
     lens = [4, 0, 11, 1]

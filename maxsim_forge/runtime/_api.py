@@ -257,7 +257,7 @@ def _check_values(validate: bool, *tensors) -> bool:
 # earlier, fully checked call skips the structural checks and reuses its route.
 # Pairs from lists change shape on every call: their plans are keyed by ("pairs",
 # precision, device, dtype, dim, lq, nb and ld buckets) instead.
-_plans: dict[tuple, tuple[_Route, bool, dict]] = {}
+_plans: dict[tuple, tuple[_Route, bool, dict, object]] = {}  # route, squeeze, sizes, spec
 _PLAN_LIMIT = 4096
 
 
@@ -279,7 +279,7 @@ def _remember(sig: tuple, prep: Prepared) -> None:
         return  # a provisional route (see _Route.generation) keeps the checked path
     if len(_plans) >= _PLAN_LIMIT:
         _plans.clear()
-    _plans[sig] = (route, prep.squeeze, prep.sizes)
+    _plans[sig] = (route, prep.squeeze, prep.sizes, prep.spec)
 
 
 __all__ = ["Decision", "reset"]

@@ -42,15 +42,19 @@ def maxsim(
     if _compiling():  # one opaque op in the traced graph
         _traceable(d, quantize_query)
         return _traced["padded"](q, d, q_lengths, q_mask, d_lengths, d_mask, precision, validate)
-    if needs_grad(q, d):
-        _no_quantized_grad(d)
-        return Scores.apply(q, d, lambda q_, d_: prepare_padded(
-            q_, d_, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask, precision=precision,
-            check_values=_check_values(validate, q_lengths, d_lengths), quantize_query=quantize_query), _run)
     quantized = isinstance(d, QuantizedDocs) or quantize_query is not False
     sig, plan = (None, None) if quantized else _plan_for("padded", precision, q, d, q_lengths, q_mask,
                                                          d_lengths, d_mask)
-    if plan is None or (validate and (q_lengths is not None or d_lengths is not None)):
+    checked = plan is None or (validate and (q_lengths is not None or d_lengths is not None))
+    if needs_grad(q, d):
+        _no_quantized_grad(d)
+        if not checked:  # a shape scored before: its route and spec, no checks again
+            return Scores.apply(q, d, _planned(plan, q_lengths, q_mask, d_lengths, d_mask), _run_planned(plan[0]))
+        return Scores.apply(q, d, lambda q_, d_: prepare_padded(
+            q_, d_, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask, precision=precision,
+            check_values=_check_values(validate, q_lengths, d_lengths), quantize_query=quantize_query),
+            _run if sig is None else _run_remembered(sig))
+    if checked:
         prep = prepare_padded(
             q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
             precision=precision, check_values=_check_values(validate, q_lengths, d_lengths),
@@ -60,7 +64,7 @@ def maxsim(
         if plan is None and sig is not None:
             _remember(sig, prep)
         return out
-    route, squeeze, sizes = plan
+    route, squeeze, sizes, _ = plan
     route.calls += 1
     if squeeze:
         q = q.unsqueeze(0)
@@ -182,6 +186,45 @@ def maxsim_pairs_packed(
         _no_quantized_grad(d_packed)
         return Scores.apply(q_packed, d_packed, build, _run)
     return _run(build(q_packed, d_packed))
+
+
+def _planned(plan: tuple, q_lengths, q_mask, d_lengths, d_mask):
+    """The checked call a remembered plan makes of ``q, d`` (what ``prepare_padded`` returned
+    for the same shapes, dtypes and devices), for the autograd forward."""
+    _, squeeze, sizes, spec = plan
+
+    def build(q: torch.Tensor, d: torch.Tensor) -> Prepared:
+        ql, qm = q_lengths, q_mask
+        if squeeze:
+            q = q.unsqueeze(0)
+            ql = None if ql is None else ql.reshape(1)
+            qm = None if qm is None else qm.unsqueeze(0)
+        return Prepared(spec, q, d, dict(
+            sizes, q_lengths=None if ql is None else ql.contiguous(), q_mask=qm,
+            d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask), squeeze)
+
+    return build
+
+
+def _run_planned(route):
+    """Score a planned call on its route (warm: plans are made of warm routes only)."""
+    def run(prep: Prepared) -> torch.Tensor:
+        route.calls += 1
+        with _device_guard(prep.q):
+            out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
+        return out[0] if prep.squeeze else out
+
+    return run
+
+
+def _run_remembered(sig: tuple):
+    """Score a checked call, then remember its plan (once its route is warm)."""
+    def run(prep: Prepared) -> torch.Tensor:
+        out = _run(prep)
+        _remember(sig, prep)
+        return out
+
+    return run
 
 
 def score_prepared(prep: Prepared) -> torch.Tensor:

@@ -17,6 +17,7 @@ once and nothing of size ``Lq x Ld`` stays beyond a chunk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -75,7 +76,10 @@ def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True,
     this device (said once), torch finds them a chunk of docs at a time."""
     if _kernels_for(prep):
         try:
-            return grads_from_winners(prep, winners(prep), grad, need_q, need_d)
+            if prep.spec.layout == "pairs":
+                return _pairs_grads(prep, winners(prep), grad, need_q, need_d)
+            plan = _plan(prep)
+            return plan.grads(prep, plan.find_winners(prep), grad, need_q, need_d)
         except Exception as exc:  # noqa: BLE001 - a kernel this device cannot run: torch, said once
             key = (prep.spec, type(exc).__name__)
             if key not in _failed:
@@ -93,8 +97,14 @@ def _kernels_for(prep: Prepared) -> bool:
     if spec.dtype == "fp64" or spec.codes != "none" or os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0"):
         return False
     if device.type == "cuda":
-        return winners_smem(spec, winners_config(spec, rows=64, ld=64)) <= gpu_info(device).smem_limit
+        return _fits(spec, device)
     return device.type == "cpu" and interpreting()
+
+
+@functools.lru_cache(maxsize=256)
+def _fits(spec, device: torch.device) -> bool:
+    """Whether the winners kernel's smallest tiles fit this GPU's shared memory."""
+    return winners_smem(spec, winners_config(spec, rows=64, ld=64)) <= gpu_info(device).smem_limit
 
 
 def _torch_backward(prep: Prepared, grad: torch.Tensor, need_q: bool,
@@ -186,31 +196,128 @@ def _pairs_backward(prep: Prepared, grad: torch.Tensor, need_q: bool, need_d: bo
 
 # ---- the kernel path: the winners from a generated kernel, the gradients from two more
 # (pairs: gathers and a scatter in torch)
+class _Plan:
+    """What the backward of one call shape works out on the host, once: the winners
+    kernel's config, launcher and grid, and the gradient kernels' launchers, grids and
+    doc splits. A call then allocates its outputs, reads its tensors' strides and
+    launches; the memo lives in the lookup (``reset()`` forgets it) and is keyed by the
+    spec, the device and every size the launches depend on."""
+
+    def __init__(self, prep: Prepared, cfg: WinnersConfig):
+        spec, k = prep.spec, prep.launch_kwargs
+        q, d = prep.q, prep.d
+        self.pairs = pairs = spec.layout == "pairs"
+        self.packed = spec.layout == "packed"
+        nq, nb = k["nq"], k["nb"]
+        lq = (k["lq"] or longest(k["q_cu"])) if pairs else k["lq"]
+        rows = lq if pairs else nq * lq
+        self.ld = ld = 0 if spec.layout in ("packed", "pairs") else int(d.shape[1])
+        self.cfg = cfg
+        self.winners = winners_launcher(spec, cfg)
+        self.idx_shape = (q.shape[0],) if pairs else (nb, nq * lq)
+        r_tiles = -(-rows // cfg.block_q)
+        self.no_winners = nb == 0 or r_tiles == 0
+        self.winners_grid = (r_tiles * nb, 1, 1)
+        self.winners_ints = (nq, lq, ld, r_tiles)
+        if pairs:
+            return
+        dim = q.shape[-1]
+        m = nq * lq
+        self.no_grads = m == 0 or nb == 0 or d.numel() == 0
+        if self.no_grads:
+            return
+        dq_meta, dd_meta = grads_meta(spec, rows=m)
+        self.dq = grads_launcher(spec, "dq", dq_meta)
+        self.dd = grads_launcher(spec, "dd", dd_meta)
+        # dq: split the docs where the row tiles alone leave the GPU idle: fp32 parts,
+        # summed in order after (a few MB at most: DQ_PROGRAMS tiles' worth).
+        tiles = -(-m // dq_meta["BLOCK_R"]) * -(-dim // dq_meta["BLOCK_K"])
+        splits = max(1, min(DQ_PROGRAMS // tiles, -(-nb // (4 * dq_meta["BLOCK_B"]))))
+        per = -(-nb // splits)
+        self.per = -(-per // dq_meta["BLOCK_B"]) * dq_meta["BLOCK_B"]
+        self.splits = -(-nb // self.per)
+        self.dq_grid = (-(-m // dq_meta["BLOCK_R"]), -(-dim // dq_meta["BLOCK_K"]), self.splits)
+        # dd: a program per doc-token tile and feature tile.
+        ld_hint = ld or k["ld"]  # packed: the longest doc where the call gives it
+        if self.packed and not ld_hint:
+            ld_hint = -(-d.shape[0] // max(nb, 1))  # the mean doc: a program loops over a longer doc's tiles
+        j_progs = max(1, -(-ld_hint // dd_meta["BLOCK_J"]))
+        self.dd_grid = (j_progs * nb, -(-dim // dd_meta["BLOCK_K"]), 1)
+        self.dd_ints = (nq, lq, ld, j_progs, m, m.bit_length() + 1)
+
+    def find_winners(self, prep: Prepared) -> torch.Tensor:
+        k = prep.launch_kwargs
+        q, d = prep.q, prep.d
+        idx = torch.empty(self.idx_shape, dtype=torch.int32, device=q.device)
+        if self.no_winners:
+            return idx.fill_(-1)
+        extent = tuple(t if t is not None else d for t in (k.get("q_cu"), k.get("d_cu"), k.get("q_lengths"),
+                                                            k.get("q_mask"), k.get("d_lengths"), k.get("d_mask")))
+        flat_q = self.pairs
+        flat_d = self.pairs or self.packed
+        self.winners(self.winners_grid, (
+            q, d, idx, *extent, *self.winners_ints,
+            *((0, q.stride(0), q.stride(1)) if flat_q else q.stride()),
+            *((0, d.stride(0), d.stride(1)) if flat_d else d.stride()),
+            *_strides(k.get("q_mask")), *_strides(k.get("d_mask")),
+            *((0, idx.stride(0)) if flat_q else idx.stride())))
+        return idx
+
+    def grads(self, prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, need_q: bool,
+              need_d: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        k = prep.launch_kwargs
+        q, d = prep.q, prep.d
+        packed = self.packed
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
+        dd = (torch.zeros if packed else torch.empty)(d.shape, dtype=d.dtype, device=d.device) if need_d else None
+        if self.no_grads:
+            return (None if dq is None else dq.zero_()), (None if dd is None else dd.zero_())
+        g = grad.to(torch.float32)
+        d_cu = k["d_cu"] if packed else d  # padded docs: a pointer never read
+        if need_q:
+            d_strides = (0, d.stride(0), d.stride(1)) if packed else d.stride()
+            if self.splits == 1:
+                out, out_strides = dq, (0, *dq.stride())
+            else:
+                out = torch.empty((self.splits, *q.shape), dtype=torch.float32, device=q.device)
+                out_strides = out.stride()
+            self.dq(self.dq_grid, (d, idx, g, out, d_cu, k["nq"], k["lq"], k["nb"], self.per, *d_strides,
+                                   *idx.stride(), *g.stride(), *out_strides))
+            if self.splits > 1:
+                dq.copy_(out.sum(dim=0))
+            del out
+        if need_d:
+            # Each doc's winners in order (stable: a token's rows stay in row order), sorted in
+            # place: dq, done, was their last other reader.
+            rows = torch.empty(idx.shape, dtype=torch.int64, device=idx.device)
+            won, rows = torch.sort(idx, dim=1, stable=True, out=(idx, rows))
+            self.dd(self.dd_grid, (q, won, rows, g, dd, d_cu, *self.dd_ints, *q.stride(), *won.stride(),
+                                   *rows.stride(), *g.stride(),
+                                   *((0, dd.stride(0), dd.stride(1)) if packed else dd.stride())))
+        return dq, dd
+
+
+def _plan(prep: Prepared) -> _Plan:
+    """The memoised backward plan of this call's shape (see :class:`_Plan`)."""
+    from . import _api  # the dispatcher's lookup (which reset() replaces)
+
+    k = prep.launch_kwargs
+    q, d = prep.q, prep.d
+    memo = _api._lookup.winners_memo
+    key = ("plan", prep.spec, q.device, q.shape, d.shape, k["nq"], k["lq"], k["nb"], k["ld"], interpreting())
+    plan = memo.get(key)
+    if plan is None:
+        plan = _Plan(prep, winners_decision(prep)[0])
+        if k["lq"] or prep.spec.layout != "pairs":  # pairs without max_q_len: the longest query read back
+            memo[key] = plan
+    return plan
+
+
 def winners(prep: Prepared, cfg: WinnersConfig | None = None) -> torch.Tensor:
     """The winning doc token of every query row against every doc (``[nb, nq * lq]``;
     pairs: one per query row, ``[total_query_tokens]``), int32, -1 for none, from the
     generated winners kernel (``cfg``: the bucket's, tuned or the heuristic's)."""
-    spec, k = prep.spec, prep.launch_kwargs
-    q, d = prep.q, prep.d
-    pairs = spec.layout == "pairs"
-    nq, nb = k["nq"], k["nb"]
-    lq = (k["lq"] or longest(k["q_cu"])) if pairs else k["lq"]
-    rows = lq if pairs else nq * lq
-    ld = 0 if spec.layout in ("packed", "pairs") else int(d.shape[1])
-    cfg = cfg or winners_decision(prep)[0]
-    launcher = winners_launcher(spec, cfg)
-    idx = torch.empty((q.shape[0],) if pairs else (nb, nq * lq), dtype=torch.int32, device=q.device)
-    r_tiles = -(-rows // cfg.block_q)
-    if nb == 0 or r_tiles == 0:
-        return idx.fill_(-1)
-    extent = tuple(t if t is not None else d for t in (k.get("q_cu"), k.get("d_cu"), k.get("q_lengths"),
-                                                        k.get("q_mask"), k.get("d_lengths"), k.get("d_mask")))
-    q_strides = (0, q.stride(0), q.stride(1)) if pairs else tuple(q.stride())
-    d_strides = (0, d.stride(0), d.stride(1)) if spec.layout in ("packed", "pairs") else tuple(d.stride())
-    idx_strides = (0, idx.stride(0)) if pairs else tuple(idx.stride())
-    launcher((r_tiles * nb, 1, 1), (q, d, idx, *extent, nq, lq, ld, r_tiles, *q_strides, *d_strides,
-                                    *_strides(k.get("q_mask")), *_strides(k.get("d_mask")), *idx_strides))
-    return idx
+    return (_Plan(prep, cfg) if cfg is not None else _plan(prep)).find_winners(prep)
 
 
 def winners_decision(prep: Prepared) -> tuple[WinnersConfig, str]:
@@ -239,51 +346,7 @@ def grads_from_winners(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, ne
     for pairs. Neither reads anything back to the host (a CUDA graph can hold them)."""
     if prep.spec.layout == "pairs":
         return _pairs_grads(prep, idx, grad, need_q, need_d)
-    k = prep.launch_kwargs
-    q, d = prep.q, prep.d
-    packed = prep.spec.layout == "packed"
-    nq, lq, nb, dim = k["nq"], k["lq"], k["nb"], q.shape[-1]
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
-    dd = (torch.zeros if packed else torch.empty)(d.shape, dtype=d.dtype, device=d.device) if need_d else None
-    if nq * lq == 0 or nb == 0 or d.numel() == 0:
-        return (None if dq is None else dq.zero_()), (None if dd is None else dd.zero_())
-    g = grad.to(torch.float32)
-    m = nq * lq
-    ld = 0 if packed else int(d.shape[1])
-    dq_meta, dd_meta = grads_meta(prep.spec, rows=m)
-    d_cu = k["d_cu"] if packed else d  # padded docs: a pointer never read
-    if need_q:
-        d_strides = (0, d.stride(0), d.stride(1)) if packed else tuple(d.stride())
-        tiles = -(-m // dq_meta["BLOCK_R"]) * -(-dim // dq_meta["BLOCK_K"])
-        # Split the docs where the row tiles alone leave the GPU idle: fp32 parts, summed
-        # in order after (a few MB at most: DQ_PROGRAMS tiles' worth).
-        splits = max(1, min(DQ_PROGRAMS // tiles, -(-nb // (4 * dq_meta["BLOCK_B"]))))
-        per = -(-nb // splits)
-        per = -(-per // dq_meta["BLOCK_B"]) * dq_meta["BLOCK_B"]
-        splits = -(-nb // per)
-        out = dq if splits == 1 else torch.empty((splits, *q.shape), dtype=torch.float32, device=q.device)
-        out_strides = ((0, *dq.stride()) if splits == 1 else tuple(out.stride()))
-        grid = (-(-m // dq_meta["BLOCK_R"]), -(-dim // dq_meta["BLOCK_K"]), splits)
-        grads_launcher(prep.spec, "dq", dq_meta)(grid, (d, idx, g, out, d_cu, nq, lq, nb, per, *d_strides,
-                                                        *idx.stride(), *g.stride(), *out_strides))
-        if splits > 1:
-            dq.copy_(out.sum(dim=0))
-        del out
-    if need_d:
-        # Each doc's winners in order (stable: a token's rows stay in row order), sorted in
-        # place: dq, done, was their last other reader.
-        rows = torch.empty(idx.shape, dtype=torch.int64, device=idx.device)
-        won, rows = torch.sort(idx, dim=1, stable=True, out=(idx, rows))
-        ld_hint = ld or k["ld"]  # packed: the longest doc where the call gives it
-        if packed and not ld_hint:
-            ld_hint = -(-d.shape[0] // nb)  # the mean doc: the loop over a doc's tiles covers longer ones
-        j_progs = max(1, -(-ld_hint // dd_meta["BLOCK_J"]))
-        dd_strides = (0, dd.stride(0), dd.stride(1)) if packed else tuple(dd.stride())
-        grid = (j_progs * nb, -(-dim // dd_meta["BLOCK_K"]), 1)
-        args = (q, won, rows, g, dd, d_cu, nq, lq, ld, j_progs, m, m.bit_length() + 1, *q.stride(), *won.stride(),
-                *rows.stride(), *g.stride(), *dd_strides)
-        grads_launcher(prep.spec, "dd", dd_meta)(grid, args)
-    return dq, dd
+    return _plan(prep).grads(prep, idx, grad, need_q, need_d)
 
 
 def _pairs_grads(prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, need_q: bool,
