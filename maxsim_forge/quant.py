@@ -15,6 +15,10 @@ on int8 or fp8 tensor cores.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+
 import torch
 
 from ._checks import check_float_dtype, check_rank, check_tensor
@@ -194,7 +198,59 @@ def quantize_rows(x: torch.Tensor, format: str) -> tuple[torch.Tensor, torch.Ten
     """A query's tokens quantized as :func:`quantize` does docs, on their device with no
     read-back (safe under CUDA graph capture): ``(codes, float32 scales)``. A token of all
     zeros gets scale 0 (it scores 0, as it would unquantized); one with NaN or inf gets a
-    NaN scale, so its scores are NaN, as the unquantized rule has it."""
+    NaN scale, so its scores are NaN, as the unquantized rule has it.
+
+    int8 on a GPU (or through Triton's interpreter) runs one generated kernel, the same
+    bits as the torch ops it stands for (:func:`quantize_rows_torch`), which serve
+    everywhere else, fp8 included."""
+    if format == "int8" and _kernel_for(x):
+        try:
+            return _quantize_int8(x)
+        except Exception as exc:  # noqa: BLE001 - a kernel this device cannot run: torch, said once
+            if x.device.type not in _failed:
+                _failed.add(x.device.type)
+                log.warning("maxsim-forge: the int8 quantize kernel failed on %s (%s: %s); torch quantizes "
+                            "queries", x.device, type(exc).__name__, str(exc)[:300])
+    return quantize_rows_torch(x, format)
+
+
+_failed: set = set()
+
+
+def _kernel_for(x: torch.Tensor) -> bool:
+    from .codegen import interpreting
+    from .codegen._quantize import MAX_DIM
+
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or x.dim() < 1 or not 0 < x.shape[-1] <= MAX_DIM:
+        return False
+    if os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0"):
+        return False
+    return x.is_cuda or (x.device.type == "cpu" and interpreting())
+
+
+def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from .codegen._quantize import quantize_launcher, quantize_meta
+
+    dim = x.shape[-1]
+    flat = x.reshape(-1, dim)
+    codes = torch.empty(flat.shape, dtype=torch.int8, device=x.device)
+    scales = torch.empty(flat.shape[0], dtype=torch.float32, device=x.device)
+    rows = flat.shape[0]
+    if rows:
+        grid = (-(-rows // quantize_meta(dim)["BLOCK_R"]), 1, 1)
+        if x.is_cuda:  # Triton launches on the current device
+            index = x.get_device()
+            guard = torch.cuda.device(index) if index != torch.cuda.current_device() else contextlib.nullcontext()
+        else:  # interpreted launches take turns (see runtime._api)
+            from .runtime._api import _interpreter_lock as guard
+        with guard:
+            quantize_launcher(dim)(grid, (flat, codes, scales, rows, *flat.stride(), *codes.stride(),
+                                          scales.stride(0)))
+    return codes.view(x.shape), scales.view(x.shape[:-1])
+
+
+def quantize_rows_torch(x: torch.Tensor, format: str) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: A002
+    """:func:`quantize_rows` in torch operations: the rule, on any device and format."""
     xf = x.float()
     amax = xf.abs().amax(-1)
     finite = torch.isfinite(xf).all(-1)
@@ -202,4 +258,6 @@ def quantize_rows(x: torch.Tensor, format: str) -> tuple[torch.Tensor, torch.Ten
     return _codes(xf, scale, format), scale
 
 
-__all__ = ["FORMATS", "QuantizedDocs", "quantize", "quantize_rows"]
+log = logging.getLogger("maxsim_forge")
+
+__all__ = ["FORMATS", "QuantizedDocs", "quantize", "quantize_rows", "quantize_rows_torch"]

@@ -21,12 +21,13 @@ from maxsim_forge.codegen import (
     KernelConfig, KernelSpec, Variant, WinnersConfig, grads_meta, load_grads, load_source, load_winners, render, validate,
     winners_meta,
 )
+from maxsim_forge.codegen._quantize import quantize_meta, render_quantize
 
 _ELEMENT = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "int8": "*i8", "fp8": "*fp8e4nv"}
 # Launch-time values: unit strides along features and outputs, as the launcher passes
 # them (Triton specialises an integer of value 1), other strides and pointers aligned.
 _UNIT = ("stride_qd", "stride_dd", "stride_ob", "stride_dmt", "stride_qmt", "stride_pb", "stride_gqd", "stride_gdd",
-         "stride_im", "stride_wm", "stride_rm")
+         "stride_im", "stride_wm", "stride_rm", "stride_xk", "stride_ck", "stride_s")
 
 
 def _compile(launcher, spec: KernelSpec):
@@ -47,6 +48,12 @@ def _compile(launcher, spec: KernelSpec):
             signature[name] = _ELEMENT[spec.doc_codes or spec.dtype]
         elif name == "idx_ptr":
             signature[name] = "*i32"
+        elif name == "x_ptr":  # the quantize kernel's tokens
+            signature[name] = _ELEMENT[spec.dtype]
+        elif name == "codes_ptr":
+            signature[name] = "*i8"
+        elif name == "scale_ptr":
+            signature[name] = "*fp32"
         elif name == "row_ptr":  # torch.sort's indices
             signature[name] = "*i64"
         elif name in ("out_ptr", "part_ptr", "d_scale_ptr", "q_scale_ptr", "g_ptr"):
@@ -75,6 +82,14 @@ def main() -> None:
                     ptx = compiled.asm["ptx"]
                     out.append({"shared": compiled.metadata.shared, "wgmma": "wgmma.mma_async" in ptx,
                                 "cp_async": "cp.async" in ptx, "mma": [], "error": None})
+                    continue
+                if "quantize" in cfg_d:  # the int8 quantize kernel of a query's tokens
+                    dim = cfg_d["quantize"]
+                    launcher = type("L", (), {"kernel": load_source(render_quantize(dim))._quantize_rows_kernel,
+                                              "meta": quantize_meta(dim)})
+                    ptx = _compile(launcher, spec).asm["ptx"]
+                    divs = sorted({line.split()[0] for line in ptx.splitlines() if line.strip().startswith("div.")})
+                    out.append({"shared": 0, "wgmma": False, "cp_async": False, "mma": [], "divs": divs, "error": None})
                     continue
                 if "grads" in cfg_d:  # the backward's gradient kernels, at these query and doc lengths
                     module = load_grads(spec)

@@ -161,3 +161,21 @@ def test_gradient_kernels_compile_for_hopper(n, compiled_grads):
     assert result["error"] is None, \
         f"{spec.key()} gradient kernels at {sizes} do not compile for sm_90: {result['error']}"
     assert result["shared"] <= 232_448
+
+
+QUANTIZE = [(KernelSpec("padded", dtype, dim), dim) for dtype, dim in (("fp16", 128), ("bf16", 96), ("fp32", 200))]
+
+
+@pytest.fixture(scope="module")
+def compiled_quantize():
+    return _aot([[dataclasses.asdict(spec), {"quantize": dim}] for spec, dim in QUANTIZE])
+
+
+@pytest.mark.parametrize("n", range(len(QUANTIZE)), ids=[f"{s.dtype}-dim{d}" for s, d in QUANTIZE])
+def test_the_quantize_kernel_compiles_for_hopper_with_ieee_divisions(n, compiled_quantize):
+    """The int8 quantize kernel compiles, and its divisions round as IEEE's (and torch's) do:
+    ``div.rn``, never the approximate ``div.full`` that Triton's ``/`` gives float32, which
+    would break its bit-for-bit agreement with the torch quantizer."""
+    result = compiled_quantize[n]
+    assert result["error"] is None, f"{QUANTIZE[n]}: {result['error']}"
+    assert result["divs"] and all(d.startswith("div.rn.") for d in result["divs"]), result["divs"]

@@ -164,6 +164,64 @@ def test_quantize_rows_gives_zero_and_nan_tokens_their_rule():
     assert bool(torch.isfinite(scales[[0, 3]]).all())
 
 
+@pytest.mark.parametrize("dtype", ("fp16", "bf16", "fp32"))
+@pytest.mark.parametrize("shape", [(3, 9, 40), (37, 128), (2, 5, 200), (4, 16)])
+def test_the_int8_quantize_kernel_gives_the_torch_quantizers_bits(monkeypatch, dtype, shape):
+    """quantize_rows runs one generated kernel for int8 where kernels run: the same codes
+    and scales as the torch operations, bit for bit, ties to even, zero, NaN and inf
+    tokens, tiny ones, and a query that is not contiguous."""
+    from maxsim_forge import quant
+
+    dim = shape[-1]
+    x = randn(*shape, dtype=torch.float32) * torch.rand(*shape[:-1], 1, device=DEVICE) * 30
+    flat = x.view(-1, dim)
+    flat[0] = 0
+    flat[1, :7] = torch.tensor([127.0, 2.5, -3.5, 0.5, -0.5, 1.5, 126.5])  # scale 1: halves round to even
+    flat[1, 7:] = 0.25
+    flat[2] = flat[2] * 1e-30 if dtype == "fp32" else flat[2] * 1e-4  # tiny scales
+    flat[3, dim // 2] = float("nan")
+    if flat.shape[0] > 4:
+        flat[4, 0] = float("-inf")
+    x = x.to(DTYPES[dtype])
+    if len(shape) == 3:
+        x = x.transpose(0, 1)  # not contiguous
+    if not quant._kernel_for(x):
+        pytest.skip("no kernels here (CPU without the interpreter)")
+    want_codes, want_scales = quant.quantize_rows_torch(x, "int8")
+
+    def no_torch(*args, **kwargs):
+        raise AssertionError("int8 quantized by torch where the kernel runs")
+
+    monkeypatch.setattr(quant, "quantize_rows_torch", no_torch)
+    codes, scales = quantize_rows(x, "int8")
+    assert codes.dtype == torch.int8 and codes.shape == x.shape and scales.shape == x.shape[:-1]
+    assert torch.equal(codes, want_codes)
+    assert torch.equal(torch.isnan(scales), torch.isnan(want_scales))
+    assert torch.equal(scales.nan_to_num(-1.0), want_scales.nan_to_num(-1.0))
+    as_made = codes.transpose(0, 1) if len(shape) == 3 else codes
+    assert as_made.reshape(-1, dim)[1, :7].tolist() == [127, 2, -4, 0, 0, 2, 126]
+
+
+def test_a_failing_quantize_kernel_leaves_torch_to_quantize(monkeypatch, caplog):
+    from maxsim_forge import quant
+    from maxsim_forge.codegen import _quantize
+
+    x = randn(2, 6, 32)
+    if not quant._kernel_for(x):
+        pytest.skip("no kernels here (CPU without the interpreter)")
+
+    def broken(dim):
+        raise RuntimeError("no such kernel here")
+
+    monkeypatch.setattr(_quantize, "quantize_launcher", broken)
+    monkeypatch.setattr(quant, "_failed", set())
+    for _ in range(2):
+        codes, scales = quantize_rows(x, "int8")
+        want = quant.quantize_rows_torch(x, "int8")
+        assert torch.equal(codes, want[0]) and torch.equal(scales, want[1])
+    assert caplog.text.count("the int8 quantize kernel failed") == 1
+
+
 # ---- scoring: every entry point, both formats, both query paths
 PATHS = [(fmt, qq) for fmt in FORMATS for qq in (False, True)]
 

@@ -19,5 +19,8 @@ FAMILIES = (FWD_QUERY, FWD_FOLDED)
 BWD_WINNERS = "maxsim_bwd_winners.py.j2"
 # Backward: the gradients from the winners (a query set against padded or packed docs).
 BWD_GRADS = "maxsim_bwd_grads.py.j2"
+# A query quantized to int8 per token (quantize_query=True), in one launch.
+QUANTIZE_ROWS = "quantize_rows.py.j2"
 
-__all__ = ["BWD_GRADS", "BWD_WINNERS", "FAMILIES", "FWD_FOLDED", "FWD_QUERY", "SPLIT_REDUCE", "TEMPLATE_DIR"]
+__all__ = ["BWD_GRADS", "BWD_WINNERS", "FAMILIES", "FWD_FOLDED", "FWD_QUERY", "QUANTIZE_ROWS", "SPLIT_REDUCE",
+           "TEMPLATE_DIR"]
