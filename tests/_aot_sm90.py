@@ -89,7 +89,9 @@ def main() -> None:
                                               "meta": quantize_meta(dim)})
                     ptx = _compile(launcher, spec).asm["ptx"]
                     divs = sorted({line.split()[0] for line in ptx.splitlines() if line.strip().startswith("div.")})
-                    out.append({"shared": 0, "wgmma": False, "cp_async": False, "mma": [], "divs": divs, "error": None})
+                    upper = ptx.upper()  # the rounding's +1.5 * 2**23 and -1.5 * 2**23, both kept
+                    out.append({"shared": 0, "wgmma": False, "cp_async": False, "mma": [], "divs": divs,
+                                "round_adds": [upper.count("0F4B400000"), upper.count("0FCB400000")], "error": None})
                     continue
                 if "grads" in cfg_d:  # the backward's gradient kernels, at these query and doc lengths
                     module = load_grads(spec)

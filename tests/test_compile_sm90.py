@@ -173,9 +173,12 @@ def compiled_quantize():
 
 @pytest.mark.parametrize("n", range(len(QUANTIZE)), ids=[f"{s.dtype}-dim{d}" for s, d in QUANTIZE])
 def test_the_quantize_kernel_compiles_for_hopper_with_ieee_divisions(n, compiled_quantize):
-    """The int8 quantize kernel compiles, and its divisions round as IEEE's (and torch's) do:
-    ``div.rn``, never the approximate ``div.full`` that Triton's ``/`` gives float32, which
-    would break its bit-for-bit agreement with the torch quantizer."""
+    """The int8 quantize kernel compiles, its divisions round as IEEE's (and torch's) do
+    (``div.rn``, never the approximate ``div.full`` that Triton's ``/`` gives float32), and
+    its rounding is not folded away: what its bit-for-bit agreement with the torch
+    quantizer, checked through the interpreter, rests on."""
     result = compiled_quantize[n]
     assert result["error"] is None, f"{QUANTIZE[n]}: {result['error']}"
     assert result["divs"] and all(d.startswith("div.rn.") for d in result["divs"]), result["divs"]
+    # Rounding half to even adds and takes away 1.5 * 2**23: both additions must survive.
+    assert min(result["round_adds"]) > 0, result["round_adds"]
