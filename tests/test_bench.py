@@ -189,6 +189,31 @@ def test_bench_command_runs_cases_and_heldout_shapes(tmp_path):
     assert all(r["status"] == "ready" and float(r["ms"]) > 0 for r in rows)
 
 
+def test_a_bench_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
+    """Each finished case is written at once: a run stopped later (a time limit, a crash)
+    leaves the cases before it on disk."""
+    from click.testing import CliRunner
+
+    from maxsim_forge.cli import main
+
+    real, seen = bench.run_case, []
+
+    def run_case(case, *args, **kwargs):
+        seen.append(case["name"])
+        if len(seen) == 2:
+            raise RuntimeError("the machine's time is up")
+        return real(case, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "run_case", run_case)
+    result = CliRunner().invoke(main, ["bench", "--cases", "colbert-1k-fp16,pairs-64", "--impl", "maxsim-forge",
+                                       "--repeat", "1", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and seen == ["colbert-1k-fp16", "pairs-64"]
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert [c["case"]["name"] for c in doc["cases"]] == ["colbert-1k-fp16"]
+    assert doc["cases"][0]["impls"]["maxsim-forge"]["ms"]["n"] == 1
+    assert [r["case"] for r in csv.DictReader(open(tmp_path / "bench.csv"))] == ["colbert-1k-fp16"]
+
+
 @pytest.mark.parametrize("args, option", [(["--cases", "nope"], "--cases"), (["--impl", "faiss"], "--impl"),
                                           (["--repeat", "0"], "--repeat"), (["--heldout", "-1"], "--heldout")])
 def test_bench_command_refuses_bad_options_by_name(tmp_path, args, option):

@@ -67,9 +67,12 @@ def limitations(impls: list[str], device: str) -> list[str]:
 
 
 def run(cases: list[Case], impls: list[str], *, device: str, repeats: int = 5, seed: int = 0,
-        log: Callable[[str], None] = print) -> tuple[list[CaseResult], dict]:
+        log: Callable[[str], None] = print,
+        done: Callable[[list[CaseResult], dict], None] | None = None) -> tuple[list[CaseResult], dict]:
     """Every case under the protocol above; returns the per-case results and the run's
-    metadata (GPU, versions, date, floors' peaks, repetitions)."""
+    metadata (GPU, versions, date, floors' peaks, repetitions). ``done(results, meta)`` is
+    called after each case with the results so far (the CLI writes them: a run cut short
+    keeps the cases it finished)."""
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats is {repeats!r}; accepted: a whole number >= 1")
     on_gpu = device.startswith("cuda")
@@ -77,6 +80,11 @@ def run(cases: list[Case], impls: list[str], *, device: str, repeats: int = 5, s
     bw, peak = measure_floors(device)
     if on_gpu:
         torch.cuda.empty_cache()  # the floors' buffers go back to the device, for the workers
+    import triton
+
+    meta = {"gpu": torch.cuda.get_device_name() if on_gpu else "Triton interpreter (CPU): timings mean nothing",
+            "torch": torch.__version__, "triton": triton.__version__, "date": time.strftime("%Y-%m-%d"),
+            "copy_bw": bw, "matmul_peak": peak, "repeats": repeats, "seed": seed}
     results = []
     for case in cases:
         case = case if on_gpu else case.tiny()
@@ -87,11 +95,8 @@ def run(cases: list[Case], impls: list[str], *, device: str, repeats: int = 5, s
         del x
         workers = run_case(dataclasses.asdict(case), impls, device=device, repeats=repeats, seed=seed, log=log)
         results.append(summarise(dataclasses.asdict(case), workers, floor_ms))
-    import triton
-
-    meta = {"gpu": torch.cuda.get_device_name() if on_gpu else "Triton interpreter (CPU): timings mean nothing",
-            "torch": torch.__version__, "triton": triton.__version__, "date": time.strftime("%Y-%m-%d"),
-            "copy_bw": bw, "matmul_peak": peak, "repeats": repeats, "seed": seed}
+        if done is not None:
+            done(results, meta)
     return results, meta
 
 

@@ -72,10 +72,11 @@ def _rows(results: list[CaseResult], meta: dict) -> list[dict]:
     return rows
 
 
-def write(results: list[CaseResult], meta: dict, out_dir: str | Path, name: str = "bench") -> list[Path]:
+def write(results: list[CaseResult], meta: dict, out_dir: str | Path, name: str = "bench",
+          chart: bool = True) -> list[Path]:
     """``<name>.csv`` (a row per case and implementation, with the GPU, versions and date),
-    ``<name>.json`` (everything, with every repetition's interval) and ``<name>.png``
-    (median times with their intervals) where matplotlib is installed."""
+    ``<name>.json`` (everything, with every repetition's interval) and, with ``chart``,
+    ``<name>.png`` (median times with their intervals) where matplotlib is installed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.csv", out_dir / f"{name}.json"]
@@ -86,8 +87,8 @@ def write(results: list[CaseResult], meta: dict, out_dir: str | Path, name: str 
         writer.writerows(rows)
     paths[1].write_text(json.dumps({**meta, "cases": [asdict(r) for r in results],
                                     "geomean_of_median_ratios": geomean_of_medians(results)}, indent=1))
-    chart = _chart(results, meta, out_dir / f"{name}.png")
-    return paths + ([chart] if chart else [])
+    png = _chart(results, meta, out_dir / f"{name}.png") if chart else None
+    return paths + ([png] if png else [])
 
 
 def _chart(results: list[CaseResult], meta: dict, path: Path) -> Path | None:

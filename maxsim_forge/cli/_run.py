@@ -193,7 +193,14 @@ def bench(cases, impls, repeat, heldout, seed, out, list_cases) -> None:
     for name, group in (("bench", chosen), ("heldout", held)):
         if not group:
             continue
-        results, meta = b.run(group, impls, device=device, repeats=repeat, seed=seed, log=click.echo)
+        def finished(so_far, meta, name=name):  # a run cut short keeps the cases it finished
+            b.write(so_far, meta, out, name=name, chart=False)
+            last = so_far[-1]
+            if last.ratio:
+                click.echo(f"  {last.case['name']}: {last.ratio['median']:.2f}x the faster peer "
+                           f"[{last.ratio['low']:.2f}, {last.ratio['high']:.2f}] (written to {out})")
+
+        results, meta = b.run(group, impls, device=device, repeats=repeat, seed=seed, log=click.echo, done=finished)
         for line in b.format_report(results, meta, title="held-out shapes" if name == "heldout" else "cases"):
             click.echo(line)
         for path in b.write(results, meta, out, name=name):
