@@ -56,7 +56,7 @@ def _compile(launcher, spec: KernelSpec):
             signature[name] = "*fp32"
         elif name == "row_ptr":  # torch.sort's indices
             signature[name] = "*i64"
-        elif name in ("out_ptr", "part_ptr", "d_scale_ptr", "q_scale_ptr", "g_ptr"):
+        elif name in ("out_ptr", "part_ptr", "d_scale_ptr", "q_scale_ptr", "g_ptr", "val_ptr"):
             signature[name] = "*fp32"
         elif name.endswith("mask_ptr"):
             signature[name] = "*i1"

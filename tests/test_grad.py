@@ -78,7 +78,9 @@ def test_padded_gradients_match_float64_autograd(isolated_lookup, dtype, nq, sid
     g = torch.randn(out.shape, device=DEVICE)
     out.backward(g)
     q64, d64 = _leaf(q.double()), _leaf(d.double())
-    maxsim_reference(q64, d64, **kw).backward(g.double())
+    ref = maxsim_reference(q64, d64, **kw)
+    ref.backward(g.double())
+    _close(out.detach(), ref.detach(), 1e-5 if dtype == "fp32" else 2e-3, f"scores {dtype} {sides}")
     assert ql.grad.dtype == dt and dl.grad.dtype == dt
     _close(ql.grad, q64.grad, _TOL[dtype], f"dq {dtype} {sides}")
     _close(dl.grad, d64.grad, _TOL[dtype], f"dd {dtype} {sides}")
@@ -89,12 +91,11 @@ def test_padded_gradients_match_float64_autograd(isolated_lookup, dtype, nq, sid
 
 
 @pytest.mark.parametrize("nq, sides", [(1, "plain"), (3, "masks"), (2, "lengths")])
-def test_a_shape_seen_before_trains_through_its_plan(isolated_lookup, monkeypatch, nq, sides):
-    """A padded call whose shapes, dtypes and devices were scored before (on a GPU: once its
-    route is warm) skips the checks with gradients too: the same spec, sizes and route,
-    the same gradients."""
-    from maxsim_forge._inputs import prepare_padded
-    from maxsim_forge.runtime import _api, _entry
+def test_a_shape_seen_before_trains_without_the_checks(isolated_lookup, monkeypatch, nq, sides):
+    """A padded call with gradients whose shapes, dtypes and devices were checked before
+    skips the checks (lengths are still checked where ``validate`` asks): the same spec
+    and sizes, the same scores and gradients."""
+    from maxsim_forge.runtime import _entry
 
     q = randn(nq, 7, 40, dtype=torch.bfloat16) if nq > 1 else randn(7, 40, dtype=torch.bfloat16)
     d = randn(5, 13, 40, dtype=torch.bfloat16)
@@ -102,33 +103,79 @@ def test_a_shape_seen_before_trains_through_its_plan(isolated_lookup, monkeypatc
     if sides == "masks":
         kw = {"d_mask": torch.rand(5, 13, device=DEVICE) > 0.3, "q_mask": torch.rand(nq, 7, device=DEVICE) > 0.2}
     elif sides == "lengths":
-        kw = {"d_lengths": torch.tensor([13, 0, 4, 9, 1], device=DEVICE), "q_lengths": torch.tensor([7, 3],
-                                                                                             device=DEVICE)}
+        kw = {"d_lengths": torch.tensor([13, 0, 4, 9, 1], device=DEVICE),
+              "q_lengths": torch.tensor([7, 3], device=DEVICE)}
     g = torch.randn(5, device=DEVICE) if nq == 1 else torch.randn(nq, 5, device=DEVICE)
-    grads = []
-    for planned in (False, True):
-        if planned:
-            # Remember the plan as a GPU call does once its route is warm (the CPU keeps the
-            # checked path), then make any check an error.
-            prep = prepare_padded(q, d, **kw)
-            route = _api._route(prep)
-            assert route.warm
-            sig, _ = _api._plan_for("padded", "tf32", q, d, kw.get("q_lengths"), kw.get("q_mask"),
-                                    kw.get("d_lengths"), kw.get("d_mask"))
-            _api._plans[sig] = (route, prep.squeeze, prep.sizes, prep.spec)
+    runs = []
+    for again in (False, True):
+        if again:
             monkeypatch.setattr(_entry, "prepare_padded", lambda *a, **k: pytest.fail("checked again"))
-            calls = route.calls
         ql, dl = _leaf(q), _leaf(d)
         out = mf.maxsim(ql, dl, validate=False, **kw)
         out.backward(g)
-        grads.append((out.detach(), ql.grad, dl.grad))
-    assert route.calls == calls + 1
-    for a, b, what in zip(grads[0], grads[1], ("scores", "dq", "dd")):
+        runs.append((out.detach(), ql.grad, dl.grad))
+    for a, b, what in zip(*runs, ("scores", "dq", "dd")):
         assert a.shape == b.shape and torch.equal(a, b), what
+    if sides == "lengths":  # validate=True reads the lengths back: the checked path again
+        with pytest.raises(pytest.fail.Exception, match="checked again"):
+            mf.maxsim(_leaf(q), _leaf(d), **kw)
     q64, d64 = _leaf(q.double()), _leaf(d.double())
     maxsim_reference(q64, d64, **kw).backward(g.double())
-    _close(grads[1][1], q64.grad, _TOL["bf16"], "dq through the plan")
-    _close(grads[1][2], d64.grad, _TOL["bf16"], "dd through the plan")
+    _close(runs[1][1], q64.grad, _TOL["bf16"], "dq, unchecked")
+    _close(runs[1][2], d64.grad, _TOL["bf16"], "dd, unchecked")
+
+
+def test_the_forward_keeps_its_winners_for_the_backward(isolated_lookup, monkeypatch):
+    """Where kernels run, a call with gradients is scored by the winners kernel, whose
+    winners the backward takes instead of finding them again; a second backward of the
+    same graph (retain_graph) finds them again and gives the same gradients."""
+    from maxsim_forge._inputs import prepare_padded
+    from maxsim_forge.runtime import _grad
+
+    q, d = _leaf(randn(3, 9, 48, dtype=torch.float16)), _leaf(randn(6, 21, 48, dtype=torch.float16))
+    if not _grad._kernels_for(prepare_padded(q.detach(), d.detach())):
+        pytest.skip("no kernels here (CPU without the interpreter)")
+    searches = []
+    real = _grad._Plan.find_winners
+    monkeypatch.setattr(_grad._Plan, "find_winners", lambda self, prep: searches.append(1) or real(self, prep))
+    out = mf.maxsim(q, d)
+    assert len(searches) == 1  # the forward
+    g = torch.randn(3, 6, device=DEVICE)
+    first = torch.autograd.grad(out, (q, d), g, retain_graph=True)
+    assert len(searches) == 1  # the backward took the kept winners
+    second = torch.autograd.grad(out, (q, d), g)
+    assert len(searches) == 2  # they were sorted in place: found again
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    with torch.no_grad():
+        plain = mf.maxsim(q, d)
+    _close(out.detach(), plain.double(), 1e-6, "the winners kernel's scores against the forward kernel's")
+
+
+def test_scores_with_gradients_follow_the_nan_and_inf_rules(isolated_lookup):
+    """The winners kernel's scores keep the forward's rules: NaN in a valid token makes the
+    scores it enters NaN, a masked token changes nothing, an empty doc scores 0, a query
+    token whose every product is -inf adds 0, an inf product follows IEEE arithmetic."""
+    q = randn(2, 6, 32, dtype=torch.float32)
+    d = randn(5, 10, 32, dtype=torch.float32)
+    q[0, 2, 5] = float("nan")  # query 0: NaN everywhere
+    q[1, 5] = float("nan")  # masked below: no effect
+    d[1, 3, 0] = float("nan")  # doc 1: NaN for every query
+    d[2, 7] = float("nan")  # masked below
+    d[3, :, :] = 0.0
+    d[3, 0, 0] = float("inf")  # doc 3: products inf, -inf or NaN (inf x 0)
+    q_mask = torch.ones(2, 6, dtype=torch.bool, device=DEVICE)
+    q_mask[1, 5] = False
+    d_lengths = torch.tensor([10, 10, 7, 10, 0], device=DEVICE)  # doc 4 empty
+    with torch.no_grad():
+        want = mf.maxsim(q, d, q_mask=q_mask, d_lengths=d_lengths, precision="ieee")
+    got = mf.maxsim(_leaf(q), _leaf(d), q_mask=q_mask, d_lengths=d_lengths, precision="ieee").detach()
+    ref = maxsim_reference(q.double(), d.double(), q_mask=q_mask, d_lengths=d_lengths)
+    for name, x in (("no grad", want), ("with grad", got)):
+        assert torch.equal(torch.isnan(x), torch.isnan(ref)), (name, x, ref)
+        assert torch.equal(torch.isinf(x), torch.isinf(ref)) and torch.equal(x[torch.isinf(x)], ref[torch.isinf(ref)].float())
+        fin = torch.isfinite(ref)
+        _close(x[fin], ref[fin], 1e-6, name)
+    assert bool(torch.isnan(got[0, :4]).all()) and bool(torch.isnan(got[:, 1]).all()) and bool((got[:, 4] == 0).all())
 
 
 def test_packed_and_pairs_gradients_match_float64_autograd(isolated_lookup):
@@ -141,7 +188,9 @@ def test_packed_and_pairs_gradients_match_float64_autograd(isolated_lookup):
     g = torch.randn(out.shape, device=DEVICE)
     out.backward(g)
     q64, d64 = _leaf(q.double()), _leaf(dp.double())
-    maxsim_packed_reference(q64, d64, cu).backward(g.double())
+    ref = maxsim_packed_reference(q64, d64, cu)
+    ref.backward(g.double())
+    _close(out.detach(), ref.detach(), 1e-5, "packed scores")
     _close(ql.grad, q64.grad, 1e-5, "packed dq")
     _close(dl.grad, d64.grad, 1e-5, "packed dd")
 
@@ -378,6 +427,7 @@ def test_a_failing_winners_kernel_falls_back_to_torch_once(isolated_lookup, monk
     for _ in range(2):
         mf.maxsim(q, d, precision="ieee").sum().backward()
     assert caplog.text.count("the backward's kernels of") == 1
+    assert caplog.text.count("failed in the forward") == 1
     q64, d64 = _leaf(q.detach().double()), _leaf(d.detach().double())
     (2 * maxsim_reference(q64, d64)).sum().backward()
     _close(q.grad, q64.grad, 1e-5, "dq after the fallback")

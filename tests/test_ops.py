@@ -60,7 +60,10 @@ def test_the_op_and_its_gradients_equal_the_entry_point(isolated_lookup, n):
         q, q_cu, d, d_cu, mq, md, p = eager_args
         ref = maxsim_pairs_packed(q, q_cu, d, d_cu, max_q_len=mq, max_d_len=md, precision=p)
     ref_grads = torch.autograd.grad(ref, [a for a in eager_args if isinstance(a, torch.Tensor) and a.requires_grad], g)
-    assert torch.equal(out, ref)
+    # Where kernels run, the entry point's training forward sums the winners kernel's row
+    # maxima (kept for its backward) and the op runs the forward kernel: the same scores
+    # to float32 rounding, the same winners, so the same gradients.
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     for a, b in zip(grads, ref_grads):
         assert torch.equal(a, b)
 

@@ -68,6 +68,9 @@ def reset(lookup: Lookup | None = None) -> None:
         _lookup = lookup or Lookup()
         _routes.clear()
         _plans.clear()
+        from ._entry import _checked_shapes
+
+        _checked_shapes.clear()
         _logged_misses.clear()
 
 

@@ -14,7 +14,7 @@ from .._inputs import (
 )
 from .._keys import bucket
 from ..quant import QuantizedDocs
-from ._api import _check_values, _device_guard, _plan_for, _plans, _remember, _run
+from ._api import _PLAN_LIMIT, _check_values, _device_guard, _plan_for, _plans, _remember, _run
 from ._grad import Scores, needs_grad
 
 
@@ -45,16 +45,23 @@ def maxsim(
     quantized = isinstance(d, QuantizedDocs) or quantize_query is not False
     sig, plan = (None, None) if quantized else _plan_for("padded", precision, q, d, q_lengths, q_mask,
                                                          d_lengths, d_mask)
-    checked = plan is None or (validate and (q_lengths is not None or d_lengths is not None))
+    values = validate and (q_lengths is not None or d_lengths is not None)  # lengths read back and checked
     if needs_grad(q, d):
         _no_quantized_grad(d)
-        if not checked:  # a shape scored before: its route and spec, no checks again
-            return Scores.apply(q, d, _planned(plan, q_lengths, q_mask, d_lengths, d_mask), _run_planned(plan[0]))
-        return Scores.apply(q, d, lambda q_, d_: prepare_padded(
-            q_, d_, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask, precision=precision,
-            check_values=_check_values(validate, q_lengths, d_lengths), quantize_query=quantize_query),
-            _run if sig is None else _run_remembered(sig))
-    if checked:
+        shape = None if sig is None or values else _checked_shapes.get(sig)
+        if shape is not None:  # shapes, dtypes and devices checked before: not again
+            return Scores.apply(q, d, _planned(shape, q_lengths, q_mask, d_lengths, d_mask), _run)
+
+        def build(q_, d_):
+            prep = prepare_padded(q_, d_, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
+                                  precision=precision, check_values=_check_values(validate, q_lengths, d_lengths),
+                                  quantize_query=quantize_query)
+            if sig is not None:
+                _note_checked(sig, prep)
+            return prep
+
+        return Scores.apply(q, d, build, _run)
+    if plan is None or values:
         prep = prepare_padded(
             q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
             precision=precision, check_values=_check_values(validate, q_lengths, d_lengths),
@@ -188,10 +195,21 @@ def maxsim_pairs_packed(
     return _run(build(q_packed, d_packed))
 
 
-def _planned(plan: tuple, q_lengths, q_mask, d_lengths, d_mask):
-    """The checked call a remembered plan makes of ``q, d`` (what ``prepare_padded`` returned
-    for the same shapes, dtypes and devices), for the autograd forward."""
-    _, squeeze, sizes, spec = plan
+# Shapes of padded calls with gradients already checked: (shapes, dtypes, devices, precision)
+# -> (squeeze, sizes, spec). The checks are structural, so a call with the same signature
+# passes them again; values (lengths) are still checked where ``validate`` asks.
+_checked_shapes: dict[tuple, tuple] = {}
+
+
+def _note_checked(sig: tuple, prep: Prepared) -> None:
+    if len(_checked_shapes) >= _PLAN_LIMIT:
+        _checked_shapes.clear()
+    _checked_shapes[sig] = (prep.squeeze, prep.sizes, prep.spec)
+
+
+def _planned(shape: tuple, q_lengths, q_mask, d_lengths, d_mask):
+    """The checked call ``prepare_padded`` made of these shapes before, for ``q, d``."""
+    squeeze, sizes, spec = shape
 
     def build(q: torch.Tensor, d: torch.Tensor) -> Prepared:
         ql, qm = q_lengths, q_mask
@@ -204,27 +222,6 @@ def _planned(plan: tuple, q_lengths, q_mask, d_lengths, d_mask):
             d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask), squeeze)
 
     return build
-
-
-def _run_planned(route):
-    """Score a planned call on its route (warm: plans are made of warm routes only)."""
-    def run(prep: Prepared) -> torch.Tensor:
-        route.calls += 1
-        with _device_guard(prep.q):
-            out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
-        return out[0] if prep.squeeze else out
-
-    return run
-
-
-def _run_remembered(sig: tuple):
-    """Score a checked call, then remember its plan (once its route is warm)."""
-    def run(prep: Prepared) -> torch.Tensor:
-        out = _run(prep)
-        _remember(sig, prep)
-        return out
-
-    return run
 
 
 def score_prepared(prep: Prepared) -> torch.Tensor:

@@ -65,21 +65,22 @@ def _gather_rows(x: torch.Tensor, cu: torch.Tensor, start: int, stop: int, lengt
     return x[rows], valid, rows
 
 
-def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True,
-                    need_d: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True, need_d: bool = True,
+                    idx: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients (``dq``, ``dd``, shaped and typed as ``prep.q`` and ``prep.d``) of a checked
     call, for ``grad`` of the scores in its launcher's shape (``[nq, nb]``; pairs ``[nb]``).
 
     Where the forward runs kernels (a GPU, or Triton's interpreter), the winners come
-    from the generated winners kernel and the gradients follow them; elsewhere (the
-    CPU's torch path, float64, ``MAXSIM_FORGE_DISABLE``), or if that kernel fails on
-    this device (said once), torch finds them a chunk of docs at a time."""
+    from the generated winners kernel (``idx``: the ones the forward kept, which the
+    backward sorts in place) and the gradients follow them; elsewhere (the CPU's torch
+    path, float64, ``MAXSIM_FORGE_DISABLE``), or if a kernel fails on this device (said
+    once), torch finds them a chunk of docs at a time."""
     if _kernels_for(prep):
         try:
             if prep.spec.layout == "pairs":
-                return _pairs_grads(prep, winners(prep), grad, need_q, need_d)
+                return _pairs_grads(prep, winners(prep) if idx is None else idx, grad, need_q, need_d)
             plan = _plan(prep)
-            return plan.grads(prep, plan.find_winners(prep), grad, need_q, need_d)
+            return plan.grads(prep, plan.find_winners(prep)[0] if idx is None else idx, grad, need_q, need_d)
         except Exception as exc:  # noqa: BLE001 - a kernel this device cannot run: torch, said once
             key = (prep.spec, type(exc).__name__)
             if key not in _failed:
@@ -90,6 +91,26 @@ def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True,
 
 
 _failed: set = set()
+
+
+def scores_keeping_winners(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A training forward as the winners kernel gives it: (the scores, shaped as the call
+    returns them, and the winners, kept for the backward); None where that path is not
+    taken (no kernels here, pairs, or the kernel failed: said once), and the call is
+    scored the usual way. Scores are the winning rows' parts summed in float32, with the
+    forward's rules for masks, empty docs, NaN and inf."""
+    if prep.spec.layout == "pairs" or not _kernels_for(prep):
+        return None
+    try:
+        out, idx = _plan(prep).scores(prep)
+    except Exception as exc:  # noqa: BLE001 - the backward finds the winners (or torch does), said there
+        key = ("forward", prep.spec, type(exc).__name__)
+        if key not in _failed:
+            _failed.add(key)
+            log.warning("maxsim-forge: the winners kernel of %s failed in the forward (%s: %s); the usual "
+                        "forward scores the call", prep.spec.key(), type(exc).__name__, str(exc)[:300])
+        return None
+    return (out[0] if prep.squeeze else out), idx
 
 
 def _kernels_for(prep: Prepared) -> bool:
@@ -215,6 +236,9 @@ class _Plan:
         self.cfg = cfg
         self.winners = winners_launcher(spec, cfg)
         self.idx_shape = (q.shape[0],) if pairs else (nb, nq * lq)
+        # Each row's part of its score: [rows, docs], so that a query's rows sum to a
+        # contiguous [nq, nb] (pairs: one per query row).
+        self.val_shape = (q.shape[0],) if pairs else (nq * lq, nb)
         r_tiles = -(-rows // cfg.block_q)
         self.no_winners = nb == 0 or r_tiles == 0
         self.winners_grid = (r_tiles * nb, 1, 1)
@@ -245,23 +269,33 @@ class _Plan:
         self.dd_grid = (j_progs * nb, -(-dim // dd_meta["BLOCK_K"]), 1)
         self.dd_ints = (nq, lq, ld, j_progs, m, m.bit_length() + 1)
 
-    def find_winners(self, prep: Prepared) -> torch.Tensor:
+    def find_winners(self, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """(winners, each row's part of its score): see :func:`winners`."""
         k = prep.launch_kwargs
         q, d = prep.q, prep.d
         idx = torch.empty(self.idx_shape, dtype=torch.int32, device=q.device)
+        val = torch.empty(self.val_shape, dtype=torch.float32, device=q.device)
         if self.no_winners:
-            return idx.fill_(-1)
+            return idx.fill_(-1), val.zero_()
         extent = tuple(t if t is not None else d for t in (k.get("q_cu"), k.get("d_cu"), k.get("q_lengths"),
                                                             k.get("q_mask"), k.get("d_lengths"), k.get("d_mask")))
         flat_q = self.pairs
         flat_d = self.pairs or self.packed
         self.winners(self.winners_grid, (
-            q, d, idx, *extent, *self.winners_ints,
+            q, d, idx, val, *extent, *self.winners_ints,
             *((0, q.stride(0), q.stride(1)) if flat_q else q.stride()),
             *((0, d.stride(0), d.stride(1)) if flat_d else d.stride()),
             *_strides(k.get("q_mask")), *_strides(k.get("d_mask")),
-            *((0, idx.stride(0)) if flat_q else idx.stride())))
-        return idx
+            *((0, idx.stride(0)) if flat_q else idx.stride()),
+            *((0, val.stride(0)) if flat_q else (val.stride(1), val.stride(0)))))
+        return idx, val
+
+    def scores(self, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the call's scores in its launcher's shape, its winners): a training forward that
+        keeps the winners for its backward (a query set against padded or packed docs)."""
+        k = prep.launch_kwargs
+        idx, val = self.find_winners(prep)
+        return val.view(k["nq"], k["lq"], k["nb"]).sum(dim=1), idx
 
     def grads(self, prep: Prepared, idx: torch.Tensor, grad: torch.Tensor, need_q: bool,
               need_d: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -317,7 +351,7 @@ def winners(prep: Prepared, cfg: WinnersConfig | None = None) -> torch.Tensor:
     """The winning doc token of every query row against every doc (``[nb, nq * lq]``;
     pairs: one per query row, ``[total_query_tokens]``), int32, -1 for none, from the
     generated winners kernel (``cfg``: the bucket's, tuned or the heuristic's)."""
-    return (_Plan(prep, cfg) if cfg is not None else _plan(prep)).find_winners(prep)
+    return (_Plan(prep, cfg) if cfg is not None else _plan(prep)).find_winners(prep)[0]
 
 
 def winners_decision(prep: Prepared) -> tuple[WinnersConfig, str]:
@@ -397,7 +431,14 @@ class Scores(torch.autograd.Function):
         ctx.save_for_backward(q, d)  # so that an in-place change before the backward is caught
         ctx.prep = prep
         ctx.q_shape, ctx.d_shape = q.shape, d.shape
-        return run(prep)
+        # Where kernels run, the winners kernel scores the call and its winners are kept
+        # (int32, one per query row and doc): the backward launches only the gradients.
+        kept = scores_keeping_winners(prep)
+        if kept is None:
+            ctx.idx = None
+            return run(prep)
+        out, ctx.idx = kept
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # a second derivative is refused, never wrong
@@ -406,10 +447,13 @@ class Scores(torch.autograd.Function):
         prep = ctx.prep
         g = grad.unsqueeze(0) if prep.squeeze else grad
         need_q, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dq, dd = backward_scores(prep, g.contiguous(), need_q=need_q, need_d=need_d)
+        # The kept winners serve one backward (it sorts them in place); another backward
+        # of the same graph (retain_graph) finds them again.
+        idx, ctx.idx = ctx.idx, None
+        dq, dd = backward_scores(prep, g.contiguous(), need_q=need_q, need_d=need_d, idx=idx)
         dq = None if dq is None else dq.reshape(ctx.q_shape)
         dd = None if dd is None else dd.reshape(ctx.d_shape)
         return dq, dd, None, None
 
 
-__all__ = ["Scores", "backward_scores", "needs_grad"]
+__all__ = ["Scores", "backward_scores", "needs_grad", "scores_keeping_winners"]
