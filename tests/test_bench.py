@@ -212,6 +212,7 @@ def test_a_bench_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch
     assert [c["case"]["name"] for c in doc["cases"]] == ["colbert-1k-fp16"]
     assert doc["cases"][0]["impls"]["maxsim-forge"]["ms"]["n"] == 1
     assert [r["case"] for r in csv.DictReader(open(tmp_path / "bench.csv"))] == ["colbert-1k-fp16"]
+    assert not list(tmp_path.glob("*.tmp"))  # written beside, then moved over
 
 
 @pytest.mark.parametrize("args, option", [(["--cases", "nope"], "--cases"), (["--impl", "faiss"], "--impl"),

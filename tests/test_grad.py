@@ -125,6 +125,73 @@ def test_a_shape_seen_before_trains_without_the_checks(isolated_lookup, monkeypa
     _close(runs[1][2], d64.grad, _TOL["bf16"], "dd, unchecked")
 
 
+def test_a_one_query_call_with_a_two_dimensional_mask_trains_twice(isolated_lookup):
+    """A 2-D query's mask may be [Lq] or [1, Lq]; the remembered shape keeps either."""
+    q, d = randn(7, 32, dtype=torch.float32), randn(4, 9, 32, dtype=torch.float32)
+    for q_mask in (torch.rand(1, 7, device=DEVICE) > 0.3, torch.rand(7, device=DEVICE) > 0.3):
+        q_mask[..., 0] = True
+        for _ in range(2):
+            ql, dl = _leaf(q), _leaf(d)
+            out = mf.maxsim(ql, dl, q_mask=q_mask, precision="ieee")
+            out.sum().backward()
+            q64, d64 = _leaf(q.double()), _leaf(d.double())
+            ref = maxsim_reference(q64, d64, q_mask=q_mask)
+            ref.sum().backward()
+            assert out.shape == (4,)
+            _close(out.detach(), ref.detach(), 1e-5, f"scores, mask {tuple(q_mask.shape)}")
+            _close(ql.grad, q64.grad, 1e-5, f"dq, mask {tuple(q_mask.shape)}")
+
+
+def test_training_from_several_threads_keeps_the_kernels(isolated_lookup, caplog):
+    """Threads training and scoring at once: each launch on its own turn (the interpreter)
+    or device, no kernel given up for torch, every result right."""
+    import threading
+
+    q, d = randn(2, 5, 32, dtype=torch.float32), randn(3, 11, 32, dtype=torch.float32)
+    q64, d64 = _leaf(q.double()), _leaf(d.double())
+    ref = maxsim_reference(q64, d64)
+    ref.sum().backward()
+    errors: list = []
+
+    def work(train: bool) -> None:
+        try:
+            for _ in range(3):
+                ql, dl = _leaf(q), _leaf(d)
+                if train:
+                    out = mf.maxsim(ql, dl, precision="ieee")
+                    out.sum().backward()
+                    _close(dl.grad, d64.grad, 1e-5, "dd from a thread")
+                else:
+                    with torch.no_grad():
+                        out = mf.maxsim(ql, dl, precision="ieee")
+                _close(out.detach(), ref.detach(), 1e-5, "scores from a thread")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in (True, True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert "failed" not in caplog.text, caplog.text
+
+
+def test_backward_plans_stay_bounded(isolated_lookup, monkeypatch):
+    """Packed docs change their total of tokens every batch: the plans kept per call
+    shape stay under the limit."""
+    from maxsim_forge.runtime import _api
+
+    monkeypatch.setattr(_api, "_PLAN_LIMIT", 3)
+    q = randn(2, 4, 32, dtype=torch.float32)
+    for total in range(5, 11):
+        lens = [total - 5, 5]
+        cu = torch.tensor([0, lens[0], total], dtype=torch.int32, device=DEVICE)
+        dl = _leaf(randn(total, 32, dtype=torch.float32))
+        mf.maxsim_packed(_leaf(q), dl, cu, precision="ieee").sum().backward()
+        assert len(_api._lookup.backward_plans) <= 3
+
+
 def test_the_forward_keeps_its_winners_for_the_backward(isolated_lookup, monkeypatch):
     """Where kernels run, a call with gradients is scored by the winners kernel, whose
     winners the backward takes instead of finding them again; a second backward of the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import time
 from dataclasses import asdict
@@ -81,12 +82,17 @@ def write(results: list[CaseResult], meta: dict, out_dir: str | Path, name: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.csv", out_dir / f"{name}.json"]
     rows = _rows(results, meta)
-    with open(paths[0], "w", newline="") as fh:
+    # Each file whole or not at all (written beside, then moved over): a run stopped while
+    # writing keeps the cases an earlier write holds.
+    tmp_csv, tmp_json = (p.with_name(p.name + ".tmp") for p in paths)
+    with open(tmp_csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["case"])
         writer.writeheader()
         writer.writerows(rows)
-    paths[1].write_text(json.dumps({**meta, "cases": [asdict(r) for r in results],
+    tmp_json.write_text(json.dumps({**meta, "cases": [asdict(r) for r in results],
                                     "geomean_of_median_ratios": geomean_of_medians(results)}, indent=1))
+    os.replace(tmp_csv, paths[0])
+    os.replace(tmp_json, paths[1])
     png = _chart(results, meta, out_dir / f"{name}.png") if chart else None
     return paths + ([png] if png else [])
 

@@ -77,7 +77,7 @@ def maxsim(
         q = q.unsqueeze(0)
         if q_lengths is not None:
             q_lengths = q_lengths.reshape(1)
-        if q_mask is not None:
+        if q_mask is not None and q_mask.dim() == 1:  # a [1, Lq] mask is taken as it is
             q_mask = q_mask.unsqueeze(0)
     with _device_guard(q):
         out = route.launch(
@@ -216,7 +216,7 @@ def _planned(shape: tuple, q_lengths, q_mask, d_lengths, d_mask):
         if squeeze:
             q = q.unsqueeze(0)
             ql = None if ql is None else ql.reshape(1)
-            qm = None if qm is None else qm.unsqueeze(0)
+            qm = qm.unsqueeze(0) if qm is not None and qm.dim() == 1 else qm  # [1, Lq] taken as it is
         return Prepared(spec, q, d, dict(
             sizes, q_lengths=None if ql is None else ql.contiguous(), q_mask=qm,
             d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask), squeeze)

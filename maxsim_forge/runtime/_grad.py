@@ -77,10 +77,11 @@ def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True, 
     once), torch finds them a chunk of docs at a time."""
     if _kernels_for(prep):
         try:
-            if prep.spec.layout == "pairs":
-                return _pairs_grads(prep, winners(prep) if idx is None else idx, grad, need_q, need_d)
-            plan = _plan(prep)
-            return plan.grads(prep, plan.find_winners(prep)[0] if idx is None else idx, grad, need_q, need_d)
+            with _launching(prep):
+                if prep.spec.layout == "pairs":
+                    return _pairs_grads(prep, winners(prep) if idx is None else idx, grad, need_q, need_d)
+                plan = _plan(prep)
+                return plan.grads(prep, plan.find_winners(prep)[0] if idx is None else idx, grad, need_q, need_d)
         except Exception as exc:  # noqa: BLE001 - a kernel this device cannot run: torch, said once
             key = (prep.spec, type(exc).__name__)
             if key not in _failed:
@@ -102,7 +103,8 @@ def scores_keeping_winners(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor] 
     if prep.spec.layout == "pairs" or not _kernels_for(prep):
         return None
     try:
-        out, idx = _plan(prep).scores(prep)
+        with _launching(prep):
+            out, idx = _plan(prep).scores(prep)
     except Exception as exc:  # noqa: BLE001 - the backward finds the winners (or torch does), said there
         key = ("forward", prep.spec, type(exc).__name__)
         if key not in _failed:
@@ -111,6 +113,15 @@ def scores_keeping_winners(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor] 
                         "forward scores the call", prep.spec.key(), type(exc).__name__, str(exc)[:300])
         return None
     return (out[0] if prep.squeeze else out), idx
+
+
+def _launching(prep: Prepared):
+    """What a launch of this call's kernels needs around it: its tensors' device as the
+    current one (Triton launches there, on its current stream), and on the CPU the
+    interpreter to itself (interpreted launches take turns; see ``_api``)."""
+    from . import _api
+
+    return _api._interpreter_lock if prep.q.device.type == "cpu" else _api._device_guard(prep.q)
 
 
 def _kernels_for(prep: Prepared) -> bool:
@@ -337,12 +348,14 @@ def _plan(prep: Prepared) -> _Plan:
 
     k = prep.launch_kwargs
     q, d = prep.q, prep.d
-    memo = _api._lookup.winners_memo
-    key = ("plan", prep.spec, q.device, q.shape, d.shape, k["nq"], k["lq"], k["nb"], k["ld"], interpreting())
+    memo = _api._lookup.backward_plans
+    key = (prep.spec, q.device, q.shape, d.shape, k["nq"], k["lq"], k["nb"], k["ld"], interpreting())
     plan = memo.get(key)
     if plan is None:
         plan = _Plan(prep, winners_decision(prep)[0])
         if k["lq"] or prep.spec.layout != "pairs":  # pairs without max_q_len: the longest query read back
+            if len(memo) >= _api._PLAN_LIMIT:  # packed docs: a new total of tokens every batch
+                memo.clear()
             memo[key] = plan
     return plan
 

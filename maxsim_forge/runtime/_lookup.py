@@ -61,6 +61,8 @@ class Lookup:
         self._current: dict[Entry, bool] = {}
         # The backward's decided winners configs, per (spec, bucket key): see _grad.winners_decision.
         self.winners_memo: dict[tuple, tuple] = {}
+        # The backward's launch plans per call shape (see _grad._plan), at most PLAN_LIMIT.
+        self.backward_plans: dict[tuple, object] = {}
         self._sources: list[tuple[Path, str, list[Entry] | None]] = []  # None: not read yet (locked)
         self._retry_at = 0.0
         self.generation = 0  # bumped when a database read late joins the index
