@@ -218,10 +218,10 @@ _failed: set = set()
 
 
 def _kernel_for(x: torch.Tensor) -> bool:
-    from .codegen import interpreting
-    from .codegen._quantize import MAX_DIM
+    from .codegen import QUANTIZE_MAX_DIM, interpreting
 
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or x.dim() < 1 or not 0 < x.shape[-1] <= MAX_DIM:
+    if (x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or x.dim() < 1
+            or not 0 < x.shape[-1] <= QUANTIZE_MAX_DIM):
         return False
     if os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0"):
         return False
@@ -229,7 +229,7 @@ def _kernel_for(x: torch.Tensor) -> bool:
 
 
 def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from .codegen._quantize import quantize_launcher, quantize_meta
+    from .codegen import INTERPRETER_LOCK, quantize_launcher, quantize_meta
 
     dim = x.shape[-1]
     flat = x.reshape(-1, dim)
@@ -241,8 +241,8 @@ def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.is_cuda:  # Triton launches on the current device
             index = x.get_device()
             guard = torch.cuda.device(index) if index != torch.cuda.current_device() else contextlib.nullcontext()
-        else:  # interpreted launches take turns (see runtime._api)
-            from .runtime._api import _interpreter_lock as guard
+        else:  # interpreted launches take turns
+            guard = INTERPRETER_LOCK
         with guard:
             quantize_launcher(dim)(grid, (flat, codes, scales, rows, *flat.stride(), *codes.stride(),
                                           scales.stride(0)))

@@ -203,8 +203,7 @@ def test_the_int8_quantize_kernel_gives_the_torch_quantizers_bits(monkeypatch, d
 
 
 def test_a_failing_quantize_kernel_leaves_torch_to_quantize(monkeypatch, caplog):
-    from maxsim_forge import quant
-    from maxsim_forge.codegen import _quantize
+    from maxsim_forge import codegen, quant
 
     x = randn(2, 6, 32)
     if not quant._kernel_for(x):
@@ -213,7 +212,7 @@ def test_a_failing_quantize_kernel_leaves_torch_to_quantize(monkeypatch, caplog)
     def broken(dim):
         raise RuntimeError("no such kernel here")
 
-    monkeypatch.setattr(_quantize, "quantize_launcher", broken)
+    monkeypatch.setattr(codegen, "quantize_launcher", broken)
     monkeypatch.setattr(quant, "_failed", set())
     for _ in range(2):
         codes, scales = quantize_rows(x, "int8")

@@ -7,7 +7,8 @@ from ._backward import (
     render_winners, winners_config, winners_config_of, winners_hash, winners_launcher, winners_meta, winners_smem,
 )
 from ._cache import CacheError, cache_dir, load_source, load_variant
-from ._launcher import Launcher
+from ._launcher import INTERPRETER_LOCK, Launcher
+from ._quantize import MAX_DIM as QUANTIZE_MAX_DIM, quantize_launcher, quantize_meta, render_quantize
 from ._config import (
     CODE_DTYPES,
     CODES,
@@ -54,7 +55,9 @@ __all__ = [
     "DTYPES",
     "LAUNCH_REVISION",
     "LAYOUTS",
+    "INTERPRETER_LOCK",
     "Launcher",
+    "QUANTIZE_MAX_DIM",
     "MASK_KINDS",
     "Q_MODES",
     "CacheError",
@@ -89,9 +92,12 @@ __all__ = [
     "load_variant",
     "next_pow2",
     "partial_doc_tiles",
+    "quantize_launcher",
+    "quantize_meta",
     "query_programs",
     "registers_per_thread",
     "render",
+    "render_quantize",
     "smem_bytes",
     "source_key",
     "template_hash",

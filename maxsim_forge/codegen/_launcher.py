@@ -16,9 +16,13 @@ every launch goes through ``kernel[grid]``.
 from __future__ import annotations
 
 import logging
+import threading
 
 log = logging.getLogger("maxsim_forge")
 
+# Triton's interpreter patches triton.language globally while a kernel runs, so
+# interpreted launches from several threads must take turns; compiled ones need not.
+INTERPRETER_LOCK = threading.Lock()
 # Integers of this magnitude or more are passed as 64-bit; below, as 32-bit.
 _I32 = 1 << 31
 # triton's JITFunction, imported at the first launcher, not with this module: Triton reads

@@ -19,7 +19,7 @@ import torch
 
 from .._inputs import Prepared
 from .._keys import BucketKey, gpu_info
-from ..codegen import MIN_CODE_K, KernelConfig, interpreting, load_variant, variant_name
+from ..codegen import INTERPRETER_LOCK, MIN_CODE_K, KernelConfig, interpreting, load_variant, variant_name
 from ..reference import reference_for
 from ._eager import eager_scores
 from ._explain import Decision
@@ -143,9 +143,8 @@ def _recorded(route: _Route, prep: Prepared) -> _Route:
     return route
 
 
-# Triton's interpreter patches triton.language globally while a kernel runs, so
-# interpreted launches from several threads must take turns; compiled ones need not.
-_interpreter_lock = threading.Lock()
+# Interpreted launches from several threads take turns (codegen.INTERPRETER_LOCK).
+_interpreter_lock = INTERPRETER_LOCK
 
 
 def _device_guard(t: torch.Tensor):
