@@ -68,8 +68,6 @@ def reset(lookup: Lookup | None = None) -> None:
         _lookup = lookup or Lookup()
         _routes.clear()
         _plans.clear()
-        from ._entry import _checked_shapes
-
         _checked_shapes.clear()
         _logged_misses.clear()
 
@@ -259,8 +257,12 @@ def _check_values(validate: bool, *tensors) -> bool:
 # earlier, fully checked call skips the structural checks and reuses its route.
 # Pairs from lists change shape on every call: their plans are keyed by ("pairs",
 # precision, device, dtype, dim, lq, nb and ld buckets) instead.
-_plans: dict[tuple, tuple[_Route, bool, dict, object]] = {}  # route, squeeze, sizes, spec
+_plans: dict[tuple, tuple[_Route, bool, dict]] = {}
 _PLAN_LIMIT = 4096
+# Calls with gradients keep the checked path's result only: (squeeze, sizes, spec) per
+# signature. The checks are structural, so a call of the same signature passes them
+# again; lengths are still checked where ``validate`` asks.
+_checked_shapes: dict[tuple, tuple] = {}
 
 
 def _plan_for(layout: str, precision: str, *tensors) -> tuple[tuple | None, tuple | None]:
@@ -281,7 +283,14 @@ def _remember(sig: tuple, prep: Prepared) -> None:
         return  # a provisional route (see _Route.generation) keeps the checked path
     if len(_plans) >= _PLAN_LIMIT:
         _plans.clear()
-    _plans[sig] = (route, prep.squeeze, prep.sizes, prep.spec)
+    _plans[sig] = (route, prep.squeeze, prep.sizes)
+
+
+def _note_checked(sig: tuple, prep: Prepared) -> None:
+    """Remember that calls of signature ``sig`` pass the structural checks, as ``prep``."""
+    if len(_checked_shapes) >= _PLAN_LIMIT:
+        _checked_shapes.clear()
+    _checked_shapes[sig] = (prep.squeeze, prep.sizes, prep.spec)
 
 
 __all__ = ["Decision", "reset"]

@@ -14,7 +14,7 @@ from .._inputs import (
 )
 from .._keys import bucket
 from ..quant import QuantizedDocs
-from ._api import _PLAN_LIMIT, _check_values, _device_guard, _plan_for, _plans, _remember, _run
+from ._api import _check_values, _checked_shapes, _device_guard, _note_checked, _plan_for, _plans, _remember, _run
 from ._grad import Scores, needs_grad
 
 
@@ -71,14 +71,10 @@ def maxsim(
         if plan is None and sig is not None:
             _remember(sig, prep)
         return out
-    route, squeeze, sizes, _ = plan
+    route, squeeze, sizes = plan
     route.calls += 1
     if squeeze:
-        q = q.unsqueeze(0)
-        if q_lengths is not None:
-            q_lengths = q_lengths.reshape(1)
-        if q_mask is not None and q_mask.dim() == 1:  # a [1, Lq] mask is taken as it is
-            q_mask = q_mask.unsqueeze(0)
+        q, q_lengths, q_mask = _one_query(q, q_lengths, q_mask)
     with _device_guard(q):
         out = route.launch(
             q, d,
@@ -195,16 +191,10 @@ def maxsim_pairs_packed(
     return _run(build(q_packed, d_packed))
 
 
-# Shapes of padded calls with gradients already checked: (shapes, dtypes, devices, precision)
-# -> (squeeze, sizes, spec). The checks are structural, so a call with the same signature
-# passes them again; values (lengths) are still checked where ``validate`` asks.
-_checked_shapes: dict[tuple, tuple] = {}
-
-
-def _note_checked(sig: tuple, prep: Prepared) -> None:
-    if len(_checked_shapes) >= _PLAN_LIMIT:
-        _checked_shapes.clear()
-    _checked_shapes[sig] = (prep.squeeze, prep.sizes, prep.spec)
+def _one_query(q: torch.Tensor, q_lengths, q_mask):
+    """A 2-D query as the query set of one (a [1, Lq] mask is taken as it is)."""
+    return (q.unsqueeze(0), None if q_lengths is None else q_lengths.reshape(1),
+            q_mask.unsqueeze(0) if q_mask is not None and q_mask.dim() == 1 else q_mask)
 
 
 def _planned(shape: tuple, q_lengths, q_mask, d_lengths, d_mask):
@@ -214,9 +204,7 @@ def _planned(shape: tuple, q_lengths, q_mask, d_lengths, d_mask):
     def build(q: torch.Tensor, d: torch.Tensor) -> Prepared:
         ql, qm = q_lengths, q_mask
         if squeeze:
-            q = q.unsqueeze(0)
-            ql = None if ql is None else ql.reshape(1)
-            qm = qm.unsqueeze(0) if qm is not None and qm.dim() == 1 else qm  # [1, Lq] taken as it is
+            q, ql, qm = _one_query(q, ql, qm)
         return Prepared(spec, q, d, dict(
             sizes, q_lengths=None if ql is None else ql.contiguous(), q_mask=qm,
             d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask), squeeze)
