@@ -243,8 +243,7 @@ class _Plan:
         nq, nb = k["nq"], k["nb"]
         lq = (k["lq"] or longest(k["q_cu"])) if pairs else k["lq"]
         rows = lq if pairs else nq * lq
-        self.ld = ld = 0 if spec.layout in ("packed", "pairs") else int(d.shape[1])
-        self.cfg = cfg
+        ld = 0 if spec.layout in ("packed", "pairs") else int(d.shape[1])
         self.winners = winners_launcher(spec, cfg)
         self.idx_shape = (q.shape[0],) if pairs else (nb, nq * lq)
         # Each row's part of its score: [rows, docs], so that a query's rows sum to a
