@@ -13,7 +13,8 @@
 # --refresh into a copy of the shipped database, $BUDGET seconds, then db ship), exhaustive
 # (benchmarks/collect_exhaustive.py and the replay), gtests (the gradient, custom-op and
 # PyLate tests, compiled), tbench (benchmarks/bench_training.py: a training step against
-# the peers), profile (benchmarks/profile_backward.py), train (benchmarks/train_run.py: a short training run, loss curves and chart).
+# the peers), profile (benchmarks/profile_backward.py), host (the same, --host: each step's
+# Python under cProfile), train (benchmarks/train_run.py: a short training run, loss curves and chart).
 # tune takes $ONLY (a label filter, repeatable with spaces: "backward /int8") and $TRIALS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -83,6 +84,11 @@ for step in ${STEPS:-tests verify nan bench}; do
       say "where a training step's time goes"
       timeout "${PROFILE_S:-120}" python3 benchmarks/profile_backward.py >"$RES/profile.log" 2>&1
       echo "exit $?" >>"$RES/profile.log"; grep -E "^==|^  |exit" "$RES/profile.log" | tee -a "$LOG" ;;
+    host)
+      say "host time of a training step, cProfile (${TCASES:-colbert,colpali})"
+      timeout "${HOST_S:-90}" python3 benchmarks/profile_backward.py --host --cases "${TCASES:-colbert,colpali}" \
+          >"$RES/host.log" 2>&1
+      echo "exit $?" >>"$RES/host.log"; grep -E "^==|exit" "$RES/host.log" | tee -a "$LOG" ;;
     tbench)
       say "training step against the peers (${TCASES:-colbert,colpali})"
       timeout "${TBENCH_S:-240}" python3 benchmarks/bench_training.py --cases "${TCASES:-colbert,colpali}" \
