@@ -15,9 +15,7 @@ on int8 or fp8 tensor cores.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 
 import torch
 
@@ -218,18 +216,14 @@ _failed: set = set()
 
 
 def _kernel_for(x: torch.Tensor) -> bool:
-    from .codegen import QUANTIZE_MAX_DIM, interpreting
+    from .codegen import QUANTIZE_MAX_DIM, kernels_run_on
 
-    if (x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or x.dim() < 1
-            or not 0 < x.shape[-1] <= QUANTIZE_MAX_DIM):
-        return False
-    if os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0"):
-        return False
-    return x.is_cuda or (x.device.type == "cpu" and interpreting())
+    return (x.dtype in (torch.float16, torch.bfloat16, torch.float32) and x.dim() >= 1
+            and 0 < x.shape[-1] <= QUANTIZE_MAX_DIM and kernels_run_on(x.device))
 
 
 def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from .codegen import INTERPRETER_LOCK, quantize_launcher, quantize_meta
+    from .codegen import launch_guard, quantize_launcher, quantize_meta
 
     dim = x.shape[-1]
     flat = x.reshape(-1, dim)
@@ -238,12 +232,7 @@ def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows = flat.shape[0]
     if rows:
         grid = (-(-rows // quantize_meta(dim)["BLOCK_R"]), 1, 1)
-        if x.is_cuda:  # Triton launches on the current device
-            index = x.get_device()
-            guard = torch.cuda.device(index) if index != torch.cuda.current_device() else contextlib.nullcontext()
-        else:  # interpreted launches take turns
-            guard = INTERPRETER_LOCK
-        with guard:
+        with launch_guard(x):
             quantize_launcher(dim)(grid, (flat, codes, scales, rows, *flat.stride(), *codes.stride(),
                                           scales.stride(0)))
     return codes.view(x.shape), scales.view(x.shape[:-1])

@@ -462,9 +462,9 @@ def test_forward_and_backward_replay_in_a_cuda_graph(isolated_lookup):
         loss = torch.nn.functional.cross_entropy(mf.maxsim(q, d) / 0.05, labels)
         loss.backward()
     captured = (loss, q.grad, d.grad)
-    from maxsim_forge.codegen._backward import _launchers
+    from maxsim_forge.codegen._launcher import _cached
 
-    assert sum(launcher.direct_launches for launcher in _launchers.values()) > 0  # no per-call Triton dispatch
+    assert sum(launcher.direct_launches for launcher in _cached.values()) > 0  # no per-call Triton dispatch
     for _ in range(2):
         new_q, new_d = randn(16, 32, 128, dtype=torch.bfloat16), randn(64, 180, 128, dtype=torch.bfloat16)
         with torch.no_grad():

@@ -51,7 +51,7 @@ def make(monkeypatch):
 
     def make(refuse=False):
         kernel = FakeKernel(refuse)
-        return kernel, Launcher(kernel, tensors=2, fixed=1, constexprs={"BLOCK": 64, "SPLIT": 2}, num_warps=4,
+        return kernel, Launcher(kernel, fixed=1, constexprs={"BLOCK": 64, "SPLIT": 2}, num_warps=4,
                                 num_stages=3)
     return make
 
@@ -113,7 +113,7 @@ def test_compile_warms_up_once_and_the_first_launch_goes_direct(make):
 def test_interpreted_or_mismatched_kernels_always_go_through_triton(monkeypatch):
     monkeypatch.setattr(Launcher, "direct_ok", True)
     kernel = FakeKernel()  # not a JITFunction here: the interpreter's case
-    launch = Launcher(kernel, tensors=2, fixed=1, constexprs={"BLOCK": 64, "SPLIT": 2}, num_warps=4)
+    launch = Launcher(kernel, fixed=1, constexprs={"BLOCK": 64, "SPLIT": 2}, num_warps=4)
     a, b = torch.empty(64), torch.empty(64, dtype=torch.int32)
     for _ in range(2):
         launch((1,), (a, b, 300, 128))
@@ -121,4 +121,32 @@ def test_interpreted_or_mismatched_kernels_always_go_through_triton(monkeypatch)
     assert [entry[0] for entry in kernel.log] == ["jit", "jit"]
     monkeypatch.setattr(_launcher, "JITFunction", FakeKernel)
     # constexprs given out of the kernel's parameter order: no direct launches either
-    assert not Launcher(kernel, tensors=2, fixed=1, constexprs={"SPLIT": 2, "BLOCK": 64}, num_warps=4).direct
+    assert not Launcher(kernel, fixed=1, constexprs={"SPLIT": 2, "BLOCK": 64}, num_warps=4).direct
+
+
+def test_every_generated_kernel_takes_its_tensors_first():
+    """A launcher counts a kernel's tensors as its leading ``*_ptr`` parameters (the key
+    reads their alignment and dtypes, the rest as integers): every template names its
+    pointers so and lists them before any integer, whatever the layout, codes or split."""
+    from maxsim_forge.codegen import (
+        KernelConfig, KernelSpec, WinnersConfig, grads_launcher, grads_meta, load_variant, quantize_launcher,
+        winners_launcher,
+    )
+
+    launchers = [quantize_launcher(96)]
+    for layout in ("padded", "allpairs", "packed", "pairs"):
+        spec = KernelSpec(layout, "fp16", 128)
+        launchers.append(winners_launcher(spec, WinnersConfig()))
+        if layout != "pairs":
+            launchers += [grads_launcher(spec, w, m) for w, m in zip(("dq", "dd"), grads_meta(spec, rows=64))]
+        for codes in ("none", "int8"):
+            cfg = KernelConfig(block_q=32, block_d=64, block_k=128, num_warps=4, num_stages=2,
+                               q_mode="loop" if layout != "allpairs" else "grid", split_d=2 if layout == "padded" else 1)
+            variant = load_variant(KernelSpec(layout, "fp16", 128, codes=codes), cfg, smem_limit=232_448)
+            launchers += [variant.fwd] + ([variant.reduce] if variant.reduce else [])
+    for launcher in launchers:
+        names = list(launcher.kernel.arg_names)
+        assert launcher.tensors > 0 and all(n.endswith("_ptr") for n in names[:launcher.tensors])
+        assert not any(n.endswith("_ptr") for n in names[launcher.tensors:]), names
+    # The winners kernel: q, d, idx, val and six extents (a count written by hand said 9).
+    assert launchers[1].tensors == 10

@@ -7,7 +7,7 @@ from ._backward import (
     render_winners, winners_config, winners_config_of, winners_hash, winners_launcher, winners_meta, winners_smem,
 )
 from ._cache import CacheError, cache_dir, load_source, load_variant
-from ._launcher import INTERPRETER_LOCK, Launcher
+from ._launcher import INTERPRETER_LOCK, Launcher, device_guard, kernels_disabled, kernels_run_on, launch_guard
 from ._quantize import MAX_DIM as QUANTIZE_MAX_DIM, quantize_launcher, quantize_meta, render_quantize
 from ._config import (
     CODE_DTYPES,
@@ -80,6 +80,10 @@ __all__ = [
     "winners_meta",
     "winners_smem",
     "cache_dir",
+    "device_guard",
+    "kernels_disabled",
+    "kernels_run_on",
+    "launch_guard",
     "environment",
     "exact_k_fits",
     "k_chunks",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..templates import BWD_GRADS, BWD_WINNERS
 from ._cache import load_source
-from ._launcher import Launcher
+from ._launcher import Launcher, cached_launcher
 from ._config import ELEMENT_BYTES, MASK_KINDS, ConfigError, KernelSpec, next_pow2
 from ._render import environment, interpreting, jit_kernels
 
@@ -169,33 +169,18 @@ def load_grads(spec: KernelSpec):
     return load_source(render_grads(spec))
 
 
-# The backward's launchers, built once per spec, config or meta-parameters (and whether
-# the interpreter runs them), as load_variant keeps the forward's.
-_launchers: dict[tuple, Launcher] = {}
-
-
-def _launcher(key: tuple, load, meta: dict, tensors: int) -> Launcher:
-    launcher = _launchers.get(key)
-    if launcher is None:
-        constexprs = {k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")}
-        launcher = _launchers[key] = Launcher(load(), tensors=tensors, fixed=0, constexprs=constexprs,
-                                              num_warps=meta["num_warps"], num_stages=meta.get("num_stages"))
-    return launcher
-
-
 def winners_launcher(spec: KernelSpec, cfg: WinnersConfig) -> Launcher:
     """The winners kernel of this spec and config, ready to launch: rendered and built on
     first use only, then launched without Triton's per-call dispatch."""
-    return _launcher(("winners", spec, cfg, interpreting()), lambda: load_winners(spec, cfg),
-                     winners_meta(spec, cfg), tensors=9)
+    return cached_launcher(("winners", spec, cfg, interpreting()), lambda: load_winners(spec, cfg),
+                           winners_meta(spec, cfg))
 
 
 def grads_launcher(spec: KernelSpec, which: str, meta: dict) -> Launcher:
     """The ``"dq"`` or ``"dd"`` gradient kernel of this spec with these meta-parameters
     (:func:`grads_meta`), ready to launch, built on first use only."""
-    return _launcher((which, spec, tuple(meta.items()), interpreting()),
-                     lambda: getattr(load_grads(spec), f"_maxsim_{which}_kernel"), meta,
-                     tensors=5 if which == "dq" else 6)
+    return cached_launcher((which, spec, tuple(meta.items()), interpreting()),
+                           lambda: getattr(load_grads(spec), f"_maxsim_{which}_kernel"), meta)
 
 
 __all__ = ["DQ_PROGRAMS", "WinnersConfig", "check_winners", "grads_launcher", "grads_meta", "load_grads",

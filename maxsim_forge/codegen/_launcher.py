@@ -15,14 +15,47 @@ every launch goes through ``kernel[grid]``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
+
+import torch
+
+from ._render import interpreting
 
 log = logging.getLogger("maxsim_forge")
 
 # Triton's interpreter patches triton.language globally while a kernel runs, so
 # interpreted launches from several threads must take turns; compiled ones need not.
 INTERPRETER_LOCK = threading.Lock()
+
+
+def kernels_disabled() -> bool:
+    """``MAXSIM_FORGE_DISABLE`` set: torch does everything."""
+    return os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0")
+
+
+def kernels_run_on(device: torch.device) -> bool:
+    """Whether generated kernels run for tensors on ``device``: a GPU, or the CPU through
+    Triton's interpreter, unless ``MAXSIM_FORGE_DISABLE`` is set."""
+    if kernels_disabled():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and interpreting())
+
+
+def device_guard(t: torch.Tensor):
+    """Triton launches on the current CUDA device: switch to the tensor's when it differs."""
+    index = t.get_device()
+    if index < 0 or index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(index)
+
+
+def launch_guard(t: torch.Tensor):
+    """What a launch for tensors like ``t`` needs around it: their device as the current
+    one, or on the CPU the interpreter to itself."""
+    return INTERPRETER_LOCK if t.device.type == "cpu" else device_guard(t)
 # Integers of this magnitude or more are passed as 64-bit; below, as 32-bit.
 _I32 = 1 << 31
 # triton's JITFunction, imported at the first launcher, not with this module: Triton reads
@@ -43,24 +76,24 @@ def _jit_function() -> type:
 class Launcher:
     """One ``@triton.jit`` kernel with its meta-parameters fixed.
 
-    ``fixed`` is how many leading tensor arguments have a dtype the caller already
-    checked (only their alignment enters the key); ``tensors`` is how many leading
-    arguments are tensors; the rest are integers.
+    The kernel's leading parameters named ``*_ptr`` are its tensors (every template names
+    them so and puts them first); the rest are integers. ``fixed`` is how many leading
+    tensor arguments have a dtype the caller already checked (only their alignment enters
+    the key).
     """
 
     # Set to False once a direct launch is refused by the installed Triton: every
     # launch of the process then goes through kernel[grid].
     direct_ok = True
 
-    def __init__(self, kernel, *, tensors: int, fixed: int, constexprs: dict, num_warps: int,
-                 num_stages: int | None = None):
+    def __init__(self, kernel, *, fixed: int, constexprs: dict, num_warps: int, num_stages: int | None = None):
         self.kernel = kernel
-        self.tensors = tensors
+        names = list(getattr(kernel, "arg_names", ()))
+        self.tensors = next((i for i, name in enumerate(names) if not name.endswith("_ptr")), len(names))
         self.fixed = fixed
         self.meta = dict(constexprs, num_warps=num_warps)
         if num_stages is not None:
             self.meta["num_stages"] = num_stages
-        names = list(getattr(kernel, "arg_names", ()))
         # Direct launches need a compiled kernel: not the interpreter's function.
         self.direct = (isinstance(kernel, _jit_function()) and bool(constexprs)
                        and names[-len(constexprs):] == list(constexprs))
@@ -120,3 +153,19 @@ class Launcher:
             if init is not None:
                 init()  # load the module now, not on the first launch
             self._compiled[key] = compiled
+
+
+# Launchers of kernels built outside a Variant (the backward's, the quantizer), once per
+# key (their spec, config or meta-parameters, and whether the interpreter runs them).
+_cached: dict[tuple, Launcher] = {}
+
+
+def cached_launcher(key: tuple, load, meta: dict) -> Launcher:
+    """The launcher of ``load()``'s kernel with ``meta`` (its constexprs, ``num_warps`` and
+    ``num_stages`` where given), built the first time ``key`` is asked for."""
+    launcher = _cached.get(key)
+    if launcher is None:
+        constexprs = {k: v for k, v in meta.items() if k not in ("num_warps", "num_stages")}
+        launcher = _cached[key] = Launcher(load(), fixed=0, constexprs=constexprs, num_warps=meta["num_warps"],
+                                           num_stages=meta.get("num_stages"))
+    return launcher

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..templates import QUANTIZE_ROWS
 from ._cache import load_source
 from ._config import next_pow2
-from ._launcher import Launcher
+from ._launcher import Launcher, cached_launcher
 from ._render import environment, interpreting
 
 # Elements of a program's tile: rows of the dim rounded up to a power of two.
@@ -30,20 +30,10 @@ def render_quantize(dim: int) -> str:
     return environment().get_template(QUANTIZE_ROWS).render(TEMPLATE=QUANTIZE_ROWS, VARIANT=f"int8-dim{dim}")
 
 
-_launchers: dict[tuple, Launcher] = {}
-
-
 def quantize_launcher(dim: int) -> Launcher:
     """The int8 quantize kernel for tokens of ``dim`` features, built on first use."""
-    key = (dim, interpreting())
-    launcher = _launchers.get(key)
-    if launcher is None:
-        meta = quantize_meta(dim)
-        kernel = load_source(render_quantize(dim))._quantize_rows_kernel
-        constexprs = {k: v for k, v in meta.items() if k != "num_warps"}
-        launcher = _launchers[key] = Launcher(kernel, tensors=3, fixed=0, constexprs=constexprs,
-                                              num_warps=meta["num_warps"])
-    return launcher
+    return cached_launcher(("quantize", dim, interpreting()),
+                           lambda: load_source(render_quantize(dim))._quantize_rows_kernel, quantize_meta(dim))
 
 
 __all__ = ["MAX_DIM", "quantize_launcher", "quantize_meta", "render_quantize"]

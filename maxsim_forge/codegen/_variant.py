@@ -28,12 +28,12 @@ class Variant:
         self.name = variant_name(spec, cfg)
         # q, d, out and part have dtypes the plan checks; the extents after them enter
         # the launchers' keys by dtype.
-        self.fwd = Launcher(module._maxsim_fwd_kernel, tensors=10 if spec.codes == "none" else 12, fixed=4,
+        self.fwd = Launcher(module._maxsim_fwd_kernel, fixed=4,
                             constexprs=fwd_constexprs(spec, cfg), num_warps=cfg.num_warps,
                             num_stages=cfg.num_stages)
         self.reduce = None
         if cfg.split_d > 1:
-            self.reduce = Launcher(module._maxsim_split_reduce_kernel, tensors=5, fixed=2,
+            self.reduce = Launcher(module._maxsim_split_reduce_kernel, fixed=2,
                                    constexprs=reduce_constexprs(cfg), num_warps=REDUCE_WARPS)
 
     def __repr__(self) -> str:

@@ -8,7 +8,6 @@ is a dictionary lookup plus the launch. Nothing here tunes, syncs with the devic
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -19,7 +18,10 @@ import torch
 
 from .._inputs import Prepared
 from .._keys import BucketKey, gpu_info
-from ..codegen import INTERPRETER_LOCK, MIN_CODE_K, KernelConfig, interpreting, load_variant, variant_name
+from ..codegen import (
+    INTERPRETER_LOCK, MIN_CODE_K, KernelConfig, device_guard, kernels_disabled, kernels_run_on, load_variant,
+    variant_name,
+)
 from ..reference import reference_for
 from ._eager import eager_scores
 from ._explain import Decision
@@ -72,8 +74,7 @@ def reset(lookup: Lookup | None = None) -> None:
         _logged_misses.clear()
 
 
-def _disabled() -> bool:
-    return os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0")
+_disabled = kernels_disabled
 
 
 _COMPILE_MODES = ("background", "blocking")
@@ -84,12 +85,6 @@ def _compile_mode() -> str:
     if mode not in _COMPILE_MODES:
         raise ValueError(f"MAXSIM_FORGE_COMPILE={mode!r} is not supported; accepted: 'background', 'blocking'")
     return mode
-
-
-def _uses_kernels(device: torch.device) -> bool:
-    if _disabled():
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
 
 def _route(prep: Prepared, key: BucketKey | None = None) -> _Route:
@@ -111,7 +106,7 @@ def _route(prep: Prepared, key: BucketKey | None = None) -> _Route:
 
 def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
     # The environment is read here, once per route: reset() makes a change take effect.
-    if prep.spec.dtype == "fp64" or not _uses_kernels(prep.q.device):
+    if prep.spec.dtype == "fp64" or not kernels_run_on(prep.q.device):
         why = ("float64 inputs" if prep.spec.dtype == "fp64" else "MAXSIM_FORGE_DISABLE is set" if _disabled()
                else "CPU tensors without TRITON_INTERPRET=1")
         log.info("maxsim-forge: torch for %s (%s)", key.label(), why)
@@ -141,16 +136,10 @@ def _recorded(route: _Route, prep: Prepared) -> _Route:
     return route
 
 
-# Interpreted launches from several threads take turns (codegen.INTERPRETER_LOCK).
+# Interpreted launches from several threads take turns (codegen.INTERPRETER_LOCK);
+# Triton launches on the current device (codegen.device_guard).
 _interpreter_lock = INTERPRETER_LOCK
-
-
-def _device_guard(t: torch.Tensor):
-    """Triton launches on the current CUDA device: switch to the tensor's when it differs."""
-    index = t.get_device()
-    if index < 0 or index == torch.cuda.current_device():
-        return contextlib.nullcontext()
-    return torch.cuda.device(index)
+_device_guard = device_guard
 
 
 def _run(prep: Prepared, key: BucketKey | None = None, *, blocking: bool = False) -> torch.Tensor:

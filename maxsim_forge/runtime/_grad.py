@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from collections.abc import Callable
 
 import torch
@@ -27,8 +26,8 @@ import torch
 from .._inputs import Prepared
 from .._keys import gpu_info
 from ..codegen import (
-    DQ_PROGRAMS, WinnersConfig, grads_launcher, grads_meta, interpreting, winners_config, winners_launcher,
-    winners_smem,
+    DQ_PROGRAMS, WinnersConfig, grads_launcher, grads_meta, interpreting, kernels_run_on, launch_guard,
+    winners_config, winners_launcher, winners_smem,
 )
 from ..reference import valid_tokens
 from ._eager import longest, packed_rows
@@ -77,7 +76,7 @@ def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True, 
     once), torch finds them a chunk of docs at a time."""
     if _kernels_for(prep):
         try:
-            with _launching(prep):
+            with launch_guard(prep.q):
                 if prep.spec.layout == "pairs":
                     return _pairs_grads(prep, winners(prep) if idx is None else idx, grad, need_q, need_d)
                 plan = _plan(prep)
@@ -103,7 +102,7 @@ def scores_keeping_winners(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor] 
     if prep.spec.layout == "pairs" or not _kernels_for(prep):
         return None
     try:
-        with _launching(prep):
+        with launch_guard(prep.q):
             out, idx = _plan(prep).scores(prep)
     except Exception as exc:  # noqa: BLE001 - the backward finds the winners (or torch does), said there
         key = ("forward", prep.spec, type(exc).__name__)
@@ -115,22 +114,11 @@ def scores_keeping_winners(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor] 
     return (out[0] if prep.squeeze else out), idx
 
 
-def _launching(prep: Prepared):
-    """What a launch of this call's kernels needs around it: its tensors' device as the
-    current one (Triton launches there, on its current stream), and on the CPU the
-    interpreter to itself (interpreted launches take turns; see ``_api``)."""
-    from . import _api
-
-    return _api._interpreter_lock if prep.q.device.type == "cpu" else _api._device_guard(prep.q)
-
-
 def _kernels_for(prep: Prepared) -> bool:
     spec, device = prep.spec, prep.q.device
-    if spec.dtype == "fp64" or spec.codes != "none" or os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0"):
+    if spec.dtype == "fp64" or spec.codes != "none" or not kernels_run_on(device):
         return False
-    if device.type == "cuda":
-        return _fits(spec, device)
-    return device.type == "cpu" and interpreting()
+    return device.type != "cuda" or _fits(spec, device)
 
 
 @functools.lru_cache(maxsize=256)
