@@ -77,10 +77,7 @@ def backward_scores(prep: Prepared, grad: torch.Tensor, *, need_q: bool = True, 
     if _kernels_for(prep):
         try:
             with launch_guard(prep.q):
-                if prep.spec.layout == "pairs":
-                    return _pairs_grads(prep, winners(prep) if idx is None else idx, grad, need_q, need_d)
-                plan = _plan(prep)
-                return plan.grads(prep, plan.find_winners(prep)[0] if idx is None else idx, grad, need_q, need_d)
+                return grads_from_winners(prep, winners(prep) if idx is None else idx, grad, need_q, need_d)
         except Exception as exc:  # noqa: BLE001 - a kernel this device cannot run: torch, said once
             key = (prep.spec, type(exc).__name__)
             if key not in _failed:
