@@ -6,7 +6,8 @@ Host cost: a tiny problem (the GPU finishes each launch before the host issues t
 next), many calls in a row, wall time per call; launches direct and through
 ``kernel[grid]``; the stages of a 64-pair call from Python lists. First call: fresh
 processes with empty Triton and kernel caches: the default (background compile), a
-blocking compile, and after ``warmup``.
+blocking compile, after ``warmup``, and a new process on the caches the
+warmup filled.
 """
 
 from __future__ import annotations
@@ -128,18 +129,25 @@ def pair_stages(n: int = 64, reps: int = 300) -> dict:
 
 
 def first_calls(db: str | None) -> list[dict]:
+    """Fresh processes: empty caches (background compile, blocking compile, after
+    ``warmup``), then ``cached``: a new process on the caches the warmup one filled, as
+    a restarted server finds them."""
     rows = []
-    for mode in ("background", "blocking", "warmup"):
-        with tempfile.TemporaryDirectory() as tc, tempfile.TemporaryDirectory() as kc:
-            env = dict(os.environ, TRITON_CACHE_DIR=tc, MAXSIM_FORGE_CACHE=kc,
-                       MAXSIM_FORGE_COMPILE="blocking" if mode == "blocking" else "background")
-            if db:
-                env["MAXSIM_FORGE_DB"] = db
-            res = subprocess.run([sys.executable, "-c", _FIRST_CALL, mode], env=env, capture_output=True, text=True)
-            if res.returncode != 0:
-                rows.append({"mode": mode, "error": res.stderr[-2000:]})
-            else:
-                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory() as kept_tc, tempfile.TemporaryDirectory() as kept_kc:
+        for mode in ("background", "blocking", "warmup", "cached"):
+            with tempfile.TemporaryDirectory() as tc, tempfile.TemporaryDirectory() as kc:
+                if mode in ("warmup", "cached"):
+                    tc, kc = kept_tc, kept_kc
+                env = dict(os.environ, TRITON_CACHE_DIR=tc, MAXSIM_FORGE_CACHE=kc,
+                           MAXSIM_FORGE_COMPILE="blocking" if mode == "blocking" else "background")
+                if db:
+                    env["MAXSIM_FORGE_DB"] = db
+                res = subprocess.run([sys.executable, "-c", _FIRST_CALL, mode], env=env, capture_output=True,
+                                     text=True)
+                if res.returncode != 0:
+                    rows.append({"mode": mode, "error": res.stderr[-2000:]})
+                else:
+                    rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return rows
 
 

@@ -14,8 +14,11 @@
 # (benchmarks/collect_exhaustive.py and the replay), gtests (the gradient, custom-op and
 # PyLate tests, compiled), tbench (benchmarks/bench_training.py: a training step against
 # the peers), profile (benchmarks/profile_backward.py), host (the same, --host: each step's
-# Python under cProfile), train (benchmarks/train_run.py: a short training run, loss curves and chart).
-# tune takes $ONLY (a label filter, repeatable with spaces: "backward /int8") and $TRIALS.
+# Python under cProfile), train (benchmarks/train_run.py: a short training run, loss curves and chart),
+# install (the database the tune step shipped replaces this GPU's shipped one for the steps after it),
+# runtime (benchmarks/bench_runtime.py: host cost per call and first calls).
+# tune takes $ONLY (a label filter, repeatable with spaces: "backward /int8") and $TRIALS; bench takes
+# CASES="" for the held-out shapes alone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -47,9 +50,9 @@ for step in ${STEPS:-tests verify nan bench}; do
       timeout "${NAN_S:-150}" python3 benchmarks/nan_rule_cost.py --rounds "${NAN_ROUNDS:-3}" \
           --out "$RES/nan-rule.json" 2>&1 | tee "$RES/nan-rule.log" | tee -a "$LOG" ;;
     bench)
-      say "bench ${CASES:-all}"
+      say "bench ${CASES-all} heldout ${HELDOUT:-0}"
       impls=(); for i in ${IMPLS:-maxsim-forge flash-maxsim late-interaction-kernels}; do impls+=(--impl "$i"); done
-      timeout "${BENCH_S:-300}" python3 -m maxsim_forge bench --cases "${CASES:-all}" "${impls[@]}" \
+      timeout "${BENCH_S:-300}" python3 -m maxsim_forge bench --cases "${CASES-all}" "${impls[@]}" \
           --repeat "${REPEAT:-5}" --heldout "${HELDOUT:-0}" --out "$RES/bench" >"$RES/bench.log" 2>&1
       echo "exit $?" >>"$RES/bench.log"; tail -40 "$RES/bench.log" | tee -a "$LOG" ;;
     tune)
@@ -65,6 +68,13 @@ for step in ${STEPS:-tests verify nan bench}; do
       timeout "${EXH_S:-300}" python3 benchmarks/collect_exhaustive.py --out "$RES/exhaustive" \
           --time-budget "${BUDGET:-240}" 2>&1 | tail -5 | tee -a "$LOG"
       python3 benchmarks/replay_tuner.py "$RES/exhaustive" 2>&1 | tee "$RES/replay.log" | tail -30 | tee -a "$LOG" ;;
+    install)
+      if [ -f "$RES/$gpu.db" ]; then cp "$RES/$gpu.db" "$shipped" && say "installed the tuned $gpu.db"
+      else say "install: no tuned $gpu.db (run tune first)"; fi ;;
+    runtime)
+      say "host cost per call and first calls"
+      timeout "${RUNTIME_S:-150}" python3 benchmarks/bench_runtime.py --out "$RES/runtime.json" >"$RES/runtime.log" 2>&1
+      echo "exit $?" >>"$RES/runtime.log"; grep -E "_us\"|first_call_s|source|mode|exit" "$RES/runtime.log" | tee -a "$LOG" ;;
     qtests)
       say "pytest quantized docs, compiled"
       timeout "${QTESTS_S:-150}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_quant.py \
