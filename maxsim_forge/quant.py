@@ -170,7 +170,7 @@ def _quantize_chunk(x: torch.Tensor, format: str, valid, *, offset: int):  # noq
     amax = x.abs().amax(-1)
     real = torch.ones_like(amax, dtype=torch.bool) if valid is None else valid
     bad = real & ~torch.isfinite(x).all(-1)
-    zero = real & (amax / _QMAX[format] == 0)  # all zeros, or too small for a float32 scale
+    zero = real & (_scale_of(amax, format) == 0)  # all zeros, or too small for a float32 scale
     if bool((bad | zero).any()):
         zeros = not bool(bad.any())
         which, what = (zero, "is all zeros (or too small to scale)") if zeros else (bad, "holds NaN or inf")
@@ -178,9 +178,16 @@ def _quantize_chunk(x: torch.Tensor, format: str, valid, *, offset: int):  # noq
         at = (at[0] + offset, *at[1:])
         hint = "; mark padding with lengths= or mask=" if zeros and x.dim() == 3 else ""
         raise ValueError(f"d's token at {list(at)} {what}: it cannot be quantized{hint}")
-    scale = torch.where(real, amax / _QMAX[format], torch.zeros_like(amax))
+    scale = torch.where(real, _scale_of(amax, format), torch.zeros_like(amax))
     codes = _codes(x, scale, format)
     return codes, scale
+
+
+def _scale_of(amax: torch.Tensor, format: str) -> torch.Tensor:  # noqa: A002
+    """``amax / qmax`` rounded as IEEE division on every device: on CUDA, torch turns a
+    division by a Python number into a multiplication by its reciprocal, a bit off at
+    times; a tensor divisor keeps the true quotient (the quantize kernel's div_rn)."""
+    return amax / torch.full_like(amax, _QMAX[format])
 
 
 def _codes(x: torch.Tensor, scale: torch.Tensor, format: str) -> torch.Tensor:  # noqa: A002
@@ -243,7 +250,7 @@ def quantize_rows_torch(x: torch.Tensor, format: str) -> tuple[torch.Tensor, tor
     xf = x.float()
     amax = xf.abs().amax(-1)
     finite = torch.isfinite(xf).all(-1)
-    scale = torch.where(finite, amax / _QMAX[format], float("nan"))
+    scale = torch.where(finite, _scale_of(amax, format), float("nan"))
     return _codes(xf, scale, format), scale
 
 

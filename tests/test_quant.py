@@ -164,6 +164,18 @@ def test_quantize_rows_gives_zero_and_nan_tokens_their_rule():
     assert bool(torch.isfinite(scales[[0, 3]]).all())
 
 
+@pytest.mark.parametrize("format", ("int8", "fp8_e4m3"))
+def test_scales_are_the_correctly_rounded_quotient_on_every_device(format):  # noqa: A002
+    """A token's scale is amax / qmax rounded once (IEEE division), on CPU and GPU alike,
+    for queries and docs: on CUDA torch would multiply by the reciprocal, a bit off."""
+    x = randn(4096, 64, dtype=torch.float32) * torch.rand(4096, 1, device=DEVICE) * 30
+    qmax = quant._QMAX[format]
+    # float32 quotient through float64, rounded once: float64 holds it exactly enough.
+    want = (x.double().abs().amax(-1) / qmax).float()
+    assert torch.equal(quant.quantize_rows_torch(x, format)[1], want)
+    assert torch.equal(quantize(x[:, None, :], format).scales[:, 0], want)
+
+
 @pytest.mark.parametrize("dtype", ("fp16", "bf16", "fp32"))
 @pytest.mark.parametrize("shape", [(3, 9, 40), (37, 128), (2, 5, 200), (4, 16)])
 def test_the_int8_quantize_kernel_gives_the_torch_quantizers_bits(monkeypatch, dtype, shape):
