@@ -288,6 +288,35 @@ def test_blocking_calls_wait_for_the_background_compile(monkeypatch):
     assert done == [1] and launches == [1]
 
 
+def test_a_variant_compiled_before_answers_its_first_call_from_the_cache(monkeypatch, tmp_path):
+    """A process that finds the compile mark an earlier one left (same variant, same
+    specialisation, same Triton cache folder) loads the kernel on its first call instead of
+    scoring it with torch; any other call still compiles in the background."""
+    from maxsim_forge.runtime import _api
+
+    monkeypatch.setenv("MAXSIM_FORGE_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    (tmp_path / "triton").mkdir()
+    compiles = []
+    launches = _background_routes(monkeypatch, lambda *a, **k: compiles.append(1))
+    q, d = randn(8, 32), randn(3, 9, 32)
+    ref = maxsim_reference(q, d)
+    assert_scores(mf.maxsim(q, d), ref, 1e-5, "first process, first call")  # torch, compile started
+    for route in _api._routes.values():
+        route.pending.result(timeout=30)
+    assert launches == [] and compiles == [1]
+    assert_scores(mf.maxsim(q, d), ref, 1e-5, "first process, kernel")
+    assert launches == [1] and len(list((tmp_path / "kernels" / "compiled").iterdir())) == 1
+    _api.reset()  # a new process, as far as routes go
+    assert_scores(mf.maxsim(q, d), ref, 1e-5, "second process, first call")
+    assert launches == [1, 1] and compiles == [1]  # the kernel answered; no background compile
+    assert all(route.pending is None and route.warm for route in _api._routes.values())
+    _api.reset()
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "emptied"))  # not there: no cached kernel
+    mf.maxsim(q, d)
+    assert launches == [1, 1] and any(route.pending is not None for route in _api._routes.values())
+
+
 def test_an_unknown_compile_mode_is_a_value_error(monkeypatch):
     monkeypatch.setenv("MAXSIM_FORGE_COMPILE", "eventually")
     with pytest.raises(ValueError, match="MAXSIM_FORGE_COMPILE='eventually' is not supported"):

@@ -23,3 +23,49 @@ def test_a_variant_is_loaded_once_with_its_launchers():
     assert variant.reduce is None and variant.fwd.meta["BLOCK_K"] == 64 and variant.fwd.meta["num_warps"] == 4
     with_reduce = load_variant(spec, split)
     assert with_reduce.reduce is not None and with_reduce.reduce.meta == {"SPLIT_D": 2, "BLOCK_R": 64, "num_warps": 4}
+
+
+def _marked_call(nb: int, dim: int = 32):
+    from maxsim_forge._inputs import prepare_padded
+
+    from conftest import randn
+
+    prep = prepare_padded(randn(8, dim), randn(nb, 9, dim))
+    return load_variant(prep.spec, KernelConfig(block_k=dim)), prep.q, prep.d, prep.launch_kwargs
+
+
+def test_a_compile_mark_holds_for_calls_triton_would_serve_from_one_cache_entry(monkeypatch, tmp_path):
+    from maxsim_forge.codegen import compiled_before, mark_compiled
+
+    monkeypatch.setenv("MAXSIM_FORGE_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    (tmp_path / "triton").mkdir()
+    call = _marked_call(5)
+    assert not compiled_before(*call)
+    mark_compiled(*call)
+    marks = list((tmp_path / "kernels" / "compiled").iterdir())
+    assert len(marks) == 1 and "padded" in marks[0].read_text()
+    assert compiled_before(*call)
+    assert compiled_before(*_marked_call(7))  # 5 and 7 docs: the same specialisation
+    assert not compiled_before(*_marked_call(16))  # a multiple of 16 specialises apart
+    assert not compiled_before(*_marked_call(5, dim=64))  # another variant
+    mark_compiled(*call)  # marking twice leaves one mark
+    assert len(list((tmp_path / "kernels" / "compiled").iterdir())) == 1
+    # Another Triton cache, or none: the mark says nothing about it.
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "other"))
+    assert not compiled_before(*call)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    (tmp_path / "triton").rmdir()
+    assert not compiled_before(*call)
+
+
+def test_compile_marks_never_raise(monkeypatch, tmp_path):
+    from maxsim_forge.codegen import compiled_before, mark_compiled
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("MAXSIM_FORGE_CACHE", str(blocker))  # cache_dir() raises CacheError
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    call = _marked_call(5)
+    mark_compiled(*call)
+    assert not compiled_before(*call)

@@ -6,7 +6,7 @@ from ._backward import (
     DQ_PROGRAMS, WinnersConfig, check_winners, grads_launcher, grads_meta, load_grads, load_winners, render_grads,
     render_winners, winners_config, winners_config_of, winners_hash, winners_launcher, winners_meta, winners_smem,
 )
-from ._cache import CacheError, cache_dir, load_source, load_variant
+from ._cache import CacheError, cache_dir, compiled_before, load_source, load_variant, mark_compiled
 from ._launcher import INTERPRETER_LOCK, Launcher, device_guard, kernels_disabled, kernels_run_on, launch_guard
 from ._quantize import MAX_DIM as QUANTIZE_MAX_DIM, quantize_launcher, quantize_meta, render_quantize
 from ._config import (
@@ -80,6 +80,7 @@ __all__ = [
     "winners_meta",
     "winners_smem",
     "cache_dir",
+    "compiled_before",
     "device_guard",
     "kernels_disabled",
     "kernels_run_on",
@@ -93,6 +94,7 @@ __all__ = [
     "jit_kernels",
     "kernel_hash",
     "load_source",
+    "mark_compiled",
     "load_variant",
     "next_pow2",
     "partial_doc_tiles",

@@ -11,7 +11,9 @@ per process; Triton keeps its own compile cache (``TRITON_CACHE_DIR``) beside ou
 
 from __future__ import annotations
 
+import hashlib
 import linecache
+import logging
 import os
 import stat
 import sys
@@ -23,6 +25,8 @@ from types import ModuleType
 from ._config import KernelConfig, KernelSpec
 from ._render import interpreting, render, source_key
 from ._variant import Variant
+
+log = logging.getLogger("maxsim_forge")
 
 _modules: dict[str, ModuleType] = {}
 _variants: dict[tuple, Variant] = {}
@@ -133,3 +137,68 @@ def load_variant(
         variant = Variant(spec, cfg, load_source(render(spec, cfg, smem_limit=smem_limit)))
         _variants[key] = variant
     return variant
+
+
+# A process that compiled a variant leaves a mark in the kernel cache; a later process
+# that finds the mark (and Triton's cache folder) loads the kernel from Triton's cache on
+# its first call, a fraction of a compile, instead of scoring that call with torch.
+def _triton_cache_dir() -> Path:
+    try:
+        from triton import knobs
+
+        folder = knobs.cache.dir
+    except (ImportError, AttributeError):
+        folder = None
+    if not folder:
+        home = os.environ.get("TRITON_HOME") or os.path.expanduser("~")
+        folder = os.environ.get("TRITON_CACHE_DIR") or os.path.join(home, ".triton", "cache")
+    return Path(folder)
+
+
+def _mark(variant: Variant, q, d, kwargs: dict) -> tuple[Path, str]:
+    """The mark's path and text: the variant's source, its launches' specialisations, the
+    GPU, the Triton and the Triton cache folder, everything that decides whether Triton's
+    cache holds the compiled kernels of such a call."""
+    import triton
+
+    text = repr((variant.module.__name__, variant.name, variant.specialisations(q, d, **kwargs),
+                 _gpu_name(q.device), triton.__version__, str(_triton_cache_dir())))
+    return cache_dir() / "compiled" / hashlib.sha256(text.encode()).hexdigest()[:32], text
+
+
+def _gpu_name(device) -> str:
+    if device.type != "cuda":
+        return "interpreter"
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
+
+
+def compiled_before(variant: Variant, q, d, kwargs: dict) -> bool:
+    """Whether a process of this user compiled ``variant`` for a call like this one, into
+    the Triton cache this process reads (still there). Never raises: False when unsure."""
+    try:
+        return _triton_cache_dir().is_dir() and _mark(variant, q, d, kwargs)[0].is_file()
+    except Exception as exc:  # noqa: BLE001 - a mark is a hint; without one the kernel compiles as usual
+        log.debug("maxsim-forge: compile mark unreadable (%s)", exc)
+        return False
+
+
+def mark_compiled(variant: Variant, q, d, kwargs: dict) -> None:
+    """Leave the mark :func:`compiled_before` looks for (best effort: a cache folder that
+    cannot be written leaves none)."""
+    try:
+        path, text = _mark(variant, q, d, kwargs)
+        if not path.is_file():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(text + "\n")
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001 - best effort
+        log.debug("maxsim-forge: compile mark not written (%s)", exc)
+

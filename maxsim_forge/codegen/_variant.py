@@ -51,6 +51,12 @@ class Variant:
             launcher(grid, args)
         return out
 
+    def specialisations(self, q, d, **kwargs) -> tuple:
+        """What each of a call's launches is specialised on (its launcher's key without the
+        device's index): the part of Triton's cache key that the arguments decide."""
+        _, steps = self._steps(q, d, kwargs)
+        return tuple((launcher is self.fwd, launcher.key(args)[1:]) for launcher, _, args in steps)
+
     def precompile(self, q, d, **kwargs) -> None:
         """Compile and load this variant for ``launch``'s arguments without launching it."""
         _, steps = self._steps(q, d, kwargs)

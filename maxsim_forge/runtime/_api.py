@@ -19,8 +19,8 @@ import torch
 from .._inputs import Prepared
 from .._keys import BucketKey, gpu_info
 from ..codegen import (
-    INTERPRETER_LOCK, MIN_CODE_K, KernelConfig, device_guard, kernels_disabled, kernels_run_on, load_variant,
-    variant_name,
+    INTERPRETER_LOCK, MIN_CODE_K, KernelConfig, Variant, compiled_before, device_guard, kernels_disabled,
+    kernels_run_on, load_variant, mark_compiled, variant_name,
 )
 from ..reference import reference_for
 from ._eager import eager_scores
@@ -41,6 +41,7 @@ class _Route:
     variant: str
     launch: object = None  # the variant's launch; None for the torch fallback
     precompile: object = None  # the variant's precompile
+    kernel: Variant | None = None  # the variant (its compile marks)
     background: bool = False  # compile off the calling thread (MAXSIM_FORGE_COMPILE)
     warm: bool = False
     pending: Future | None = None  # the background compile, while it runs
@@ -125,7 +126,7 @@ def _new_route(prep: Prepared, key: BucketKey, gpu) -> _Route:
     variant = load_variant(prep.spec, cfg, smem_limit=gpu.smem_limit)
     background = _compile_mode() == "background" and prep.q.device.type == "cuda"
     return _recorded(_Route(key, cfg, source, variant_name(prep.spec, cfg), variant.launch, variant.precompile,
-                            background, generation=generation), prep)
+                            variant, background, generation=generation), prep)
 
 
 def _recorded(route: _Route, prep: Prepared) -> _Route:
@@ -192,8 +193,15 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
 
     In background mode the first call starts the compile on the compile thread and is
     scored by torch; so is every call until the compile is done. A call under CUDA graph
-    capture, or a blocking one (warmup), waits for the kernel instead.
+    capture, or a blocking one (warmup), waits for the kernel instead; so does the first
+    call of a variant that a process of this user compiled before for such a call (its
+    compile mark): Triton's cache then holds it, and loading it takes a fraction of a
+    compile.
     """
+    if route.background and not blocking and route.pending is None and not _capturing(prep.q) \
+            and compiled_before(route.kernel, prep.q, prep.d, prep.launch_kwargs):
+        log.info("maxsim-forge: %s was compiled here before; loading it from Triton's cache", route.variant)
+        blocking = True
     if route.background and not blocking and not _capturing(prep.q):
         if route.pending is None:
             route.pending = _submit(route, prep)
@@ -207,7 +215,10 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
             pending.result()
         except Exception as exc:  # noqa: BLE001 - reported and handled like a failed launch
             return _failed(route, prep, exc)
-    return _first_launch(route, prep)
+    out = _first_launch(route, prep)
+    if route.background and route.launch is not None and route.kernel is not None:
+        mark_compiled(route.kernel, prep.q, prep.d, prep.launch_kwargs)
+    return out
 
 
 def _failed(route: _Route, prep: Prepared, exc: BaseException) -> torch.Tensor:
