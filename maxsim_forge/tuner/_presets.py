@@ -108,9 +108,9 @@ def _backward() -> list[Bucket]:
 
 
 def _quantized() -> list[Bucket]:
-    """Quantized docs (fp16 queries), the serving shapes above, the largest first: int8 and
-    fp8 codes dequantized in registers; and, for the shapes the dots bound (long queries,
-    query sets, the largest batch), the query quantized too."""
+    """Quantized docs (fp16 queries), the serving shapes above and images as queries, the
+    largest first: int8 and fp8 codes dequantized in registers; and, for the shapes the dots
+    bound (long queries, query sets, the largest batch), the query quantized too."""
     out: list[Bucket] = []
     for codes in ("int8", "fp8"):
         out += [Bucket(layout="padded", dtype="fp16", dim=128, lq=32, nb=16000, ld=300, codes=codes,
@@ -122,7 +122,12 @@ def _quantized() -> list[Bucket]:
                        name="multi-query"),
                 Bucket(layout="pairs", dtype="fp16", dim=128, lq=32, nb=1000, ld=300, codes=codes,
                        name="serving-pairs"),
-                Bucket(layout="packed", dtype="fp16", dim=128, lq=32, nb=50000, ld=512, codes=codes, name="packed")]
+                Bucket(layout="packed", dtype="fp16", dim=128, lq=32, nb=50000, ld=512, codes=codes, name="packed"),
+                # Images as queries with the query left in fp16: without this bucket its
+                # nearest row was ColBERT's, a 32-row query tile (0.31x our fp16 for int8
+                # docs on an H100; BENCHMARKS.md).
+                Bucket(layout="padded", dtype="fp16", dim=128, lq=1024, nb=1000, ld=1024, codes=codes,
+                       name="image-query")]
     for codes in ("int8xint8", "fp8xfp8"):
         out += [Bucket(layout="padded", dtype="fp16", dim=128, lq=lq, nb=1000, ld=1024, codes=codes,
                        name="image-query") for lq in (1024, 256)]
