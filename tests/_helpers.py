@@ -1,5 +1,5 @@
-"""What several test modules share: tiny tuning buckets, and tuned rows put in a database
-for the lookup and warm-up tests."""
+"""What several test modules share: tiny tuning buckets, tuned rows put in a database
+for the lookup and warm-up tests, and compiled kernels as a GPU would hold them (compile marks)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def _call():
 
 CFG_A = KernelConfig(block_q=32, block_d=16, block_k=64, num_warps=2, num_stages=2)
 CFG_B = KernelConfig(block_q=16, block_d=32, block_k=128, num_warps=4, num_stages=1)
+
+
+HASH = "ab" * 32  # a compiled kernel's hash; Triton's cache names its entry by the base32 of it
+ENTRY = "VOV2XK5LVOV2XK5LVOV2XK5LVOV2XK5LVOV2XK5LVOV2XK5LVOVQ"
+
+
+def compiled_here(monkeypatch, tmp_path):
+    """As on a GPU: the launchers hold a compiled kernel, and Triton's cache its entry."""
+    from types import SimpleNamespace
+
+    from maxsim_forge.codegen import Launcher
+
+    monkeypatch.setenv("MAXSIM_FORGE_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setattr(Launcher, "compiled_for", lambda self, key: SimpleNamespace(hash=HASH))
+    (tmp_path / "triton" / ENTRY).mkdir(parents=True)
+    (tmp_path / "triton" / ENTRY / "__grp__kernel.json").write_text("{}")

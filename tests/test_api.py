@@ -292,11 +292,11 @@ def test_a_variant_compiled_before_answers_its_first_call_from_the_cache(monkeyp
     """A process that finds the compile mark an earlier one left (same variant, same
     specialisation, same Triton cache folder) loads the kernel on its first call instead of
     scoring it with torch; any other call still compiles in the background."""
+    from _helpers import compiled_here
+
     from maxsim_forge.runtime import _api
 
-    monkeypatch.setenv("MAXSIM_FORGE_CACHE", str(tmp_path / "kernels"))
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
-    (tmp_path / "triton").mkdir()
+    compiled_here(monkeypatch, tmp_path)  # as on a GPU: compiled kernels, Triton's cache entries
     compiles = []
     launches = _background_routes(monkeypatch, lambda *a, **k: compiles.append(1))
     q, d = randn(8, 32), randn(3, 9, 32)
@@ -312,7 +312,7 @@ def test_a_variant_compiled_before_answers_its_first_call_from_the_cache(monkeyp
     assert launches == [1, 1] and compiles == [1]  # the kernel answered; no background compile
     assert all(route.pending is None and route.warm for route in _api._routes.values())
     _api.reset()
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "emptied"))  # not there: no cached kernel
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "emptied"))  # Triton's cache gone: compile again
     mf.maxsim(q, d)
     assert launches == [1, 1] and any(route.pending is not None for route in _api._routes.values())
 

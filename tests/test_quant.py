@@ -167,7 +167,8 @@ def test_quantize_rows_gives_zero_and_nan_tokens_their_rule():
 @pytest.mark.parametrize("format", ("int8", "fp8_e4m3"))
 def test_scales_are_the_correctly_rounded_quotient_on_every_device(format):  # noqa: A002
     """A token's scale is amax / qmax rounded once (IEEE division), on CPU and GPU alike,
-    for queries and docs: on CUDA torch would multiply by the reciprocal, a bit off."""
+    for queries and docs: on CUDA torch would multiply by the reciprocal, a bit off. (On
+    the CPU torch divides either way: only the compiled run can catch that regression.)"""
     x = randn(4096, 64, dtype=torch.float32) * torch.rand(4096, 1, device=DEVICE) * 30
     qmax = quant._QMAX[format]
     # float32 quotient through float64, rounded once: float64 holds it exactly enough.

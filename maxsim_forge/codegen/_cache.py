@@ -11,10 +11,13 @@ per process; Triton keeps its own compile cache (``TRITON_CACHE_DIR``) beside ou
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import linecache
 import logging
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -139,9 +142,13 @@ def load_variant(
     return variant
 
 
-# A process that compiled a variant leaves a mark in the kernel cache; a later process
-# that finds the mark (and Triton's cache folder) loads the kernel from Triton's cache on
-# its first call, a fraction of a compile, instead of scoring that call with torch.
+# A process that compiled a variant leaves a mark in the kernel cache naming Triton's cache
+# entries of the call's kernels; a later process that finds the mark and those entries
+# loads the kernels from Triton's cache on its first call, a fraction of a compile,
+# instead of scoring that call with torch.
+_ENTRY = re.compile(r"[A-Z2-7]{1,128}")  # Triton's entry folders: the base32 of a kernel's hash
+
+
 def _triton_cache_dir() -> Path:
     try:
         from triton import knobs
@@ -152,18 +159,7 @@ def _triton_cache_dir() -> Path:
     if not folder:
         home = os.environ.get("TRITON_HOME") or os.path.expanduser("~")
         folder = os.environ.get("TRITON_CACHE_DIR") or os.path.join(home, ".triton", "cache")
-    return Path(folder)
-
-
-def _mark(variant: Variant, q, d, kwargs: dict) -> tuple[Path, str]:
-    """The mark's path and text: the variant's source, its launches' specialisations, the
-    GPU, the Triton and the Triton cache folder, everything that decides whether Triton's
-    cache holds the compiled kernels of such a call."""
-    import triton
-
-    text = repr((variant.module.__name__, variant.name, variant.specialisations(q, d, **kwargs),
-                 _gpu_name(q.device), triton.__version__, str(_triton_cache_dir())))
-    return cache_dir() / "compiled" / hashlib.sha256(text.encode()).hexdigest()[:32], text
+    return Path(os.path.abspath(folder))
 
 
 def _gpu_name(device) -> str:
@@ -175,30 +171,74 @@ def _gpu_name(device) -> str:
     return f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
 
 
-def compiled_before(variant: Variant, q, d, kwargs: dict) -> bool:
-    """Whether a process of this user compiled ``variant`` for a call like this one, into
-    the Triton cache this process reads (still there). Never raises: False when unsure."""
+def _mark(variant: Variant, q, d, kwargs: dict, folder: Path) -> tuple[Path, str, list]:
+    """The mark's path, the call it names (the variant's source, its launches'
+    specialisations, the GPU, the Triton, Triton's cache folder) and the kernels this
+    process compiled for those launches (None where none)."""
+    import triton
+
+    keys, kernels = variant.compiled_kernels(q, d, **kwargs)
+    text = repr((variant.module.__name__, variant.name, keys, _gpu_name(q.device), triton.__version__, str(folder)))
+    return cache_dir() / "compiled" / hashlib.sha256(text.encode()).hexdigest()[:32], text, kernels
+
+
+def _entries(kernels: list) -> list[str] | None:
+    """Triton's cache folders of compiled kernels (the base32 of each one's hash, as its
+    file cache names them); None if one is unknown (not compiled here, or the interpreter)."""
+    names = []
+    for kernel in kernels:
+        digest = getattr(kernel, "hash", None)
+        try:
+            names.append(base64.b32encode(bytes.fromhex(digest)).decode().rstrip("="))
+        except (TypeError, ValueError):
+            return None
+    return names or None
+
+
+def _has_entry(folder: Path, name: str) -> bool:
+    """Triton's cache holds this entry whole: its group file is written last."""
     try:
-        return _triton_cache_dir().is_dir() and _mark(variant, q, d, kwargs)[0].is_file()
+        return any(p.name.startswith("__grp__") for p in (folder / name).iterdir())
+    except OSError:
+        return False
+
+
+def compiled_before(variant: Variant, q, d, kwargs: dict) -> bool:
+    """Whether a process of this user compiled ``variant`` for a call like this one and
+    Triton's cache (the one this process reads) still holds those kernels. Never raises:
+    False when unsure. Triton may still compile (say, another ptxas behind the same
+    Triton): a wrong True costs one compile on the calling thread."""
+    try:
+        folder = _triton_cache_dir()
+        path = _mark(variant, q, d, kwargs, folder)[0]
+        entries = json.loads(path.read_text()).get("entries") if path.is_file() else None
+        return (isinstance(entries, list) and bool(entries)
+                and all(isinstance(e, str) and _ENTRY.fullmatch(e) and _has_entry(folder, e) for e in entries))
     except Exception as exc:  # noqa: BLE001 - a mark is a hint; without one the kernel compiles as usual
         log.debug("maxsim-forge: compile mark unreadable (%s)", exc)
         return False
 
 
 def mark_compiled(variant: Variant, q, d, kwargs: dict) -> None:
-    """Leave the mark :func:`compiled_before` looks for (best effort: a cache folder that
-    cannot be written leaves none)."""
+    """Leave the mark :func:`compiled_before` looks for, once this process holds the
+    call's compiled kernels (best effort: nothing where the cache folder cannot be
+    written, or under the interpreter)."""
     try:
-        path, text = _mark(variant, q, d, kwargs)
-        if not path.is_file():
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(text + "\n")
-                os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+        folder = _triton_cache_dir()
+        path, text, kernels = _mark(variant, q, d, kwargs, folder)
+        entries = _entries(kernels)
+        if entries is None:
+            return
+        body = json.dumps({"call": text, "entries": entries}, indent=1) + "\n"
+        if path.is_file() and path.read_text() == body:
+            return
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(body)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     except Exception as exc:  # noqa: BLE001 - best effort
         log.debug("maxsim-forge: compile mark not written (%s)", exc)
-

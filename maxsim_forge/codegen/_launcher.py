@@ -117,6 +117,10 @@ class Launcher:
             max(ints) < _I32,
         )
 
+    def compiled_for(self, key: tuple):
+        """The compiled kernel this launcher holds for ``key`` (:meth:`key`), or None."""
+        return self._compiled.get(key)
+
     def __call__(self, grid: tuple, args: tuple) -> None:
         if not (self.direct and Launcher.direct_ok):
             self.kernel[grid](*args, **self.meta)

@@ -51,11 +51,17 @@ class Variant:
             launcher(grid, args)
         return out
 
-    def specialisations(self, q, d, **kwargs) -> tuple:
-        """What each of a call's launches is specialised on (its launcher's key without the
-        device's index): the part of Triton's cache key that the arguments decide."""
+    def compiled_kernels(self, q, d, **kwargs) -> tuple[tuple, list]:
+        """For a call's launches: what each is specialised on (its launcher's key without
+        the device's index: the part of Triton's cache key that the arguments decide), and
+        the compiled kernel this process holds for it (None where it holds none)."""
         _, steps = self._steps(q, d, kwargs)
-        return tuple((launcher is self.fwd, launcher.key(args)[1:]) for launcher, _, args in steps)
+        keys, kernels = [], []
+        for launcher, _, args in steps:
+            key = launcher.key(args)
+            keys.append((launcher is self.fwd, key[1:]))
+            kernels.append(launcher.compiled_for(key))
+        return tuple(keys), kernels
 
     def precompile(self, q, d, **kwargs) -> None:
         """Compile and load this variant for ``launch``'s arguments without launching it."""

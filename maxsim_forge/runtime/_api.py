@@ -216,7 +216,7 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
         except Exception as exc:  # noqa: BLE001 - reported and handled like a failed launch
             return _failed(route, prep, exc)
     out = _first_launch(route, prep)
-    if route.background and route.launch is not None and route.kernel is not None:
+    if route.background and route.launch is not None and route.kernel is not None and not _capturing(prep.q):
         mark_compiled(route.kernel, prep.q, prep.d, prep.launch_kwargs)
     return out
 

@@ -108,9 +108,10 @@ def _backward() -> list[Bucket]:
 
 
 def _quantized() -> list[Bucket]:
-    """Quantized docs (fp16 queries), the serving shapes above and images as queries, the
-    largest first: int8 and fp8 codes dequantized in registers; and, for the shapes the dots
-    bound (long queries, query sets, the largest batch), the query quantized too."""
+    """Quantized docs (fp16 queries): the serving shapes above (ColBERT's the largest batch
+    first), then images as queries; int8 and fp8 codes dequantized in registers. And, for
+    the shapes the dots bound (long queries, query sets, the largest batch), the query
+    quantized too."""
     out: list[Bucket] = []
     for codes in ("int8", "fp8"):
         out += [Bucket(layout="padded", dtype="fp16", dim=128, lq=32, nb=16000, ld=300, codes=codes,
