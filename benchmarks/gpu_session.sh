@@ -17,7 +17,7 @@
 # Python under cProfile), train (benchmarks/train_run.py: a short training run, loss curves and chart),
 # install (the database the tune step shipped replaces this GPU's shipped one for the steps after it),
 # runtime (benchmarks/bench_runtime.py: host cost per call and first calls).
-# tune takes $ONLY (a label filter, repeatable with spaces: "backward /int8") and $TRIALS; bench takes
+# tune takes $ONLY (label filters, comma-separated: "backward,padded/fp16/dim128/int8 nq1 lq1024") and $TRIALS; bench takes
 # CASES="" for the held-out shapes alone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +58,7 @@ for step in ${STEPS:-tests verify nan bench}; do
     tune)
       say "tune --preset ${PRESET:-default}"
       [ -f "$RES/tuned.db" ] || cp "$shipped" "$RES/tuned.db"
-      only=(); for o in ${ONLY:-}; do only+=(--only "$o"); done
+      only=(); IFS=',' read -ra parts <<<"${ONLY:-}"; for o in "${parts[@]}"; do [ -n "$o" ] && only+=(--only "$o"); done
       timeout "${TUNE_S:-300}" python3 -m maxsim_forge tune --preset "${PRESET:-default}" --db "$RES/tuned.db" \
           "${only[@]}" --trials "${TRIALS:-24}" --refresh --quiet --time-budget "${BUDGET:-240}" >>"$RES/tune.log" 2>&1
       echo "exit $?" >>"$RES/tune.log"; tail -20 "$RES/tune.log" | tee -a "$LOG"
