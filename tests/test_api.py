@@ -317,6 +317,123 @@ def test_a_variant_compiled_before_answers_its_first_call_from_the_cache(monkeyp
     assert launches == [1, 1] and any(route.pending is not None for route in _api._routes.values())
 
 
+def test_a_warm_route_compiles_another_specialisation_in_the_background(monkeypatch):
+    """A warm route whose call falls in a specialisation its kernel was not compiled for
+    (here: a doc count divisible by 16) is scored by torch while that compile runs on the
+    compile thread, then by the kernel; the compiled specialisation never waits."""
+    from maxsim_forge.codegen import DEFER, CompileNeeded
+    from maxsim_forge.runtime import _api
+
+    release = threading.Event()
+    compiled, launches = set(), []
+
+    def precompile(q, d, **kwargs):
+        if d.shape[0] % 16 == 0:
+            assert release.wait(30), "test never released the compile"
+        compiled.add(d.shape[0] % 16 == 0)
+
+    real_new_route = _api._new_route
+
+    def new_route(*args, **kwargs):
+        route = real_new_route(*args, **kwargs)
+        real_launch = route.launch
+
+        def launch(q, d, **k):  # as a variant's deferrable launchers do
+            kind = d.shape[0] % 16 == 0
+            if kind not in compiled:
+                if DEFER.on:
+                    raise CompileNeeded(kind)
+                compiled.add(kind)
+            launches.append(d.shape[0])
+            return real_launch(q, d, **k)
+
+        route.launch, route.precompile, route.background = launch, precompile, True
+        return route
+
+    monkeypatch.setattr(_api, "_new_route", new_route)
+    q, d9, d16 = randn(8, 32), randn(9, 11, 32), randn(16, 11, 32)
+    ref9, ref16 = maxsim_reference(q, d9), maxsim_reference(q, d16)
+    assert_scores(mf.maxsim(q, d9), ref9, 1e-5, "cold")  # torch (or the kernel, if compiled already)
+    (route,) = _api._routes.values()
+    if route.pending is not None:
+        route.pending.result(timeout=30)
+    assert_scores(mf.maxsim(q, d9), ref9, 1e-5, "warm")
+    assert launches[-1] == 9 and route.warm
+    done = len(launches)
+    for _ in range(2):  # 16 docs, same bucket, another class: torch while it compiles
+        assert_scores(mf.maxsim(q, d16), ref16, 1e-5, "another specialisation, compiling")
+    assert len(launches) == done and len(route.later) == 1
+    assert_scores(mf.maxsim(q, d9), ref9, 1e-5, "the compiled class meanwhile")
+    assert launches[done:] == [9]
+    release.set()
+    next(iter(route.later.values())).result(timeout=30)
+    assert_scores(mf.maxsim(q, d16), ref16, 1e-5, "another specialisation, compiled")
+    assert launches[done:] == [9, 16] and not DEFER.on
+
+
+def test_a_failed_background_compile_of_another_specialisation_compiles_in_place_after(monkeypatch):
+    from maxsim_forge.codegen import DEFER, CompileNeeded
+    from maxsim_forge.runtime import _api
+
+    compiled, launches = {False}, []
+
+    def precompile(q, d, **kwargs):
+        raise RuntimeError("forced: ptxas failed for this specialisation")
+
+    real_new_route = _api._new_route
+
+    def new_route(*args, **kwargs):
+        route = real_new_route(*args, **kwargs)
+        real_launch = route.launch
+
+        def launch(q, d, **k):
+            kind = d.shape[0] % 16 == 0
+            if kind not in compiled:
+                if DEFER.on:
+                    raise CompileNeeded(kind)
+                compiled.add(kind)  # in place, on the calling thread
+            launches.append(d.shape[0])
+            return real_launch(q, d, **k)
+
+        route.launch, route.precompile, route.background, route.warm = launch, precompile, True, True
+        return route
+
+    monkeypatch.setattr(_api, "_new_route", new_route)
+    q, d9, d16 = randn(8, 32), randn(9, 11, 32), randn(16, 11, 32)
+    assert_scores(mf.maxsim(q, d9), maxsim_reference(q, d9), 1e-5, "warm")
+    (route,) = _api._routes.values()
+    assert_scores(mf.maxsim(q, d16), maxsim_reference(q, d16), 1e-5, "torch while compiling")
+    assert launches == [9]
+    assert next(iter(route.later.values())).exception(timeout=30) is not None
+    assert_scores(mf.maxsim(q, d16), maxsim_reference(q, d16), 1e-5, "in place after the failure")
+    assert launches == [9, 16] and route.later == {}
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="compiled launchers need a GPU (the interpreter never misses)")
+def test_compiled_launchers_defer_another_specialisation_after_warmup(monkeypatch):
+    """On a GPU, for real: after warmup (4 docs), 48 docs (a multiple of 16) meet an
+    uncompiled specialisation; in background mode torch scores that call while the
+    compile thread builds it, then the kernel launches directly."""
+    from maxsim_forge._inputs import prepare_padded
+    from maxsim_forge.runtime import _api
+
+    monkeypatch.setenv("MAXSIM_FORGE_COMPILE", "background")  # read by each new route
+    lq, ld = 7, 37
+    mf.warmup([{"layout": "padded", "dtype": "fp16", "dim": 64, "lq": lq, "ld": ld, "nb": 48}])
+    (route,) = _api._routes.values()
+    assert route.warm and route.background
+    q, d = randn(lq, 64), randn(48, ld, 64)
+    prep = prepare_padded(q, d)
+    if all(k is not None for k in route.kernel.compiled_kernels(prep.q, prep.d, **prep.launch_kwargs)[1]):
+        pytest.skip("this process compiled that specialisation already")
+    before = route.kernel.fwd.direct_launches
+    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "torch while compiling")
+    assert len(_api._routes) == 1 and len(route.later) == 1 and route.kernel.fwd.direct_launches == before
+    next(iter(route.later.values())).result(timeout=120)
+    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "the kernel")
+    assert route.kernel.fwd.direct_launches == before + 1
+
+
 def test_an_unknown_compile_mode_is_a_value_error(monkeypatch):
     monkeypatch.setenv("MAXSIM_FORGE_COMPILE", "eventually")
     with pytest.raises(ValueError, match="MAXSIM_FORGE_COMPILE='eventually' is not supported"):

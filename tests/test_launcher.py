@@ -150,3 +150,29 @@ def test_every_generated_kernel_takes_its_tensors_first():
         assert not any(n.endswith("_ptr") for n in names[launcher.tensors:]), names
     # The winners kernel: q, d, idx, val and six extents (a count written by hand said 9).
     assert launchers[1].tensors == 10
+
+
+def test_a_deferring_miss_raises_before_launching_and_compiles_nothing(make, monkeypatch):
+    """With DEFER on (a warm call in background mode), a deferrable launcher's miss raises
+    CompileNeeded and leaves the compile to the caller; once compiled (the compile
+    thread's Launcher.compile) the launch goes direct. Not deferrable, DEFER off, or under
+    CUDA graph capture: it compiles in place, as always."""
+    kernel, launch = make()
+    a, b = torch.empty(64), torch.empty(64, dtype=torch.int32)
+    monkeypatch.setattr(_launcher.DEFER, "on", True)
+    launch((1,), (a, b, 300, 128))  # not deferrable: compiles here
+    assert [entry[0] for entry in kernel.log] == ["jit"]
+    launch.deferrable = True
+    launch((1,), (a, b, 301, 128))  # compiled: direct
+    with pytest.raises(_launcher.CompileNeeded):
+        launch((1,), (a, b, 304, 128))  # another class: nothing launched, nothing compiled
+    assert [entry[0] for entry in kernel.log] == ["jit", "direct"]
+    launch.compile((1,), (a, b, 304, 128))
+    launch((1,), (a, b, 320, 128))
+    assert [entry[0] for entry in kernel.log] == ["jit", "direct", "warmup", "direct"]
+    monkeypatch.setattr(_launcher, "_capturing", lambda: True)
+    launch((1,), (a, b, 1, 128))  # under capture: compiled in place
+    monkeypatch.setattr(_launcher, "_capturing", lambda: False)
+    monkeypatch.setattr(_launcher.DEFER, "on", False)
+    launch((1,), (a[1:], b, 300, 128))  # DEFER off: compiled in place
+    assert [entry[0] for entry in kernel.log] == ["jit", "direct", "warmup", "direct", "jit", "jit"]

@@ -7,7 +7,9 @@ from ._backward import (
     render_winners, winners_config, winners_config_of, winners_hash, winners_launcher, winners_meta, winners_smem,
 )
 from ._cache import CacheError, cache_dir, compiled_before, load_source, load_variant, mark_compiled
-from ._launcher import INTERPRETER_LOCK, Launcher, device_guard, kernels_disabled, kernels_run_on, launch_guard
+from ._launcher import (
+    DEFER, INTERPRETER_LOCK, CompileNeeded, Launcher, device_guard, kernels_disabled, kernels_run_on, launch_guard,
+)
 from ._quantize import MAX_DIM as QUANTIZE_MAX_DIM, quantize_launcher, quantize_meta, render_quantize
 from ._config import (
     CODE_DTYPES,
@@ -56,6 +58,8 @@ __all__ = [
     "LAUNCH_REVISION",
     "LAYOUTS",
     "INTERPRETER_LOCK",
+    "CompileNeeded",
+    "DEFER",
     "Launcher",
     "QUANTIZE_MAX_DIM",
     "MASK_KINDS",

@@ -31,6 +31,10 @@ log = logging.getLogger("maxsim_forge")
 INTERPRETER_LOCK = threading.Lock()
 
 
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def kernels_disabled() -> bool:
     """``MAXSIM_FORGE_DISABLE`` set: torch does everything."""
     return os.environ.get("MAXSIM_FORGE_DISABLE", "0") not in ("", "0")
@@ -56,6 +60,18 @@ def launch_guard(t: torch.Tensor):
     """What a launch for tensors like ``t`` needs around it: their device as the current
     one, or on the CPU the interpreter to itself."""
     return INTERPRETER_LOCK if t.device.type == "cpu" else device_guard(t)
+class CompileNeeded(Exception):
+    """A deferring launch (:data:`DEFER`) met a specialisation its launcher has not
+    compiled: nothing was launched by that launcher; the caller compiles elsewhere."""
+
+
+# DEFER.on, set by the dispatcher around a warm call in background-compile mode: a
+# deferrable launcher's miss raises CompileNeeded instead of compiling on the calling
+# thread (outside CUDA graph capture, which compiles in place as before).
+DEFER = threading.local()
+DEFER.on = False
+
+
 # Integers of this magnitude or more are passed as 64-bit; below, as 32-bit.
 _I32 = 1 << 31
 # triton's JITFunction, imported at the first launcher, not with this module: Triton reads
@@ -86,8 +102,10 @@ class Launcher:
     # launch of the process then goes through kernel[grid].
     direct_ok = True
 
-    def __init__(self, kernel, *, fixed: int, constexprs: dict, num_warps: int, num_stages: int | None = None):
+    def __init__(self, kernel, *, fixed: int, constexprs: dict, num_warps: int, num_stages: int | None = None,
+                 deferrable: bool = False):
         self.kernel = kernel
+        self.deferrable = deferrable  # a miss may raise CompileNeeded (see DEFER)
         names = list(getattr(kernel, "arg_names", ()))
         self.tensors = next((i for i, name in enumerate(names) if not name.endswith("_ptr")), len(names))
         self.fixed = fixed
@@ -128,6 +146,8 @@ class Launcher:
         key = self.key(args)
         compiled = self._compiled.get(key)
         if compiled is None:
+            if self.deferrable and getattr(DEFER, "on", False) and not _capturing():
+                raise CompileNeeded(key)
             compiled = self.kernel[grid](*args, **self.meta)
             if compiled is not None:
                 self._compiled[key] = compiled

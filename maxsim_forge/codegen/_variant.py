@@ -30,11 +30,11 @@ class Variant:
         # the launchers' keys by dtype.
         self.fwd = Launcher(module._maxsim_fwd_kernel, fixed=4,
                             constexprs=fwd_constexprs(spec, cfg), num_warps=cfg.num_warps,
-                            num_stages=cfg.num_stages)
+                            num_stages=cfg.num_stages, deferrable=True)
         self.reduce = None
         if cfg.split_d > 1:
             self.reduce = Launcher(module._maxsim_split_reduce_kernel, fixed=2,
-                                   constexprs=reduce_constexprs(cfg), num_warps=REDUCE_WARPS)
+                                   constexprs=reduce_constexprs(cfg), num_warps=REDUCE_WARPS, deferrable=True)
 
     def __repr__(self) -> str:
         return f"Variant({self.name})"

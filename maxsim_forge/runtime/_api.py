@@ -19,8 +19,8 @@ import torch
 from .._inputs import Prepared
 from .._keys import BucketKey, gpu_info
 from ..codegen import (
-    INTERPRETER_LOCK, MIN_CODE_K, KernelConfig, Variant, compiled_before, device_guard, kernels_disabled,
-    kernels_run_on, load_variant, mark_compiled, variant_name,
+    DEFER, INTERPRETER_LOCK, MIN_CODE_K, CompileNeeded, KernelConfig, Variant, compiled_before, device_guard,
+    kernels_disabled, kernels_run_on, load_variant, mark_compiled, variant_name,
 )
 from ..reference import reference_for
 from ._eager import eager_scores
@@ -45,6 +45,9 @@ class _Route:
     background: bool = False  # compile off the calling thread (MAXSIM_FORGE_COMPILE)
     warm: bool = False
     pending: Future | None = None  # the background compile, while it runs
+    # Background compiles of specialisations a warm route meets later (another class of
+    # doc count, say), by the call's specialisations; each dropped once its calls launch.
+    later: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # The lookup's generation where a database it reads was held by a writer when this
     # route was decided: decided again once that database is read. None: final.
@@ -155,12 +158,27 @@ def _run_here(prep: Prepared, key: BucketKey | None, blocking: bool) -> torch.Te
     if route.launch is None:
         out = _torch_scores(prep)
     elif route.warm and prep.q.device.type != "cpu":
-        out = route.launch(prep.q, prep.d, **prep.launch_kwargs)
+        out = _warm(route, prep, blocking)
     else:
         # The first launch compiles, in one thread; interpreted launches always take turns.
         with _interpreter_lock if prep.q.device.type == "cpu" else route.lock:
-            out = route.launch(prep.q, prep.d, **prep.launch_kwargs) if route.warm else _cold(route, prep, blocking)
+            out = _warm(route, prep, blocking) if route.warm else _cold(route, prep, blocking)
     return out[0] if prep.squeeze else out
+
+
+def _warm(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
+    """A call of a route whose kernel ran before. In background mode a specialisation its
+    launchers have not compiled raises instead of compiling on this thread (DEFER)."""
+    if not route.background or blocking:
+        return route.launch(prep.q, prep.d, **prep.launch_kwargs)
+    DEFER.on = True
+    try:
+        return route.launch(prep.q, prep.d, **prep.launch_kwargs)
+    except CompileNeeded:
+        DEFER.on = False
+        return _later_specialisation(route, prep)
+    finally:
+        DEFER.on = False
 
 
 def _torch_scores(prep: Prepared) -> torch.Tensor:
@@ -219,6 +237,29 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
     if route.background and route.launch is not None and route.kernel is not None and not _capturing(prep.q):
         mark_compiled(route.kernel, prep.q, prep.d, prep.launch_kwargs)
     return out
+
+
+def _later_specialisation(route: _Route, prep: Prepared) -> torch.Tensor:
+    """A warm route's call that its kernel has not been compiled for (Triton specialises
+    on each integer's class: 1, a multiple of 16, or other; ``warmup`` compiles one): as a
+    route's first call, it compiles on the compile thread and torch scores the calls
+    until it is done; then the kernel runs (compiling here only if that compile failed,
+    as without background mode). A route keeps one entry per specialisation so met."""
+    with route.lock:
+        which = route.kernel.compiled_kernels(prep.q, prep.d, **prep.launch_kwargs)[0]
+        pending = route.later.get(which)
+        if pending is None:
+            # Kept when done: its calls launch directly from then on, and should one still
+            # miss (a compile that left nothing to launch directly), it launches in place.
+            pending = route.later[which] = _submit(route, prep)
+            q, d, kwargs = prep.q, prep.d, prep.launch_kwargs
+            pending.add_done_callback(lambda f: f.exception() is None and mark_compiled(route.kernel, q, d, kwargs))
+            log.info("maxsim-forge: compiling %s for another specialisation in the background; torch scores "
+                     "those calls until then", route.variant)
+        if not pending.done():
+            return eager_scores(prep)
+        route.later.pop(which, None)
+    return route.launch(prep.q, prep.d, **prep.launch_kwargs)
 
 
 def _failed(route: _Route, prep: Prepared, exc: BaseException) -> torch.Tensor:
