@@ -371,7 +371,7 @@ def test_a_warm_route_compiles_another_specialisation_in_the_background(monkeypa
     assert launches[done:] == [9, 16] and not DEFER.on
 
 
-def test_a_failed_background_compile_of_another_specialisation_compiles_in_place_after(monkeypatch):
+def test_a_failed_background_compile_of_another_specialisation_compiles_in_place_after(monkeypatch, caplog):
     from maxsim_forge.codegen import DEFER, CompileNeeded
     from maxsim_forge.runtime import _api
 
@@ -404,9 +404,15 @@ def test_a_failed_background_compile_of_another_specialisation_compiles_in_place
     (route,) = _api._routes.values()
     assert_scores(mf.maxsim(q, d16), maxsim_reference(q, d16), 1e-5, "torch while compiling")
     assert launches == [9]
-    assert next(iter(route.later.values())).exception(timeout=30) is not None
+    with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
+        assert next(iter(route.later.values())).exception(timeout=30) is not None
+        for _ in range(300):  # the warning comes from the compile thread's done-callback
+            if any("failed to compile for another specialisation" in r.getMessage() for r in caplog.records):
+                break
+            time.sleep(0.01)
+    assert any("ptxas failed" in r.getMessage() for r in caplog.records)
     assert_scores(mf.maxsim(q, d16), maxsim_reference(q, d16), 1e-5, "in place after the failure")
-    assert launches == [9, 16] and route.later == {}
+    assert launches == [9, 16] and len(route.later) == 1  # kept: its calls compile in place, as before
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="compiled launchers need a GPU (the interpreter never misses)")
@@ -424,13 +430,23 @@ def test_compiled_launchers_defer_another_specialisation_after_warmup(monkeypatc
     assert route.warm and route.background
     q, d = randn(lq, 64), randn(48, ld, 64)
     prep = prepare_padded(q, d)
-    if all(k is not None for k in route.kernel.compiled_kernels(prep.q, prep.d, **prep.launch_kwargs)[1]):
+
+    def fwd_compiled() -> bool:
+        return route.kernel.compiled_kernels(prep.q, prep.d, **prep.launch_kwargs)[1][0] is not None
+
+    if fwd_compiled():
         pytest.skip("this process compiled that specialisation already")
     before = route.kernel.fwd.direct_launches
-    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "torch while compiling")
-    assert len(_api._routes) == 1 and len(route.later) == 1 and route.kernel.fwd.direct_launches == before
-    next(iter(route.later.values())).result(timeout=120)
-    assert_scores(mf.maxsim(q, d), maxsim_reference(q, d), 1e-5, "the kernel")
+    ref = maxsim_reference(q, d)
+    for _ in range(2):  # the second by the remembered fast path: it must not compile in place either
+        assert_scores(mf.maxsim(q, d), ref, 1e-5, "torch while compiling")
+        (pending,) = route.later.values()
+        if not pending.done():
+            assert not fwd_compiled()
+    assert len(_api._routes) == 1 and route.kernel.fwd.direct_launches == before
+    pending.result(timeout=120)
+    assert fwd_compiled()
+    assert_scores(mf.maxsim(q, d), ref, 1e-5, "the kernel")
     assert route.kernel.fwd.direct_launches == before + 1
 
 

@@ -159,10 +159,14 @@ def _run_here(prep: Prepared, key: BucketKey | None, blocking: bool) -> torch.Te
         out = _torch_scores(prep)
     elif route.warm and prep.q.device.type != "cpu":
         out = _warm(route, prep, blocking)
-    else:
-        # The first launch compiles, in one thread; interpreted launches always take turns.
-        with _interpreter_lock if prep.q.device.type == "cpu" else route.lock:
+    elif prep.q.device.type == "cpu":
+        with _interpreter_lock:  # interpreted launches always take turns
             out = _warm(route, prep, blocking) if route.warm else _cold(route, prep, blocking)
+    else:
+        with route.lock:  # the first launch compiles, in one thread
+            out = None if route.warm else _cold(route, prep, blocking)
+        if out is None:  # warm by the time the lock came: as any warm call (which may take the lock)
+            out = _warm(route, prep, blocking)
     return out[0] if prep.squeeze else out
 
 
@@ -239,6 +243,21 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
     return out
 
 
+def _launch_planned(route: _Route, *args, **kwargs) -> torch.Tensor | None:
+    """A fast path's launch of a remembered route; None where, in background mode, it met
+    a specialisation not compiled yet: the caller then takes the checked path (``_run``),
+    which compiles it in the background."""
+    if not route.background:
+        return route.launch(*args, **kwargs)
+    DEFER.on = True
+    try:
+        return route.launch(*args, **kwargs)
+    except CompileNeeded:
+        return None
+    finally:
+        DEFER.on = False
+
+
 def _later_specialisation(route: _Route, prep: Prepared) -> torch.Tensor:
     """A warm route's call that its kernel has not been compiled for (Triton specialises
     on each integer's class: 1, a multiple of 16, or other; ``warmup`` compiles one): as a
@@ -246,19 +265,29 @@ def _later_specialisation(route: _Route, prep: Prepared) -> torch.Tensor:
     until it is done; then the kernel runs (compiling here only if that compile failed,
     as without background mode). A route keeps one entry per specialisation so met."""
     with route.lock:
-        which = route.kernel.compiled_kernels(prep.q, prep.d, **prep.launch_kwargs)[0]
+        which = (prep.q.get_device(), route.kernel.compiled_kernels(prep.q, prep.d, **prep.launch_kwargs)[0])
         pending = route.later.get(which)
         if pending is None:
             # Kept when done: its calls launch directly from then on, and should one still
             # miss (a compile that left nothing to launch directly), it launches in place.
             pending = route.later[which] = _submit(route, prep)
             q, d, kwargs = prep.q, prep.d, prep.launch_kwargs
-            pending.add_done_callback(lambda f: f.exception() is None and mark_compiled(route.kernel, q, d, kwargs))
+
+            def done(f: Future) -> None:
+                if f.exception() is None:
+                    mark_compiled(route.kernel, q, d, kwargs)
+                else:
+                    log.warning("maxsim-forge: %s failed to compile for another specialisation (%s: %s); its "
+                                "calls compile it in place", route.variant, type(f.exception()).__name__,
+                                str(f.exception())[:300])
+
+            pending.add_done_callback(done)
             log.info("maxsim-forge: compiling %s for another specialisation in the background; torch scores "
                      "those calls until then", route.variant)
         if not pending.done():
             return eager_scores(prep)
-        route.later.pop(which, None)
+        if pending.exception() is None:
+            route.later.pop(which, None)  # a failed one stays: its calls compile in place, as before
     return route.launch(prep.q, prep.d, **prep.launch_kwargs)
 
 

@@ -14,7 +14,9 @@ from .._inputs import (
 )
 from .._keys import bucket
 from ..quant import QuantizedDocs
-from ._api import _check_values, _checked_shapes, _device_guard, _note_checked, _plan_for, _plans, _remember, _run
+from ._api import (
+    _check_values, _checked_shapes, _device_guard, _launch_planned, _note_checked, _plan_for, _plans, _remember, _run,
+)
 from ._grad import Scores, needs_grad
 
 
@@ -61,27 +63,28 @@ def maxsim(
             return prep
 
         return Scores.apply(q, d, build, _run)
-    if plan is None or values:
-        prep = prepare_padded(
-            q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
-            precision=precision, check_values=_check_values(validate, q_lengths, d_lengths),
-            quantize_query=quantize_query,
-        )
-        out = _run(prep)
-        if plan is None and sig is not None:
-            _remember(sig, prep)
-        return out
-    route, squeeze, sizes = plan
-    route.calls += 1
-    if squeeze:
-        q, q_lengths, q_mask = _one_query(q, q_lengths, q_mask)
-    with _device_guard(q):
-        out = route.launch(
-            q, d,
-            q_lengths=None if q_lengths is None else q_lengths.contiguous(), q_mask=q_mask,
-            d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask, **sizes,
-        )
-    return out[0] if squeeze else out
+    if plan is not None and not values:
+        route, squeeze, sizes = plan
+        q1, q1_lengths, q1_mask = _one_query(q, q_lengths, q_mask) if squeeze else (q, q_lengths, q_mask)
+        with _device_guard(q):
+            out = _launch_planned(
+                route, q1, d,
+                q_lengths=None if q1_lengths is None else q1_lengths.contiguous(), q_mask=q1_mask,
+                d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask, **sizes,
+            )
+        if out is not None:
+            route.calls += 1
+            return out[0] if squeeze else out
+        # A specialisation not compiled yet: the checked path compiles it in the background.
+    prep = prepare_padded(
+        q, d, q_lengths=q_lengths, q_mask=q_mask, d_lengths=d_lengths, d_mask=d_mask,
+        precision=precision, check_values=_check_values(validate, q_lengths, d_lengths),
+        quantize_query=quantize_query,
+    )
+    out = _run(prep)
+    if plan is None and sig is not None:
+        _remember(sig, prep)
+    return out
 
 
 def maxsim_packed(
@@ -150,10 +153,13 @@ def maxsim_pairs(
     sig = ("pairs", precision, q.device, q.dtype, q.shape[1], bucket(lq), bucket(nb), bucket(ld))
     plan = _plans.get(sig)
     if plan is not None:
-        plan[0].calls += 1
         cu = copy_pair_offsets(q_lens, d_lens, q.device)
         with _device_guard(q):
-            return plan[0].launch(q, d, nq=1, lq=lq, nb=nb, ld=ld, q_cu=cu[0], d_cu=cu[1])
+            out = _launch_planned(plan[0], q, d, nq=1, lq=lq, nb=nb, ld=ld, q_cu=cu[0], d_cu=cu[1])
+        if out is not None:
+            plan[0].calls += 1
+            return out
+        # A specialisation not compiled yet: the checked path compiles it in the background.
     prep = prepare_pair_batch(batch, precision)
     out = _run(prep)
     if ld > 0:
