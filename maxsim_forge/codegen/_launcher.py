@@ -60,6 +60,8 @@ def launch_guard(t: torch.Tensor):
     """What a launch for tensors like ``t`` needs around it: their device as the current
     one, or on the CPU the interpreter to itself."""
     return INTERPRETER_LOCK if t.device.type == "cpu" else device_guard(t)
+
+
 class CompileNeeded(Exception):
     """A deferring launch (:data:`DEFER`) met a specialisation its launcher has not
     compiled: nothing was launched by that launcher; the caller compiles elsewhere."""

@@ -46,7 +46,7 @@ class _Route:
     warm: bool = False
     pending: Future | None = None  # the background compile, while it runs
     # Background compiles of specialisations a warm route meets later (another class of
-    # doc count, say), by the call's specialisations; each dropped once its calls launch.
+    # doc count, say), by device and the call's specialisations (see _later_specialisation).
     later: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # The lookup's generation where a database it reads was held by a writer when this
@@ -171,18 +171,12 @@ def _run_here(prep: Prepared, key: BucketKey | None, blocking: bool) -> torch.Te
 
 
 def _warm(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
-    """A call of a route whose kernel ran before. In background mode a specialisation its
-    launchers have not compiled raises instead of compiling on this thread (DEFER)."""
-    if not route.background or blocking:
+    """A call of a route whose kernel ran before; in background mode, one in a
+    specialisation not compiled yet is handled as a first call (:func:`_later_specialisation`)."""
+    if blocking:
         return route.launch(prep.q, prep.d, **prep.launch_kwargs)
-    DEFER.on = True
-    try:
-        return route.launch(prep.q, prep.d, **prep.launch_kwargs)
-    except CompileNeeded:
-        DEFER.on = False
-        return _later_specialisation(route, prep)
-    finally:
-        DEFER.on = False
+    out = _launch_or_defer(route, prep.q, prep.d, **prep.launch_kwargs)
+    return out if out is not None else _later_specialisation(route, prep)
 
 
 def _torch_scores(prep: Prepared) -> torch.Tensor:
@@ -243,10 +237,11 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
     return out
 
 
-def _launch_planned(route: _Route, *args, **kwargs) -> torch.Tensor | None:
-    """A fast path's launch of a remembered route; None where, in background mode, it met
-    a specialisation not compiled yet: the caller then takes the checked path (``_run``),
-    which compiles it in the background."""
+def _launch_or_defer(route: _Route, *args, **kwargs) -> torch.Tensor | None:
+    """A warm route's launch; None where, in background mode, it met a specialisation not
+    compiled yet (its launchers raise instead of compiling on this thread: DEFER), so that
+    the caller compiles it in the background: :func:`_warm`, or a fast path of
+    ``_entry`` by taking the checked path."""
     if not route.background:
         return route.launch(*args, **kwargs)
     DEFER.on = True

@@ -15,7 +15,7 @@ from .._inputs import (
 from .._keys import bucket
 from ..quant import QuantizedDocs
 from ._api import (
-    _check_values, _checked_shapes, _device_guard, _launch_planned, _note_checked, _plan_for, _plans, _remember, _run,
+    _check_values, _checked_shapes, _device_guard, _launch_or_defer, _note_checked, _plan_for, _plans, _remember, _run,
 )
 from ._grad import Scores, needs_grad
 
@@ -67,7 +67,7 @@ def maxsim(
         route, squeeze, sizes = plan
         q1, q1_lengths, q1_mask = _one_query(q, q_lengths, q_mask) if squeeze else (q, q_lengths, q_mask)
         with _device_guard(q):
-            out = _launch_planned(
+            out = _launch_or_defer(
                 route, q1, d,
                 q_lengths=None if q1_lengths is None else q1_lengths.contiguous(), q_mask=q1_mask,
                 d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask, **sizes,
@@ -155,7 +155,7 @@ def maxsim_pairs(
     if plan is not None:
         cu = copy_pair_offsets(q_lens, d_lens, q.device)
         with _device_guard(q):
-            out = _launch_planned(plan[0], q, d, nq=1, lq=lq, nb=nb, ld=ld, q_cu=cu[0], d_cu=cu[1])
+            out = _launch_or_defer(plan[0], q, d, nq=1, lq=lq, nb=nb, ld=ld, q_cu=cu[0], d_cu=cu[1])
         if out is not None:
             plan[0].calls += 1
             return out
