@@ -214,11 +214,11 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
     compile mark): Triton's cache then holds it, and loading it takes a fraction of a
     compile.
     """
-    if route.background and not blocking and route.pending is None and not _capturing(prep.q) \
-            and compiled_before(route.kernel, prep.q, prep.d, prep.launch_kwargs):
+    defer = route.background and not blocking and not _capturing(prep.q)
+    if defer and route.pending is None and compiled_before(route.kernel, prep.q, prep.d, prep.launch_kwargs):
         log.info("maxsim-forge: %s was compiled here before; loading it from Triton's cache", route.variant)
-        blocking = True
-    if route.background and not blocking and not _capturing(prep.q):
+        defer = False
+    if defer:
         if route.pending is None:
             route.pending = _submit(route, prep)
             log.info("maxsim-forge: compiling %s in the background; torch scores the calls until then",
@@ -232,7 +232,7 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
         except Exception as exc:  # noqa: BLE001 - reported and handled like a failed launch
             return _failed(route, prep, exc)
     out = _first_launch(route, prep)
-    if route.background and route.launch is not None and route.kernel is not None and not _capturing(prep.q):
+    if route.background and route.launch is not None and not _capturing(prep.q):  # launch None: it failed
         mark_compiled(route.kernel, prep.q, prep.d, prep.launch_kwargs)
     return out
 
