@@ -65,13 +65,9 @@ def maxsim(
         return Scores.apply(q, d, build, _run)
     if plan is not None and not values:
         route, squeeze, sizes = plan
-        q1, q1_lengths, q1_mask = _one_query(q, q_lengths, q_mask) if squeeze else (q, q_lengths, q_mask)
+        q1, kwargs = _padded_call(squeeze, sizes, q, q_lengths, q_mask, d_lengths, d_mask)
         with _device_guard(q):
-            out = _launch_or_defer(
-                route, q1, d,
-                q_lengths=None if q1_lengths is None else q1_lengths.contiguous(), q_mask=q1_mask,
-                d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask, **sizes,
-            )
+            out = _launch_or_defer(route, q1, d, **kwargs)
         if out is not None:
             route.calls += 1
             return out[0] if squeeze else out
@@ -203,17 +199,22 @@ def _one_query(q: torch.Tensor, q_lengths, q_mask):
             q_mask.unsqueeze(0) if q_mask is not None and q_mask.dim() == 1 else q_mask)
 
 
+def _padded_call(squeeze: bool, sizes: dict, q: torch.Tensor, q_lengths, q_mask, d_lengths, d_mask):
+    """A padded call whose shapes were checked before: its query as the launch takes it
+    and its launch arguments."""
+    if squeeze:
+        q, q_lengths, q_mask = _one_query(q, q_lengths, q_mask)
+    return q, dict(sizes, q_lengths=None if q_lengths is None else q_lengths.contiguous(), q_mask=q_mask,
+                   d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask)
+
+
 def _planned(shape: tuple, q_lengths, q_mask, d_lengths, d_mask):
     """The checked call ``prepare_padded`` made of these shapes before, for ``q, d``."""
     squeeze, sizes, spec = shape
 
     def build(q: torch.Tensor, d: torch.Tensor) -> Prepared:
-        ql, qm = q_lengths, q_mask
-        if squeeze:
-            q, ql, qm = _one_query(q, ql, qm)
-        return Prepared(spec, q, d, dict(
-            sizes, q_lengths=None if ql is None else ql.contiguous(), q_mask=qm,
-            d_lengths=None if d_lengths is None else d_lengths.contiguous(), d_mask=d_mask), squeeze)
+        q1, kwargs = _padded_call(squeeze, sizes, q, q_lengths, q_mask, d_lengths, d_mask)
+        return Prepared(spec, q1, d, kwargs, squeeze)
 
     return build
 
