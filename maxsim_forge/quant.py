@@ -21,6 +21,8 @@ import torch
 
 from ._checks import check_float_dtype, check_rank, check_tensor
 
+log = logging.getLogger("maxsim_forge")
+
 FORMATS = ("int8", "fp8_e4m3")
 # The format -> the codes' dtype, the largest code, and the name kernel specs use.
 _DTYPE = {"int8": torch.int8, "fp8_e4m3": torch.float8_e4m3fn}
@@ -253,7 +255,5 @@ def quantize_rows_torch(x: torch.Tensor, format: str) -> tuple[torch.Tensor, tor
     scale = torch.where(finite, _scale_of(amax, format), float("nan"))
     return _codes(xf, scale, format), scale
 
-
-log = logging.getLogger("maxsim_forge")
 
 __all__ = ["FORMATS", "QuantizedDocs", "quantize", "quantize_rows", "quantize_rows_torch"]
