@@ -144,8 +144,8 @@ def load_variant(
 
 # A process that compiled a variant leaves a mark in the kernel cache naming Triton's cache
 # entries of the call's kernels; a later process that finds the mark and those entries
-# loads the kernels from Triton's cache on its first call, a fraction of a compile,
-# instead of scoring that call with torch.
+# waits on its first call for the kernels, which Triton loads from its cache instead of
+# compiling them, rather than scoring that call with torch.
 _ENTRY = re.compile(r"[A-Z2-7]{1,128}")  # Triton's entry folders: the base32 of a kernel's hash
 
 

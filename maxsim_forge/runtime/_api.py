@@ -211,8 +211,7 @@ def _cold(route: _Route, prep: Prepared, blocking: bool) -> torch.Tensor:
     scored by torch; so is every call until the compile is done. A call under CUDA graph
     capture, or a blocking one (warmup), waits for the kernel instead; so does the first
     call of a variant that a process of this user compiled before for such a call (its
-    compile mark): Triton's cache then holds it, and loading it takes a fraction of a
-    compile.
+    compile mark): Triton's cache then holds it, to load rather than compile.
     """
     defer = route.background and not blocking and not _capturing(prep.q)
     if defer and route.pending is None and compiled_before(route.kernel, prep.q, prep.d, prep.launch_kwargs):
