@@ -95,12 +95,20 @@ def test_a_forked_child_counts_its_own_calls_only(recording, monkeypatch):
     _serve(1, 0, 0)
     pid = os.fork()
     if pid == 0:  # the child: two calls, flushed by its own thread, then a hard exit (no atexit)
+        code = 1
         try:
             _serve(2, 0, 0)
-            time.sleep(1.0)
+            deadline = time.monotonic() + 60  # a loaded machine may delay the thread's flush
+            while code and time.monotonic() < deadline:
+                time.sleep(0.1)
+                try:  # the parent's thread may write its one call too: 2 or more is the child's
+                    code = 0 if sum(r["calls"] for r in _record.read(recording)) >= 2 else 1
+                except (FileNotFoundError, ValueError):  # not written yet, or its table not yet made
+                    pass
         finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's thread did not flush its calls within 60 s"
     reset()  # the parent's one call
     assert served(recording)[0].calls == 3
 
