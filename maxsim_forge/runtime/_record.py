@@ -38,6 +38,11 @@ _SCHEMA = (
     + f", PRIMARY KEY ({', '.join(_KEY)}))"
 )
 _WAIT_S = 30.0
+# How long one attempt of a flush waits on another writer with the file open; the flush
+# retries with it closed (up to _WAIT_S), so that a fork waits at most this long.
+_ATTEMPT_S = 0.25
+# Held while this process has the record file open (see _before_fork).
+_open_lock = threading.Lock()
 
 
 def record_path() -> Path | None:
@@ -60,14 +65,15 @@ def _interval() -> float:
     return value
 
 
-def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
-    """The record file, created with its table unless ``read_only``."""
+def connect(path: Path, *, read_only: bool = False, timeout: float = _WAIT_S) -> sqlite3.Connection:
+    """The record file, created with its table unless ``read_only``; ``timeout``: how long
+    a statement waits on another process's lock."""
     if read_only:
         if not path.exists():
             raise FileNotFoundError(f"no record at {path} (set MAXSIM_FORGE_RECORD={path} where the service runs)")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=_WAIT_S)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
     else:
-        conn = sqlite3.connect(str(path), timeout=_WAIT_S)
+        conn = sqlite3.connect(str(path), timeout=timeout)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(_SCHEMA)
     conn.row_factory = sqlite3.Row
@@ -76,13 +82,14 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
 
 def read(path: str | Path) -> list[dict]:
     """Every row of a record file, most calls first."""
-    conn = connect(Path(path), read_only=True)
-    try:
-        rows = conn.execute("SELECT * FROM served ORDER BY calls DESC").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise ValueError(f"{path} is not a maxsim-forge record ({exc})") from None
-    finally:
-        conn.close()
+    with _open_lock:
+        conn = connect(Path(path), read_only=True)
+        try:
+            rows = conn.execute("SELECT * FROM served ORDER BY calls DESC").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path} is not a maxsim-forge record ({exc})") from None
+        finally:
+            conn.close()
     return [dict(r) for r in rows]
 
 
@@ -150,20 +157,22 @@ class Recorder:
     def _write(self, rows: list[dict]) -> None:
         """One transaction, retried while another process holds the file: switching it to
         WAL does not wait on SQLite's busy timeout, so processes that flush at once (at
-        exit, say) could otherwise lose their calls."""
+        exit, say) could otherwise lose their calls. Each attempt holds the file open for
+        at most about ``_ATTEMPT_S`` and waits between attempts with it closed."""
         deadline = time.monotonic() + _WAIT_S
         while True:
             try:
-                conn = connect(self.path)
-                try:
-                    with conn:  # one transaction: BEGIN ... COMMIT
-                        conn.executemany(
-                            f"INSERT INTO served ({', '.join(_COLUMNS)}) VALUES "
-                            f"({', '.join(':' + c for c in _COLUMNS)}) ON CONFLICT ({', '.join(_KEY)}) DO UPDATE "
-                            "SET calls = calls + excluded.calls, last_seen = excluded.last_seen, "
-                            "variant = excluded.variant", rows)
-                finally:
-                    conn.close()
+                with _open_lock:
+                    conn = connect(self.path, timeout=_ATTEMPT_S)
+                    try:
+                        with conn:  # one transaction: BEGIN ... COMMIT
+                            conn.executemany(
+                                f"INSERT INTO served ({', '.join(_COLUMNS)}) VALUES "
+                                f"({', '.join(':' + c for c in _COLUMNS)}) ON CONFLICT ({', '.join(_KEY)}) DO UPDATE "
+                                "SET calls = calls + excluded.calls, last_seen = excluded.last_seen, "
+                                "variant = excluded.variant", rows)
+                    finally:
+                        conn.close()
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
@@ -190,15 +199,27 @@ _recorder: Recorder | None = None
 _recorder_lock = threading.Lock()
 
 
+def _before_fork() -> None:
+    """A fork waits until no thread of this process has the record file open: SQLite's
+    state of an open file (its locks, counted per process) would pass to the child, whose
+    own writes to the file would then wait on locks nobody there holds, for good."""
+    _open_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _open_lock.release()
+
+
 def _after_fork_in_child() -> None:
-    global _recorder_lock
-    _recorder_lock = threading.Lock()
+    global _recorder_lock, _open_lock
+    _recorder_lock, _open_lock = threading.Lock(), threading.Lock()
     if _recorder is not None:
         _recorder.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 def recorder() -> Recorder | None:
