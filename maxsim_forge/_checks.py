@@ -82,7 +82,11 @@ def check_mask(name: str, value: object, shape: tuple, ref: torch.Tensor, ref_na
     return t
 
 
-def check_cu_seqlens(name: str, value: object, total: int, ref: torch.Tensor, ref_name: str, check: bool):
+def check_cu_seqlens(name: str, value: object, total: int, ref: torch.Tensor, ref_name: str, check: bool,
+                     bound: tuple[str, int] | None = None):
+    """Packed offsets: int32 or int64 ``[count + 1]`` on ``ref``'s device; where ``check``,
+    their values too (from 0, non-decreasing, within ``total`` tokens and, with ``bound``
+    given as (its argument's name, its value), no item longer than that bound)."""
     t = check_tensor(name, value)
     if t.dtype not in _INDEX_DTYPES:
         raise TypeError(f"{name} has dtype {t.dtype}; accepted: torch.int32, torch.int64")
@@ -91,9 +95,11 @@ def check_cu_seqlens(name: str, value: object, total: int, ref: torch.Tensor, re
     check_device(name, t, ref, ref_name)
     t = t.contiguous()  # the kernels index offsets with unit stride
     if check:
-        # One read-back for the three facts; the position of a decrease only on error.
-        drops = (t[1:] < t[:-1]).any().to(t.dtype) if t.numel() > 1 else t.new_zeros(())
-        first, last, decreasing = torch.stack([t[0], t[-1], drops]).tolist()
+        # One read-back for the four facts; the position of a decrease only on error.
+        steps = t[1:] - t[:-1]
+        drops = (steps < 0).any().to(t.dtype) if t.numel() > 1 else t.new_zeros(())
+        most = steps.max() if t.numel() > 1 else t.new_zeros(())
+        first, last, decreasing, longest = torch.stack([t[0], t[-1], drops, most]).tolist()
         if first != 0:
             raise ValueError(f"{name} starts at {first}; it must start at 0")
         if decreasing:
@@ -104,6 +110,12 @@ def check_cu_seqlens(name: str, value: object, total: int, ref: torch.Tensor, re
             )
         if last > total:
             raise ValueError(f"{name} ends at {last} but {ref_name} has only {total} tokens")
+        if bound is not None and longest > bound[1]:
+            at = int(torch.argmax(steps))
+            raise ValueError(
+                f"{bound[0]}={bound[1]} but item {at} of {name} has {longest} tokens; "
+                f"{bound[0]} must be at least the longest"
+            )
     return t
 
 

@@ -171,15 +171,19 @@ def prepare_packed(
     """Docs packed as ``[total_tokens, dim]`` (a tensor or :class:`QuantizedDocs`) with
     ``cu_seqlens[B + 1]``.
 
-    ``max_doc_len`` is accepted for callers that know it; the kernels read each doc's
-    extent from ``cu_seqlens`` on the device and need no host-side maximum.
+    ``max_doc_len``, where the caller knows it, is at least the longest doc (checked with
+    the values): it refines the bucket and spares the torch path a read-back of the
+    longest; the kernels read each doc's extent from ``cu_seqlens`` on the device.
     """
     q, q_lengths, q_mask, q_kind, squeeze = _query_side(q, q_lengths, q_mask, check_values)
     d, d_scales, codes = _doc_side("d_packed", "q", q, d_packed, 2, "[total_tokens, dim]", quantize_query)
     precision = check_precision(precision)
-    cu = check_cu_seqlens("cu_seqlens", cu_seqlens, int(d.shape[0]), d, "d_packed", check_values)
-    if max_doc_len is not None and (not isinstance(max_doc_len, int) or max_doc_len < 0):
+    if max_doc_len is not None and (not isinstance(max_doc_len, int) or isinstance(max_doc_len, bool)
+                                    or max_doc_len < 0):
         raise ValueError(f"max_doc_len must be a non-negative int or None, got {max_doc_len!r}")
+    # The torch path pads docs to max_doc_len where it is given: a longer doc would lose tokens.
+    cu = check_cu_seqlens("cu_seqlens", cu_seqlens, int(d.shape[0]), d, "d_packed", check_values,
+                          ("max_doc_len", max_doc_len) if max_doc_len else None)
     spec = _spec("packed", q, precision, q_kind, "none", codes)
     q, q_scales = _query_codes(q, spec)
     return Prepared(
@@ -213,15 +217,18 @@ def prepare_pairs(
     check_float_dtype("q_packed", q)
     d, d_scales, codes = _doc_side("d_packed", "q_packed", q, d_packed, 2, "[total_doc_tokens, dim]", quantize_query)
     precision = check_precision(precision)
-    q_cu = check_cu_seqlens("q_cu", q_cu, int(q.shape[0]), q, "q_packed", check_values)
-    d_cu = check_cu_seqlens("d_cu", d_cu, int(d.shape[0]), d, "d_packed", check_values)
+    for name, value in (("max_q_len", max_q_len), ("max_d_len", max_d_len)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    # The kernels' grid covers max_q_len query tokens: a longer query would lose tokens.
+    q_cu = check_cu_seqlens("q_cu", q_cu, int(q.shape[0]), q, "q_packed", check_values, ("max_q_len", max_q_len))
+    d_cu = check_cu_seqlens("d_cu", d_cu, int(d.shape[0]), d, "d_packed", check_values,
+                            ("max_d_len", max_d_len) if max_d_len else None)
     if q_cu.numel() != d_cu.numel():
         raise ValueError(
             f"q_cu describes {q_cu.numel() - 1} queries but d_cu {d_cu.numel() - 1} docs; "
             "pairs need as many of each"
         )
-    if not isinstance(max_q_len, int) or max_q_len < 0:
-        raise ValueError(f"max_q_len must be a non-negative int, got {max_q_len!r}")
     return _prepare_checked_pairs(q, d, q_cu, d_cu, max_q_len, max_d_len, precision, codes, d_scales)
 
 

@@ -105,6 +105,43 @@ def test_pairs_rejects():
         prepare_pairs(_q(5, 8), torch.tensor([0, 5]), _q(4, 8), torch.tensor([0, 4]), max_q_len=None)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_q_len=3), "max_q_len=3 but item 1 of q_cu has 4 tokens; max_q_len must be at least the longest"),
+    (dict(max_q_len=0), "max_q_len=0 but item 1 of q_cu has 4 tokens"),
+    (dict(max_q_len=4, max_d_len=5), "max_d_len=5 but item 0 of d_cu has 6 tokens; max_d_len must be at least"),
+    (dict(max_q_len=4, max_d_len=-1), "max_d_len must be a non-negative int, got -1"),
+    (dict(max_q_len=4, max_d_len=2.5), "max_d_len must be a non-negative int, got 2.5"),
+    (dict(max_q_len=4, max_d_len="x"), "max_d_len must be a non-negative int, got 'x'"),
+    (dict(max_q_len=True), "max_q_len must be a non-negative int, got True"),
+])
+def test_pairs_length_bounds_are_checked_against_the_offsets(kwargs, message):
+    # The kernels' grid covers max_q_len tokens of each query and the torch path pads
+    # docs to max_d_len: a bound below the longest item would drop tokens.
+    q_cu, d_cu = torch.tensor([0, 1, 5, 5]), torch.tensor([0, 6, 8, 9])
+    with pytest.raises(ValueError, match=message):
+        prepare_pairs(_q(5, 8), q_cu, _q(9, 8), d_cu, **kwargs)
+
+
+def test_pairs_length_bounds_at_or_above_the_longest_pass_and_unchecked_values_are_trusted():
+    q_cu, d_cu = torch.tensor([0, 1, 5, 5]), torch.tensor([0, 6, 8, 9])
+    for mq, md in ((4, 6), (4, 0), (40, 100)):
+        prep = prepare_pairs(_q(5, 8), q_cu, _q(9, 8), d_cu, max_q_len=mq, max_d_len=md)
+        assert (prep.launch_kwargs["lq"], prep.launch_kwargs["ld"]) == (mq, md)
+    prep = prepare_pairs(_q(5, 8), q_cu, _q(9, 8), d_cu, max_q_len=3, max_d_len=5, check_values=False)
+    assert (prep.launch_kwargs["lq"], prep.launch_kwargs["ld"]) == (3, 5)
+
+
+def test_packed_max_doc_len_is_checked_against_the_offsets():
+    cu = torch.tensor([0, 2, 6])
+    with pytest.raises(ValueError, match="max_doc_len=3 but item 1 of cu_seqlens has 4 tokens; max_doc_len must be"):
+        prepare_packed(_q(3, 8), _q(6, 8), cu, max_doc_len=3)
+    with pytest.raises(ValueError, match="max_doc_len must be a non-negative int or None, got True"):
+        prepare_packed(_q(3, 8), _q(6, 8), cu, max_doc_len=True)
+    for ok in (None, 0, 4, 100):
+        assert prepare_packed(_q(3, 8), _q(6, 8), cu, max_doc_len=ok).launch_kwargs["ld"] == (ok or 0)
+    prepare_packed(_q(3, 8), _q(6, 8), cu, max_doc_len=3, check_values=False)  # trusted
+
+
 def test_two_dim_query_accepts_scalar_length_and_1d_mask():
     prep = prepare_padded(_q(3, 8), _q(2, 5, 8), q_lengths=torch.tensor(2))
     assert prep.squeeze and prep.launch_kwargs["q_lengths"].shape == (1,)

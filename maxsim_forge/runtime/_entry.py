@@ -97,8 +97,9 @@ def maxsim_packed(
 ) -> torch.Tensor:
     """MaxSim against docs packed as ``[total_tokens, dim]`` with ``cu_seqlens[B + 1]``.
 
-    ``max_doc_len`` only refines the shape bucket; kernels read each doc's extent on
-    the device. Returns float32 ``[B]`` or ``[Nq, B]``. ``d_packed`` may be packed
+    ``max_doc_len``, where known, is at least the longest doc (checked unless
+    ``validate=False``): it refines the shape bucket and spares the torch path a
+    read-back; kernels read each doc's extent on the device. Returns float32 ``[B]`` or ``[Nq, B]``. ``d_packed`` may be packed
     :class:`~maxsim_forge.QuantizedDocs`, with ``quantize_query`` as in :func:`maxsim`.
     """
     def build(q_, d_):
@@ -177,7 +178,10 @@ def maxsim_pairs_packed(
 ) -> torch.Tensor:
     """Aligned pairs already packed: query i is ``q_packed[q_cu[i]:q_cu[i+1]]``; ``d_packed``
     may be packed :class:`~maxsim_forge.QuantizedDocs`, with ``quantize_query`` as in
-    :func:`maxsim`."""
+    :func:`maxsim`. ``max_q_len`` is at least the longest query (the kernels' grid covers
+    that many tokens); ``max_d_len``, 0 where unknown, at least the longest doc. Both are
+    checked against the offsets, one read-back, unless ``validate=False``, which trusts
+    them: a smaller value then drops tokens, and the backward may read out of bounds."""
     def build(q_, d_):
         return prepare_pairs(
             q_, q_cu, d_, d_cu, max_q_len=max_q_len, max_d_len=max_d_len,
