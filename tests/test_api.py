@@ -297,11 +297,17 @@ def test_a_variant_compiled_before_answers_its_first_call_from_the_cache(monkeyp
     from maxsim_forge.runtime import _api
 
     compiled_here(monkeypatch, tmp_path)  # as on a GPU: compiled kernels, Triton's cache entries
-    compiles = []
-    launches = _background_routes(monkeypatch, lambda *a, **k: compiles.append(1))
+    compiles, release = [], threading.Event()
+
+    def precompile(*args, **kwargs):
+        assert release.wait(30), "test never released the compile"
+        compiles.append(1)
+
+    launches = _background_routes(monkeypatch, precompile)
     q, d = randn(8, 32), randn(3, 9, 32)
     ref = maxsim_reference(q, d)
     assert_scores(mf.maxsim(q, d), ref, 1e-5, "first process, first call")  # torch, compile started
+    release.set()
     for route in _api._routes.values():
         route.pending.result(timeout=30)
     assert launches == [] and compiles == [1]
