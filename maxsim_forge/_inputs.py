@@ -296,7 +296,7 @@ def pack_quantized_pairs(queries, docs, *, precision: str = "tf32", quantize_que
     q = torch.cat(list(queries)) if len(queries) > 1 else first
     codes = torch.cat([di.codes for di in docs]) if len(docs) > 1 else docs[0].codes
     scales = torch.cat([di.scales for di in docs]) if len(docs) > 1 else docs[0].scales
-    d, d_scales, spec_codes = _doc_side("docs", "queries", q, QuantizedDocs(codes, scales, fmt), 2,
+    d, d_scales, spec_codes = _doc_side("docs", "queries", q, QuantizedDocs._of(codes, scales, fmt), 2,
                                         "[Ld, dim]", quantize_query)
     q_lens, d_lens = [int(t.shape[0]) for t in queries], [int(t.shape[0]) for t in docs]
     cu = copy_pair_offsets(q_lens, d_lens, q.device)

@@ -160,7 +160,7 @@ def _coded(d: torch.Tensor, spec: KernelSpec, meta: bool, **padding) -> Quantize
     fmt = "int8" if spec.doc_codes == "int8" else "fp8_e4m3"
     if meta:
         codes = torch.empty(d.shape, dtype=torch.int8 if fmt == "int8" else torch.float8_e4m3fn, device="meta")
-        return QuantizedDocs(codes, torch.empty(d.shape[:-1], dtype=torch.float32, device="meta"), fmt)
+        return QuantizedDocs._of(codes, torch.empty(d.shape[:-1], dtype=torch.float32, device="meta"), fmt)
     return quantize(d, fmt, **padding)
 
 

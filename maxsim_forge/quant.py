@@ -41,11 +41,14 @@ def check_format(name: str, value: object) -> str:
 class QuantizedDocs:
     """Document embeddings as codes and per-token scales, padded ``[B, Ld, dim]`` or packed
     ``[T, dim]`` (scales ``[B, Ld]`` or ``[T]``, float32). Made by :func:`quantize`, or
-    from stored codes and scales (the constructor checks their types and shapes)."""
+    from stored codes and scales: the constructor checks their types and shapes and, unless
+    ``validate=False``, that every scale is finite (one read-back): an inf or NaN scale has
+    no token ``codes * scale`` that the kernels, which scale each dot, would score alike."""
 
     __slots__ = ("codes", "scales", "format")
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, format: str):  # noqa: A002 - the format's name
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, format: str,  # noqa: A002 - the format's name
+                 *, validate: bool = True):
         check_format("format", format)
         codes = check_tensor("codes", codes)
         scales = check_tensor("scales", scales)
@@ -59,7 +62,19 @@ class QuantizedDocs:
                              f"{tuple(codes.shape[:-1])} (one scale per token)")
         if scales.device != codes.device:
             raise ValueError(f"scales is on {scales.device} but codes is on {codes.device}; both must match")
+        if validate and scales.device.type != "meta" and scales.numel():
+            bad = ~torch.isfinite(scales)
+            if bool(bad.any()):
+                at = _where(bad, scales.shape)
+                raise ValueError(f"scales{list(at)} is {float(scales[at])}; every scale must be finite")
         self.codes, self.scales, self.format = codes, scales, format
+
+    @classmethod
+    def _of(cls, codes: torch.Tensor, scales: torch.Tensor, format: str) -> QuantizedDocs:  # noqa: A002
+        """Codes and scales derived from checked ones (a part, a copy): no checks again."""
+        out = cls.__new__(cls)
+        out.codes, out.scales, out.format = codes, scales, format
+        return out
 
     # ---- what a tensor of docs would say
     @property
@@ -89,12 +104,12 @@ class QuantizedDocs:
 
     def to(self, device, non_blocking: bool = False) -> QuantizedDocs:
         """The same docs on ``device``."""
-        return QuantizedDocs(self.codes.to(device, non_blocking=non_blocking),
-                             self.scales.to(device, non_blocking=non_blocking), self.format)
+        return QuantizedDocs._of(self.codes.to(device, non_blocking=non_blocking),
+                                 self.scales.to(device, non_blocking=non_blocking), self.format)
 
     def __getitem__(self, index) -> QuantizedDocs:
         """Docs (padded) or tokens (packed) selected along the first dim, as a tensor's are."""
-        return QuantizedDocs(self.codes[index], self.scales[index], self.format)
+        return QuantizedDocs._of(self.codes[index], self.scales[index], self.format)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``codes * scales`` in ``dtype`` (computed in float32, or float64 if asked)."""
@@ -164,7 +179,7 @@ def quantize(d: torch.Tensor, format: str = "int8", *, lengths: torch.Tensor | N
         c, s = _quantize_chunk(d[i0:i1], format, part, offset=i0)
         codes[i0:i1] = c
         scales[i0:i1] = s
-    return QuantizedDocs(codes, scales, format)
+    return QuantizedDocs._of(codes, scales, format)  # finite: non-finite tokens are refused
 
 
 def _quantize_chunk(x: torch.Tensor, format: str, valid, *, offset: int):  # noqa: A002

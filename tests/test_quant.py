@@ -154,6 +154,22 @@ def test_quantized_docs_constructor_checks_types_and_shapes():
         QuantizedDocs([1, 2], qd.scales, "int8")
 
 
+@pytest.mark.parametrize("bad", (float("inf"), float("-inf"), float("nan")))
+def test_quantized_docs_constructor_refuses_a_scale_that_is_not_finite(bad):
+    # The token scored is codes * scale; the kernels scale each dot instead, which agrees
+    # with it for every finite scale only.
+    qd = quantize(randn(2, 3, 32), "int8")
+    scales = qd.scales.clone()
+    scales[1, 2] = bad
+    with pytest.raises(ValueError, match=rf"scales\[1, 2\] is {bad}; every scale must be finite"):
+        QuantizedDocs(qd.codes, scales, "int8")
+    trusted = QuantizedDocs(qd.codes, scales, "int8", validate=False)  # what the caller vouches for
+    assert trusted.scales is scales and trusted[1:].scales.shape == (1, 3)
+    negative = QuantizedDocs(qd.codes, -qd.scales, "int8")  # any finite scale: -c * s is a token too
+    q = randn(8, 32)
+    assert_scores(mf.maxsim(q, negative), maxsim_reference(q, negative.dequantize(torch.float64)), 1e-5, "negative scales")
+
+
 def test_quantize_rows_gives_zero_and_nan_tokens_their_rule():
     x = randn(4, 32)
     x[1] = 0
