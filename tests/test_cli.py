@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from maxsim_forge.cli import main
@@ -48,6 +49,20 @@ def test_codegen_reports_invalid_knob():
     result = CliRunner().invoke(main, ["codegen", "--layout", "pairs", "--config", '{"q_mode": "fold"}'])
     assert result.exit_code == 1
     assert "q_mode='fold' contradicts layout 'pairs'" in result.output
+
+
+@pytest.mark.parametrize("dim", (8, 40, 64, 100))
+def test_codegen_without_a_config_fits_the_feature_tile_to_the_dim(dim):
+    result = CliRunner().invoke(main, ["codegen", "--layout", "padded", "--dim", str(dim)])
+    assert result.exit_code == 0, result.output
+    assert f"-bk{min(128, max(16, 1 << (dim - 1).bit_length()))}-" in result.output.splitlines()[1]
+    given = CliRunner().invoke(main, ["codegen", "--dim", str(dim), "--config", '{"block_k": 128}'])
+    assert (given.exit_code == 0) == (dim > 64), given.output  # a block_k the user gives is kept, and checked
+
+
+def test_codegen_refuses_a_config_that_is_no_json_object():
+    result = CliRunner().invoke(main, ["codegen", "--config", "[1]"])
+    assert result.exit_code == 2 and "a JSON object of knobs is expected, got list" in result.output
 
 
 def test_check_runs_end_to_end():

@@ -35,7 +35,8 @@ def _spec_options(f):
 @main.command()
 @_spec_options
 @click.option("--config", "config_json", default=None,
-              help='Config as JSON, e.g. \'{"block_q": 64, "q_mode": "grid"}\'; unset knobs keep defaults.')
+              help='Config as JSON, e.g. \'{"block_q": 64, "q_mode": "grid"}\'; unset knobs keep defaults '
+                   '(block_k: at most the dim rounded up to a power of two).')
 @click.option("--smem-limit", type=click.IntRange(min=1), default=None,
               help="Shared-memory bytes per block to validate against (default: Hopper's).")
 def codegen(layout, dtype, dim, precision, q_mask, d_mask, codes, config_json, smem_limit) -> None:
@@ -43,7 +44,7 @@ def codegen(layout, dtype, dim, precision, q_mask, d_mask, codes, config_json, s
 
     Example: maxsim-forge codegen --layout allpairs --dim 96 --config '{"q_mode": "fold"}'
     """
-    from ..codegen import render
+    from ..codegen import next_pow2, render
     from ..runtime import largest_dim
 
     most = largest_dim(dtype, smem_limit)
@@ -52,7 +53,13 @@ def codegen(layout, dtype, dim, precision, q_mask, d_mask, codes, config_json, s
                                  f"with this shared memory ({most})", param_hint="'--dim'")
     spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask, codes)
     try:
-        cfg = KernelConfig.from_dict(json.loads(config_json) if config_json else {})
+        given = json.loads(config_json) if config_json else {}
+        if not isinstance(given, dict):
+            raise click.BadParameter(f"a JSON object of knobs is expected, got {type(given).__name__}: {config_json}",
+                                     param_hint="'--config'")
+        if "block_k" not in given:  # the default tile, no wider than the dim
+            given["block_k"] = min(KernelConfig.block_k, max(16, next_pow2(dim)))
+        cfg = KernelConfig.from_dict(given)
         click.echo(render(spec, cfg, smem_limit=smem_limit), nl=False)
     except (ConfigError, json.JSONDecodeError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
