@@ -381,9 +381,10 @@ def test_a_failed_background_compile_of_another_specialisation_compiles_in_place
     from maxsim_forge.codegen import DEFER, CompileNeeded
     from maxsim_forge.runtime import _api
 
-    compiled, launches = {False}, []
+    compiled, launches, release = {False}, [], threading.Event()
 
     def precompile(q, d, **kwargs):
+        assert release.wait(30), "test never released the compile"  # fails only after the call returned
         raise RuntimeError("forced: ptxas failed for this specialisation")
 
     real_new_route = _api._new_route
@@ -410,6 +411,7 @@ def test_a_failed_background_compile_of_another_specialisation_compiles_in_place
     (route,) = _api._routes.values()
     assert_scores(mf.maxsim(q, d16), maxsim_reference(q, d16), 1e-5, "torch while compiling")
     assert launches == [9]
+    release.set()
     with caplog.at_level(logging.WARNING, logger="maxsim_forge"):
         assert next(iter(route.later.values())).exception(timeout=30) is not None
         for _ in range(300):  # the warning comes from the compile thread's done-callback
