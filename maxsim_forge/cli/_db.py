@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from ..codegen import DTYPES, LAYOUTS, KernelConfig, is_current, winners_config_of
-from ._group import DB_OPTION, check_cache, failures, main, open_read, open_write, out_file, table, \
+from ._group import DB_OPTION, check_cache, db_file, failures, main, open_read, open_write, out_file, table, \
     use_interpreter_without_cuda
 
 
@@ -95,14 +97,34 @@ def export_json_file(db_path, out, *, trials: bool = False) -> None:
     click.echo(f"wrote {len(doc['winners'])} winners to {out}")
 
 
+@contextmanager
+def written(db_path) -> Iterator[None]:
+    """A command that writes into the database ``db_path`` names: where the command
+    created the file and then fails, the file goes again (no empty database left behind)."""
+    from ..tuned_db import remove_db_files
+
+    path = db_file(db_path)
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            remove_db_files(path)
+        raise
+
+
 def import_json_file(db_path, source) -> None:
     from ..tuned_db import import_json
 
     with failures(f"{source}: "):
         doc = json.loads(Path(source).read_text())
-    tuned = open_write(db_path)
-    with failures():
-        taken = import_json(tuned, doc, where=str(source))
+    with written(db_path):
+        tuned = open_write(db_path)
+        try:
+            with failures():
+                taken = import_json(tuned, doc, where=str(source))
+        finally:
+            tuned.close()
     click.echo(f"took {taken} winners from {source}")
 
 
@@ -132,11 +154,15 @@ def db_merge(db_path, others) -> None:
     """
     from ..tuned_db import merge_db
 
-    tuned = open_write(db_path)  # the target's errors name the target
-    for other in others:
-        with failures():
-            taken = merge_db(tuned, other)  # the other's name the other
-        click.echo(f"took {taken} winners from {other}")
+    with written(db_path):
+        tuned = open_write(db_path)  # the target's errors name the target
+        try:
+            for other in others:
+                with failures():
+                    taken = merge_db(tuned, other)  # the other's name the other
+                click.echo(f"took {taken} winners from {other}")
+        finally:
+            tuned.close()
 
 
 @db.command("coverage")
@@ -179,7 +205,10 @@ def db_ship(sources, out) -> None:
     from ..tuned_db import ship
     from ..tuner import stamp_kernel_hash
 
-    out_file(out)
+    path = out_file(out)
+    if path.exists() and any(Path(src).resolve() == path.resolve() for src in sources):
+        raise click.BadParameter(f"{out} is one of the SOURCES; write the shipped database to another file",
+                                 param_hint="'--out'")
     with failures():
         taken = ship(sources, out, prepare=stamp_kernel_hash)
     click.echo(f"wrote {taken} winners to {out}")

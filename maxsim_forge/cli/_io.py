@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._db import export_json_file, import_json_file
+from ._db import export_json_file, import_json_file, written
 from ._group import DB_OPTION, failures, main, open_read, open_write, out_folder
 
 
@@ -57,7 +57,11 @@ def import_cmd(db_path, fmt, source) -> None:
         return
     from ..integrations.vllm import import_vllm
 
-    tuned = open_write(db_path)
-    with failures():
-        taken = import_vllm(tuned, source)
+    with written(db_path):
+        tuned = open_write(db_path)
+        try:
+            with failures():
+                taken = import_vllm(tuned, source)
+        finally:
+            tuned.close()
     click.echo(f"took {taken} winners from {source}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -58,21 +59,37 @@ def merge_db(db: TunedDB, other_path: str | Path, *, prepare: Callable[[dict], d
 def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
     """Write a database fit to ship in the package: the better winner per key of
     ``sources`` (each row mapped by ``prepare`` first), no trials, one file (no WAL)
-    that opens read-only anywhere."""
-    out = Path(out)
-    if out.exists():
-        out.unlink()
-    db = TunedDB(out)
-    taken = 0
+    that opens read-only anywhere. It is written beside ``out`` and moved onto it only
+    when whole: a failure leaves ``out`` as it was. ``out`` may not be a source."""
+    out, sources = Path(out), [Path(s) for s in sources]
     for src in sources:
-        taken += merge_db(db, src, prepare=prepare)
-    with db.db.conn:
-        db.db.execute("DELETE FROM trials")
-    db.db.execute("PRAGMA journal_mode = DELETE")
-    db.db.execute("VACUUM")
-    db.close()
+        if out.exists() and src.exists() and os.path.samefile(src, out):
+            raise ValueError(f"{out} is one of the sources; write the shipped database to another file")
+    part = out.with_name(f".{out.name}.{os.getpid()}.part")
+    remove_db_files(part)
+    try:
+        db = TunedDB(part)
+        try:
+            taken = sum(merge_db(db, src, prepare=prepare) for src in sources)
+            with db.db.conn:
+                db.db.execute("DELETE FROM trials")
+            db.db.execute("PRAGMA journal_mode = DELETE")
+            db.db.execute("VACUUM")
+        finally:
+            db.close()
+        os.replace(part, out)
+    except BaseException:
+        remove_db_files(part)
+        raise
     return taken
 
 
+def remove_db_files(path: str | Path) -> None:
+    """A database file and SQLite's side files, where they exist."""
+    path = Path(path)
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+
+
 __all__ = ["EXPORT_FORMAT", "RowError", "export_json", "import_json", "merge_db", "merge_rows", "read_winners",
-           "ship"]
+           "remove_db_files", "ship"]

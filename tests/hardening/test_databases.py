@@ -16,6 +16,7 @@ from maxsim_forge.cli import main
 from maxsim_forge.reference import maxsim_reference
 from maxsim_forge.runtime import Lookup, reset
 from maxsim_forge.runtime import _lookup
+from maxsim_forge.tuned_db import TunedDB
 
 from conftest import assert_scores
 
@@ -103,3 +104,50 @@ def test_read_only_commands_never_write_their_database(tmp_path, command):
     assert not missing.exists()
 
 
+
+
+# ---- a command that fails leaves every database as it was
+
+def test_ship_onto_one_of_its_sources_is_refused_and_the_source_kept(tmp_path):
+    src = tmp_path / "run.db"
+    _put(src, _key(), _row(CFG_A))
+    before = src.read_bytes()
+    result = CliRunner().invoke(main, ["db", "ship", str(src), "--out", str(src)])
+    _one_error(result, 2, "--out", "is one of the SOURCES")
+    assert src.read_bytes() == before
+    from maxsim_forge.tuned_db import ship
+
+    with pytest.raises(ValueError, match="is one of the sources"):
+        ship([src], tmp_path / "." / "run.db")
+
+
+def test_a_failed_ship_leaves_the_database_it_would_replace(tmp_path):
+    src, out, garbage = tmp_path / "run.db", tmp_path / "shipped.db", tmp_path / "garbage.db"
+    _put(src, _key(), _row(CFG_A))
+    assert CliRunner().invoke(main, ["db", "ship", str(src), "--out", str(out)]).exit_code == 0
+    before = out.read_bytes()
+    garbage.write_bytes(b"not a database at all" * 100)
+    result = CliRunner().invoke(main, ["db", "ship", str(src), str(garbage), "--out", str(out)])
+    _one_error(result, 1, "garbage.db")
+    assert out.read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if "shipped" in p.name and p.name != "shipped.db"]  # no part left
+
+
+@pytest.mark.parametrize("command", [
+    ["db", "merge", "{garbage}"], ["import", "--format", "json", "{bad_json}"],
+    ["db", "import", "{bad_json}"], ["import", "--format", "vllm", "{bad_folder}"],
+], ids=lambda c: " ".join(c[:2]))
+def test_a_failed_merge_or_import_creates_no_database(tmp_path, command):
+    garbage, bad_json, bad_folder = tmp_path / "garbage.db", tmp_path / "bad.json", tmp_path / "vllm"
+    garbage.write_bytes(b"not a database at all" * 100)
+    bad_json.write_text('{"format": "maxsim-forge-db", "version": 1, "winners": [{"gpu": "X"}]}')
+    bad_folder.mkdir()
+    (bad_folder / "op=maxsim,dim=128,device_name=X,dtype=fp16.json").write_text("{not json")
+    args = [a.format(garbage=garbage, bad_json=bad_json, bad_folder=bad_folder) for a in command]
+    target = tmp_path / "new.db"
+    result = CliRunner().invoke(main, [*args, "--db", str(target)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert not any(p.name.startswith("new.db") for p in tmp_path.iterdir()), "a database was left behind"
+    _put(target, _key(), _row(CFG_A))  # an existing database stays, with its rows
+    result = CliRunner().invoke(main, [*args, "--db", str(target)])
+    assert result.exit_code == 1 and target.exists() and len(TunedDB(target).winners()) == 1, result.output
