@@ -294,6 +294,11 @@ def test_no_grad_and_quantized_docs():
         assert mf.maxsim(q, randn(2, 5, 32, dtype=torch.float32)).grad_fn is None
     with pytest.raises(ValueError, match="gradients through quantized docs are not supported"):
         mf.maxsim(q, mf.quantize(randn(2, 5, 32), "int8"))
+    with pytest.raises(ValueError, match="gradients through quantized docs are not supported"):
+        mf.maxsim_pairs([q], [mf.quantize(randn(5, 32), "int8")])
+    # Float docs with quantize_query: the docs are what is wrong, with or without gradients.
+    with pytest.raises(ValueError, match="docs must be QuantizedDocs"):
+        mf.maxsim_pairs([q], [randn(5, 32, dtype=torch.float32)], quantize_query=True)
 
 
 def test_a_contrastive_loss_falls_as_with_the_torch_reference(isolated_lookup):

@@ -134,10 +134,11 @@ def maxsim_pairs(
     if isinstance(queries, Sequence) and not isinstance(queries, torch.Tensor) and len(queries) == 0:
         if isinstance(docs, Sequence) and not isinstance(docs, torch.Tensor) and len(docs) == 0:
             return torch.zeros(0, dtype=torch.float32)
-    if quantize_query is not False or (isinstance(docs, Sequence) and not isinstance(docs, torch.Tensor)
-                                       and len(docs) and isinstance(docs[0], QuantizedDocs)):
-        if isinstance(queries, Sequence) and needs_grad(*queries):
-            _no_quantized_grad(QuantizedDocs.__new__(QuantizedDocs))
+    quantized = isinstance(docs, Sequence) and not isinstance(docs, torch.Tensor) and len(docs) and isinstance(
+        docs[0], QuantizedDocs)
+    if quantize_query is not False or quantized:
+        if quantized and isinstance(queries, Sequence) and needs_grad(*queries):
+            _no_quantized_grad(docs[0])  # (float docs with quantize_query: refused as such below)
         return _run(pack_quantized_pairs(queries, docs, precision=precision, quantize_query=quantize_query))
     precision, batch = concat_pairs(queries, docs, precision)
     q_lens, d_lens, q, d = batch
