@@ -89,6 +89,20 @@ def test_a_bad_interval_is_reported_and_never_stops_scoring(recording, monkeypat
     assert "MAXSIM_FORGE_RECORD_INTERVAL='often'" in caplog.text and _record.recorder().interval == 60.0
 
 
+def test_a_record_that_cannot_be_written_says_what_it_keeps_and_what_it_loses(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    monkeypatch.setenv("MAXSIM_FORGE_RECORD", str(folder))  # a folder: no SQLite file opens there
+    reset(Lookup(user_path=tmp_path / "absent.db", shipped_paths=[]))
+    _serve(2, 0, 0)
+    _record.recorder().flush()  # while serving: kept for the next flush
+    _serve(1, 0, 0)
+    reset()  # the last flush: lost, and said so
+    said = [r.getMessage() for r in caplog.records if "cannot write the record" in r.getMessage()]
+    assert len(said) == 2 and "calls are kept and written later" in said[0], said
+    assert "the 3 calls since the last flush are lost" in said[1], said
+
+
 def test_a_forked_child_counts_its_own_calls_only(recording, monkeypatch):
     monkeypatch.setenv("MAXSIM_FORGE_RECORD_INTERVAL", "0.2")
     reset(Lookup(user_path=recording.parent / "absent.db", shipped_paths=[]))

@@ -106,7 +106,7 @@ class Recorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = False
-        atexit.register(self.flush)
+        atexit.register(self._last_flush)
 
     def add(self, route, spec, sizes: dict) -> None:
         """A route decided for a call of ``spec`` with exact ``sizes``: recorded from now on."""
@@ -125,10 +125,11 @@ class Recorder:
         while not self._stop.wait(self.interval):
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, *, last: bool = False) -> None:
         """Add the calls since the last flush to the record file (one transaction). The
         file is written without the lock that routing a new bucket takes: a writer that
-        holds the file delays this flush only."""
+        holds the file delays this flush only. A failed flush keeps the calls for the next
+        one; the ``last`` (at exit, or the recorder's close) says what it loses."""
         with self._write_lock:
             now = time.strftime("%Y-%m-%dT%H:%M:%S")
             rows, taken = [], []
@@ -149,10 +150,16 @@ class Recorder:
                 with self._lock:  # these calls are written at the next flush
                     for key, calls in taken:
                         self._flushed[key] -= calls
-                if not self._failed:
+                if last:
+                    log.warning("maxsim-forge: cannot write the record %s (%s); the %d calls since the last "
+                                "flush are lost", self.path, exc, sum(calls for _, calls in taken))
+                elif not self._failed:
                     self._failed = True
                     log.warning("maxsim-forge: cannot write the record %s (%s); calls are kept and written later",
                                 self.path, exc)
+
+    def _last_flush(self) -> None:
+        self.flush(last=True)
 
     def _write(self, rows: list[dict]) -> None:
         """One transaction, retried while another process holds the file: switching it to
@@ -181,8 +188,8 @@ class Recorder:
 
     def close(self) -> None:
         self._stop.set()
-        self.flush()
-        atexit.unregister(self.flush)
+        self.flush(last=True)
+        atexit.unregister(self._last_flush)
 
     def after_fork_in_child(self) -> None:
         """A forked child (a server's worker) counts from here: what its parent served is
