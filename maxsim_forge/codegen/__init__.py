@@ -6,7 +6,7 @@ from ._backward import (
     DQ_PROGRAMS, WinnersConfig, check_winners, grads_launcher, grads_meta, load_grads, load_winners, render_grads,
     render_winners, winners_config, winners_config_of, winners_hash, winners_launcher, winners_meta, winners_smem,
 )
-from ._cache import CacheError, cache_dir, compiled_before, load_source, load_variant, mark_compiled
+from ._cache import CacheError, cache_dir, compiled_before, load_source, load_variant, mark_compiled, private_folders
 from ._launcher import (
     DEFER, INTERPRETER_LOCK, CompileNeeded, Launcher, device_guard, kernels_disabled, kernels_run_on, launch_guard,
 )
@@ -101,6 +101,7 @@ __all__ = [
     "mark_compiled",
     "load_variant",
     "next_pow2",
+    "private_folders",
     "partial_doc_tiles",
     "quantize_launcher",
     "quantize_meta",

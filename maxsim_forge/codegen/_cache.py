@@ -51,6 +51,9 @@ def _check_private(root: Path, origin: str) -> None:
         st = os.lstat(root)
     except OSError as exc:
         raise CacheError(f"kernel cache {root} ({origin}) cannot be read: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise CacheError(f"kernel cache {root} ({origin}) is a symbolic link; set MAXSIM_FORGE_CACHE to the "
+                         f"folder itself ({os.path.realpath(root)}), which must be this user's own")
     if not stat.S_ISDIR(st.st_mode):
         raise CacheError(f"kernel cache {root} ({origin}) is not a folder; set MAXSIM_FORGE_CACHE to one")
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
@@ -65,6 +68,19 @@ def _check_private(root: Path, origin: str) -> None:
         )
 
 
+def private_folders(path: Path) -> None:
+    """``path`` and every missing folder above it, each made 0700 (``mkdir(parents=True)``
+    would give the ones above the umask's mode)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
 def cache_dir() -> Path:
     """``MAXSIM_FORGE_CACHE``, else ``$XDG_CACHE_HOME/maxsim-forge/kernels`` (where the home
     is read-only, a private folder in the temporary directory). Created private if missing;
@@ -74,7 +90,7 @@ def cache_dir() -> Path:
     if root.exists() and not root.is_dir():
         raise CacheError(f"kernel cache {root} ({origin}) is not a folder; set MAXSIM_FORGE_CACHE to one")
     try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_folders(root)
     except OSError as exc:
         if env:  # a folder the user chose and we cannot use: say so
             raise CacheError(
@@ -83,7 +99,7 @@ def cache_dir() -> Path:
             ) from None
         # A read-only home (some containers): a private folder in the temporary directory.
         root, origin = Path(tempfile.gettempdir()) / f"maxsim-forge-kernels-{os.getuid()}", "the fallback"
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_folders(root)
     _check_private(root, origin)
     return root
 

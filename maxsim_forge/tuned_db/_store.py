@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlite_utils
 
 from .._keys import BucketKey
-from ..codegen import is_current
+from ..codegen import is_current, private_folders
 from ._rows import RowError, check_winner, report_once
 from ._schema import WINNER_KEY, as_tuned_db_error, open_db, write_transaction
 
@@ -69,8 +69,8 @@ class TunedDB:
     def __init__(self, path: str | Path, *, read_only: bool = False, wait_s: float | None = None):
         self.path = Path(path)
         self.read_only = read_only
-        if not read_only and not self.path.parent.is_dir():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            private_folders(self.path.parent)
         self.db = open_db(str(self.path), read_only=read_only, wait_s=wait_s)
 
     def close(self) -> None:

@@ -73,3 +73,18 @@ def test_a_new_cache_folder_is_private(tmp_path, monkeypatch):
     monkeypatch.setenv("MAXSIM_FORGE_CACHE", str(tmp_path / "a" / "b"))
     root = cache_dir()
     assert root == tmp_path / "a" / "b" and oct(root.stat().st_mode & 0o777) == oct(0o700)
+    assert oct((tmp_path / "a").stat().st_mode & 0o777) == oct(0o700)  # the folders above it too
+    monkeypatch.delenv("MAXSIM_FORGE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "maxsim-forge" / "kernels"
+    for folder in ("xdg", "xdg/maxsim-forge", "xdg/maxsim-forge/kernels"):
+        assert oct((tmp_path / folder).stat().st_mode & 0o777) == oct(0o700), folder
+
+
+def test_a_cache_folder_given_as_a_link_is_named_as_one(tmp_path, monkeypatch):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv("MAXSIM_FORGE_CACHE", str(tmp_path / "link"))
+    with pytest.raises(CacheError, match=f"is a symbolic link; set MAXSIM_FORGE_CACHE to the folder itself \\({real}\\)"):
+        cache_dir()
