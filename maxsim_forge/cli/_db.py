@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,7 +94,14 @@ def export_json_file(db_path, out, *, trials: bool = False) -> None:
     with failures():
         doc = export_json(tuned, trials=trials)
         tuned.close()
-        path.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        # Written beside it, then moved on: a failure leaves the old file, and a link at
+        # --out is replaced, never followed to a file elsewhere.
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            part.write_text(json.dumps(doc, indent=1, sort_keys=True))
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
     click.echo(f"wrote {len(doc['winners'])} winners to {out}")
 
 

@@ -40,6 +40,21 @@ def test_vllm_export_writes_no_file_outside_its_folder(tmp_path):
     assert written == [], written
 
 
+def test_a_json_export_replaces_a_link_at_its_path_and_never_writes_through_it(tmp_path):
+    db = TunedDB(tmp_path / "run.db")
+    db.put_winner(_key(), _row(CFG_A))
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "w.json").symlink_to(elsewhere)
+    result = CliRunner().invoke(main, ["export", "--format", "json", "--db", str(db.path), "--out", str(out / "w.json")])
+    assert result.exit_code == 0, result.output
+    assert elsewhere.read_text() == "keep me" and not (out / "w.json").is_symlink()
+    assert len(json.loads((out / "w.json").read_text())["winners"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["w.json"]  # no part left
+
+
 def test_vllm_winner_block_cannot_set_the_key(tmp_path):
     from maxsim_forge.integrations.vllm import import_vllm
 
