@@ -49,6 +49,10 @@ def table(headers: tuple[str, ...], rows: list[tuple]) -> str:
 DB_OPTION = click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
                          help="Database (default: MAXSIM_FORGE_DB or the user cache).")
 
+# Seeds reach torch.Generator (64-bit) and Optuna's sampler (numpy's, 32-bit): the
+# narrower range, so a seed every command takes.
+SEED = click.IntRange(0, 2**32 - 1)
+
 
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
@@ -120,8 +124,7 @@ def out_file(out: str, option: str = "--out") -> Path:
     if path.is_dir():
         raise click.BadParameter(f"{path} is a folder; give a file name such as {path / 'winners.json'}",
                                  param_hint=f"'{option}'")
-    if not path.parent.is_dir():
-        raise click.BadParameter(f"folder {path.parent} does not exist; create it first", param_hint=f"'{option}'")
+    in_existing_folder(path, option)
     return path
 
 
@@ -130,6 +133,11 @@ def out_folder(out: str, option: str = "--out") -> Path:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise click.BadParameter(f"{path} is a file; give a folder (new or existing)", param_hint=f"'{option}'")
+    in_existing_folder(path, option)
+    return path
+
+
+def in_existing_folder(path: Path, option: str) -> None:
+    """An output goes in a folder that exists: a typo in its path makes no folders."""
     if not path.parent.is_dir():
         raise click.BadParameter(f"folder {path.parent} does not exist; create it first", param_hint=f"'{option}'")
-    return path

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..codegen import CODES, DTYPES, LAYOUTS, MASK_KINDS, ConfigError, KernelConfig, KernelSpec
-from ._group import check_cache, failures, main, table, use_interpreter_without_cuda
+from ._group import SEED, check_cache, failures, main, table, use_interpreter_without_cuda
 
 
 def _spec_options(f):
@@ -70,7 +70,7 @@ def codegen(layout, dtype, dim, precision, q_mask, d_mask, codes, config_json, s
               help="Docs to score, at least 1 (default: 1024 on a GPU, 8 through the interpreter).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="fp16", show_default=True,
               help="Input dtype.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed (0 to 2**32 - 1).")
 @click.option("--fidelity", is_flag=True,
               help="Instead: rank a clustered corpus of near-duplicate docs with fp32, int8 and fp8 docs and "
                    "report recall@10 and the largest score error against fp32.")
@@ -164,7 +164,8 @@ def warmup(buckets) -> None:
               help="Times the whole run is repeated, implementations interleaved; medians and intervals over them.")
 @click.option("--heldout", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also run this many seeded shapes that no preset tuned, reported as their own table.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs and the held-out shapes.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed of the inputs and the held-out shapes (0 to 2**32 - 1).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for the CSV, JSON and PNG files [default: benchmarks/results/<gpu>-<date>].")
 @click.option("--list", "list_cases", is_flag=True, help="List the cases and implementations, run nothing.")

@@ -7,7 +7,7 @@ import os
 import click
 
 from ..codegen import ConfigError
-from ._group import check_cache, failures, main, open_write, table, use_interpreter_without_cuda
+from ._group import SEED, check_cache, failures, main, open_write, table, use_interpreter_without_cuda
 
 
 @main.command()
@@ -42,7 +42,8 @@ from ._group import check_cache, failures, main, open_write, table, use_interpre
 @click.option("--heartbeat", type=click.IntRange(min=1), default=None,
               help="Seconds between a running trial's heartbeats in a shared database storage (default 30); a "
                    "worker silent for four of them is taken for dead and its trials are retried.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sampler and the random inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed for the sampler and the random inputs (0 to 2**32 - 1).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, resume, refresh, gpus, workers, storage,
          heartbeat, seed, quiet) -> None:

@@ -1,0 +1,32 @@
+"""Command-line values out of range or of the wrong kind: one ``Error:`` line naming the
+option, what was given and what is accepted (exit 2), nothing written, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from maxsim_forge.cli import main
+
+BIG = "99999999999999999999999"
+
+
+def _refused(args: list[str], *needles: str, code: int = 2) -> str:
+    """The command failed with ``code`` and one ``Error:`` line last naming every needle."""
+    result = CliRunner().invoke(main, args)
+    assert isinstance(result.exception, SystemExit), f"{result.exception!r}: {result.output}"
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert lines and lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
+    return lines[-1]
+
+
+@pytest.mark.parametrize("args", [["check", "--batch", "2"], ["tune", "--trials", "1"], ["bench", "--cases", ""]],
+                         ids=lambda a: a[0])
+@pytest.mark.parametrize("seed", [BIG, "4294967296", "-1"])
+def test_a_seed_out_of_range_is_refused_by_name(tmp_path, args, seed):
+    _refused([*args, "--seed", seed, *(["--db", str(tmp_path / "t.db")] if args[0] == "tune" else [])],
+             "--seed", seed, "4294967295")
+    assert list(tmp_path.iterdir()) == []
