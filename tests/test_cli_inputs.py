@@ -30,3 +30,9 @@ def test_a_seed_out_of_range_is_refused_by_name(tmp_path, args, seed):
     _refused([*args, "--seed", seed, *(["--db", str(tmp_path / "t.db")] if args[0] == "tune" else [])],
              "--seed", seed, "4294967295")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-inf", "-1", "0"])
+def test_a_time_budget_that_is_not_a_finite_positive_number_is_refused(tmp_path, budget):
+    _refused(["tune", "--time-budget", budget, "--db", str(tmp_path / "t.db")], "--time-budget", budget)
+    assert list(tmp_path.iterdir()) == []

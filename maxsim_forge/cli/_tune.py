@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import click
 
 from ..codegen import ConfigError
 from ._group import SEED, check_cache, failures, main, open_write, table, use_interpreter_without_cuda
+
+
+def _finite(ctx, param, value: float | None) -> float | None:
+    # FloatRange lets nan through (no comparison holds for it), and inf is no budget.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} seconds; accepted: a finite number above 0")
+    return value
 
 
 @main.command()
@@ -24,7 +32,7 @@ from ._group import SEED, check_cache, failures, main, open_write, table, use_in
               help="Only buckets whose label contains this text, e.g. 'colbert-full padded/fp16/dim96' (repeatable).")
 @click.option("--trials", type=click.IntRange(min=1), default=24, show_default=True,
               help="Optuna trials per bucket (at least 1).")
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="Seconds for the whole run (above 0); later buckets are skipped.")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
               help="Database to write (default: MAXSIM_FORGE_DB or the user cache).")
