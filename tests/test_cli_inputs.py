@@ -36,3 +36,19 @@ def test_a_seed_out_of_range_is_refused_by_name(tmp_path, args, seed):
 def test_a_time_budget_that_is_not_a_finite_positive_number_is_refused(tmp_path, budget):
     _refused(["tune", "--time-budget", budget, "--db", str(tmp_path / "t.db")], "--time-budget", budget)
     assert list(tmp_path.iterdir()) == []
+
+
+def _shapes(tmp_path, text: str = '[{"layout": "padded", "dtype": "fp16", "dim": 32, "lq": 8, "ld": 16, "nb": 3}]'):
+    path = tmp_path / "shapes.json"
+    path.write_text(text)
+    return str(path)
+
+
+def test_an_output_in_a_folder_that_does_not_exist_is_refused(tmp_path):
+    shapes = _shapes(tmp_path)
+    nowhere = tmp_path / "no" / "such"
+    _refused(["tune", "--shapes", shapes, "--trials", "1", "--quiet", "--db", str(nowhere / "t.db")],
+             "--db", f"folder {nowhere} does not exist; create it first")
+    _refused(["bench", "--cases", "colbert-1k-fp16", "--repeat", "1", "--impl", "torch-eager", "--out", str(nowhere / "x")],
+             "--out", f"folder {nowhere} does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes.json"]

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..codegen import CODES, DTYPES, LAYOUTS, MASK_KINDS, ConfigError, KernelConfig, KernelSpec
-from ._group import SEED, check_cache, failures, main, table, use_interpreter_without_cuda
+from ._group import SEED, check_cache, failures, main, out_folder, table, use_interpreter_without_cuda
 
 
 def _spec_options(f):
@@ -192,6 +192,8 @@ def bench(cases, impls, repeat, heldout, seed, out, list_cases) -> None:
             b.resolve_impl(impl)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--cases'" if "case" in str(exc) else "'--impl'") from None
+    if out:
+        out_folder(out)
     device = "cpu" if interpreted else "cuda"
     impls = list(impls) or list(b.IMPLS)
     for note in b.limitations(impls, device):
