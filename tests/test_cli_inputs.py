@@ -52,3 +52,26 @@ def test_an_output_in_a_folder_that_does_not_exist_is_refused(tmp_path):
     _refused(["bench", "--cases", "colbert-1k-fp16", "--repeat", "1", "--impl", "torch-eager", "--out", str(nowhere / "x")],
              "--out", f"folder {nowhere} does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes.json"]
+
+
+@pytest.mark.parametrize("cases", [",,", "", ","])
+def test_bench_refuses_a_case_list_that_names_nothing_to_run(tmp_path, cases):
+    _refused(["bench", "--cases", cases, "--out", str(tmp_path / "out")], "--cases", repr(cases), "--heldout N")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_takes_an_empty_case_list_with_held_out_shapes(monkeypatch):
+    # --cases "" --heldout N runs the held-out shapes only (BENCHMARKS.md's step).
+    from maxsim_forge import bench
+
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda group, *a, **k: (ran.append(group), ([], {}))[1])
+    monkeypatch.setattr(bench, "format_report", lambda *a, **k: [])
+    monkeypatch.setattr(bench, "write", lambda *a, **k: [])
+    result = CliRunner().invoke(main, ["bench", "--cases", "", "--heldout", "2"])
+    assert result.exit_code == 0, result.output
+    assert [[c.name.startswith("heldout-") for c in group] for group in ran] == [[True, True]]
+
+
+def test_bench_bounds_the_held_out_count():
+    _refused(["bench", "--heldout", "99999999999"], "--heldout", "99999999999", "0<=x<=1000")

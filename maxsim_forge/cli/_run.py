@@ -162,8 +162,9 @@ def warmup(buckets) -> None:
               help="Implementations to run (repeatable; default: all), or module:function for one of your own.")
 @click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True,
               help="Times the whole run is repeated, implementations interleaved; medians and intervals over them.")
-@click.option("--heldout", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also run this many seeded shapes that no preset tuned, reported as their own table.")
+@click.option("--heldout", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="Also run this many seeded shapes that no preset tuned (at most 1000), reported as their own "
+                   "table.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the inputs and the held-out shapes (0 to 2**32 - 1).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -192,6 +193,9 @@ def bench(cases, impls, repeat, heldout, seed, out, list_cases) -> None:
             b.resolve_impl(impl)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--cases'" if "case" in str(exc) else "'--impl'") from None
+    if not chosen and not held:  # '' is held-out shapes only, with --heldout N
+        raise click.BadParameter(f"{cases!r} names no case and --heldout is 0; accepted: comma-separated case names "
+                                 "(--list shows them), all, or '' with --heldout N", param_hint="'--cases'")
     if out:
         out_folder(out)
     device = "cpu" if interpreted else "cuda"
