@@ -75,3 +75,20 @@ def test_bench_takes_an_empty_case_list_with_held_out_shapes(monkeypatch):
 
 def test_bench_bounds_the_held_out_count():
     _refused(["bench", "--heldout", "99999999999"], "--heldout", "99999999999", "0<=x<=1000")
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("empty.json", b"[]", "holds no buckets"),
+    ("empty.yaml", b"buckets: []\n", "holds no buckets"),
+    ("bad.json", b"{bad", "not JSON (Expecting property name"),
+    ("notes.txt", b"hello world\n", "not JSON (Expecting value"),
+    ("blob.json", bytes(range(128, 256)), "not a text file (byte 0"),
+    ("bad.yaml", b"- [unclosed\n", "not YAML ("),
+    ("object.json", b'{"layout": "padded"}', "expected a list of buckets, got dict"),
+])
+def test_tune_names_a_shapes_file_that_holds_no_buckets(tmp_path, name, content, why):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _refused(["tune", "--shapes", str(path), "--trials", "1", "--quiet", "--db", str(tmp_path / "t.db")],
+             "--shapes", f"{path}", why)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]

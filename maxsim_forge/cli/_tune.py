@@ -61,7 +61,7 @@ def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, res
     Example: maxsim-forge tune --preset quick --db tuned.db
     """
     interpreted = use_interpreter_without_cuda()
-    from ..tuner import buckets_from_record, resolve, summary_rows
+    from ..tuner import ShapesFileError, buckets_from_record, resolve, summary_rows
     from ..tuner import tune as run_tune
 
     if record and (preset or shapes):
@@ -75,6 +75,8 @@ def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, res
             buckets = _recorded(recorded, tuple(dtypes), tuple(only))
         else:
             buckets = resolve(preset, shapes, tuple(dtypes), tuple(only))
+    except ShapesFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--shapes'") from None
     except (ValueError, ConfigError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     if not buckets and record:

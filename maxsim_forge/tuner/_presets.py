@@ -150,22 +150,39 @@ PRESETS: dict[str, list[Bucket]] = {
 }
 
 
+class ShapesFileError(ValueError):
+    """A file of buckets that holds no list of them: not text, not JSON or YAML, or no list."""
+
+
 def load_buckets(path: str | Path) -> list[Bucket]:
-    """Buckets from a JSON or YAML file: a list of objects with Bucket's fields."""
+    """Buckets from a JSON or YAML file: a list of objects with Bucket's fields, at least one."""
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ShapesFileError(f"{path}: not a text file (byte {exc.start} is no UTF-8); accepted: a JSON or YAML "
+                              "list of buckets") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ValueError(f"{path} is YAML but PyYAML is not installed; use JSON or install pyyaml") from exc
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ShapesFileError(f"{path}: not YAML ({' '.join(str(exc).split())})") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ShapesFileError(f"{path}: not JSON ({exc})") from None
     if isinstance(data, dict):
         data = data.get("buckets", data)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of buckets, got {type(data).__name__}")
+        raise ShapesFileError(f"{path}: expected a list of buckets, got {type(data).__name__}")
+    if not data:
+        raise ShapesFileError(f"{path} holds no buckets; accepted: a list of objects with fields "
+                              f"{', '.join(Bucket.__dataclass_fields__)}")
     return [_checked(item, f"{path}: bucket {i}") for i, item in enumerate(data)]
 
 
