@@ -92,3 +92,46 @@ def test_tune_names_a_shapes_file_that_holds_no_buckets(tmp_path, name, content,
     _refused(["tune", "--shapes", str(path), "--trials", "1", "--quiet", "--db", str(tmp_path / "t.db")],
              "--shapes", f"{path}", why)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def _tune_with_storage(tmp_path, storage: str) -> list[str]:
+    return ["tune", "--shapes", _shapes(tmp_path), "--trials", "1", "--quiet", "--storage", storage,
+            "--db", str(tmp_path / "t.db")]
+
+
+@pytest.mark.parametrize("url, needles", [
+    ("bogus:foo", ["'bogus:foo' is no storage URL", "journal:PATH"]),
+    ("bogus://foo", ["bogus://foo", "sqlalchemy.dialects:bogus", "journal:PATH"]),
+    ("sqlite:///{tmp}/no/such/s.db", ["folder {tmp}/no/such does not exist"]),
+    ("journal:{tmp}/no/such/j.log", ["folder {tmp}/no/such does not exist"]),
+    ("journal:{tmp}", ["{tmp} is a folder"]),
+])
+def test_tune_refuses_a_storage_url_it_cannot_use_by_name(tmp_path, url, needles):
+    url = url.replace("{tmp}", str(tmp_path))
+    _refused(_tune_with_storage(tmp_path, url), "--storage", *(n.replace("{tmp}", str(tmp_path)) for n in needles))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes.json"]
+
+
+def test_tune_names_a_storage_server_it_cannot_reach(tmp_path):
+    line = _refused(_tune_with_storage(tmp_path, "postgresql://nobody:secret@127.0.0.1:1/x"), "--storage",
+                    "nobody:***@127.0.0.1:1/x", code=1)
+    assert "secret" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes.json"]
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b'"op_code"\n', bytes(range(128, 256)), b'{"a": 1}\n'])
+def test_tune_leaves_a_file_that_is_no_optuna_journal_as_it_was(tmp_path, content):
+    journal = tmp_path / "notes.log"
+    journal.write_bytes(content)
+    _refused(_tune_with_storage(tmp_path, f"journal:{journal}"), "--storage", f"{journal} exists and is not an "
+             "Optuna journal")
+    assert journal.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.log", "shapes.json"]
+
+
+def test_tune_resumes_from_a_journal_it_wrote(tmp_path):
+    journal = tmp_path / "tune.journal"
+    for _ in range(2):
+        result = CliRunner().invoke(main, _tune_with_storage(tmp_path, f"journal:{journal}"))
+        assert result.exit_code == 0 and "winners written" in result.output, result.output
+    assert journal.read_bytes().startswith(b'{"op_code"')

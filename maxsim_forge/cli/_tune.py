@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 
 import click
 
 from ..codegen import ConfigError
-from ._group import SEED, check_cache, db_file, failures, in_existing_folder, main, open_write, table, \
+from ._group import SEED, check_cache, db_file, failures, in_existing_folder, main, one_line, open_write, table, \
     use_interpreter_without_cuda
 
 
@@ -85,6 +87,8 @@ def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, res
         return
     if db_path:
         in_existing_folder(db_file(db_path), "--db")
+    if storage:
+        _check_storage(storage)  # before the database is made: a storage that cannot be used writes nothing
     tuned = open_write(db_path)  # a database that cannot be written stops the run before any work
     tuned.close()
     check_cache()
@@ -105,6 +109,61 @@ def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, res
     if left:
         click.echo(f"\n{left} bucket{'' if left == 1 else 's'} cut short or not reached by the time budget: "
                    f"run again with --{'refresh' if refresh else 'resume'} to finish.")
+
+
+STORAGES = "journal:PATH, sqlite:///FILE or postgresql://user@host/db"
+
+
+def _check_storage(url: str) -> None:
+    """``--storage`` before any work: a journal file Optuna wrote (or a new one) in a folder
+    that exists, or a database URL SQLAlchemy parses whose server answers."""
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    from ..tuner import journal_path, make_storage
+
+    hint = "'--storage'"
+    journal = journal_path(url)
+    if journal is not None:
+        _check_journal(Path(journal))
+        return
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise click.BadParameter(f"{url!r} is no storage URL; accepted: {STORAGES}", param_hint=hint) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        in_existing_folder(Path(parsed.database), "--storage")
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        make_storage(url)  # connects, and makes Optuna's tables where there are none
+    except sqlalchemy.exc.ArgumentError as exc:  # no dialect of that name, say
+        raise click.BadParameter(f"{shown}: {one_line(exc)}; accepted: {STORAGES}", param_hint=hint) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise click.ClickException(f"--storage {shown} cannot be used: {one_line(getattr(exc, 'orig', None) or exc)}") \
+            from None
+    except ValueError as exc:  # the PostgreSQL driver is not installed
+        raise click.ClickException(f"--storage: {one_line(exc)}") from None
+
+
+def _check_journal(path: Path) -> None:
+    # Optuna appends to a journal it cannot read: a file of anything else gets its lines
+    # and the run fails on them after.
+    hint = "'--storage'"
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a folder; give a journal file such as {path / 'tune.journal'}",
+                                 param_hint=hint)
+    in_existing_folder(path, "--storage")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        entry = json.loads(first)
+    except ValueError:  # not JSON, or not UTF-8
+        entry = None
+    if not (isinstance(entry, dict) and "op_code" in entry):
+        raise click.BadParameter(f"{path} exists and is not an Optuna journal (its first line is no journal entry); "
+                                 "give a new file or one an earlier --storage journal run wrote", param_hint=hint)
 
 
 def _this_gpu(interpreted: bool) -> str:

@@ -9,7 +9,7 @@ from ._coverage import KINDS, Served, buckets_from_record, coverage_rows, served
 from ._presets import PRESETS, Bucket, ShapesFileError, load_buckets, resolve
 from ._replay import STRATEGIES, judge, replay
 from ._tables import ExhaustiveTable, TableRow
-from ._run import TuneReport, make_storage, summary_rows, trials_label, tune, tune_on_device
+from ._run import TuneReport, journal_path, make_storage, summary_rows, trials_label, tune, tune_on_device
 from ._space import (
     RESTRICTIONS, SPACE, candidates_hash, check_static, in_current_space, space_hash, valid_configs,
 )
@@ -34,6 +34,7 @@ __all__ = [
     "candidates_hash",
     "check_static",
     "in_current_space",
+    "journal_path",
     "judge",
     "load_buckets",
     "make_storage",

@@ -31,12 +31,20 @@ def make_storage(url: str | None):
     (:mod:`maxsim_forge.tuner._fleet`); None for memory."""
     if not url:
         return None
-    if url.startswith("journal:") or url.endswith((".log", ".journal")):
-        path = url.removeprefix("journal:").removeprefix("//")
+    path = journal_path(url)
+    if path is not None:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(path))
     return _fleet.rdb_storage(url)
+
+
+def journal_path(url: str) -> str | None:
+    """The journal file a storage URL names (``journal:PATH``, or a ``.log``/``.journal``
+    file), or None for a database URL."""
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        return url.removeprefix("journal:").removeprefix("//")
+    return None
 
 
 @dataclass
@@ -269,4 +277,4 @@ def summary_rows(report: TuneReport) -> list[tuple[str, ...]]:
     return rows
 
 
-__all__ = ["TuneReport", "make_storage", "study_name", "summary_rows", "tune", "tune_on_device"]
+__all__ = ["TuneReport", "journal_path", "make_storage", "study_name", "summary_rows", "tune", "tune_on_device"]
