@@ -47,7 +47,7 @@ def test_codegen_prints_parseable_source():
 
 def test_codegen_reports_invalid_knob():
     result = CliRunner().invoke(main, ["codegen", "--layout", "pairs", "--config", '{"q_mode": "fold"}'])
-    assert result.exit_code == 1
+    assert result.exit_code == 2 and "'--config'" in result.output
     assert "q_mode='fold' contradicts layout 'pairs'" in result.output
 
 

@@ -135,3 +135,28 @@ def test_tune_resumes_from_a_journal_it_wrote(tmp_path):
         result = CliRunner().invoke(main, _tune_with_storage(tmp_path, f"journal:{journal}"))
         assert result.exit_code == 0 and "winners written" in result.output, result.output
     assert journal.read_bytes().startswith(b'{"op_code"')
+
+
+@pytest.mark.parametrize("config, needles", [
+    ("{bad", ["not JSON (Expecting property name", "{bad"]),
+    ('{"block_q": 17}', ["block_q=17 must be a power of two"]),
+    ('{"nope": 1}', ["unknown config knob(s) ['nope']", "block_q"]),
+    ('{"block_q": "x"}', ["block_q='x'"]),
+    ("[]", ["a JSON object of knobs is expected, got list"]),
+    ("null", ["a JSON object of knobs is expected, got NoneType"]),
+])
+def test_codegen_refuses_a_config_by_name(config, needles):
+    _refused(["codegen", "--config", config], "--config", *needles)
+
+
+def test_codegen_blames_the_options_that_are_wrong():
+    # A limit that fits no dim is the limit's fault, not the dim's; one the default tiles
+    # overflow says so; options that contradict each other are a usage error.
+    _refused(["codegen", "--smem-limit", "1"], "--smem-limit", "1 bytes", "fit no fp16 kernel", "at least 1024")
+    _refused(["codegen", "--smem-limit", "1023", "--dtype", "fp32"], "--smem-limit", "at least 2048")
+    _refused(["codegen", "--smem-limit", "5000", "--dim", "64"], "--smem-limit", "the device allows 5000",
+             "smaller tiles in --config")
+    _refused(["codegen", "--layout", "pairs", "--q-mask", "lengths"], "q_mask='lengths' contradicts layout 'pairs'")
+    result = CliRunner().invoke(main, ["codegen", "--smem-limit", "1024", "--dim", "16", "--config",
+                                       '{"block_q": 16, "block_d": 16, "block_k": 16, "num_stages": 1}'])
+    assert result.exit_code == 0 and "bq16-bdoc16-bk16-" in result.output.splitlines()[1], result.output

@@ -48,21 +48,48 @@ def codegen(layout, dtype, dim, precision, q_mask, d_mask, codes, config_json, s
     from ..runtime import largest_dim
 
     most = largest_dim(dtype, smem_limit)
+    if not most:
+        raise click.BadParameter(f"{smem_limit} bytes of shared memory per block fit no {dtype} kernel; accepted: at "
+                                 f"least {_least_smem(dtype)}", param_hint="'--smem-limit'")
     if dim > most:
         raise click.BadParameter(f"{dim} is above the largest dim the generated kernels take for {dtype} "
                                  f"with this shared memory ({most})", param_hint="'--dim'")
     spec = KernelSpec(layout, dtype, dim, precision, q_mask, d_mask, codes)
     try:
+        spec.validate()
+    except ConfigError as exc:  # options that contradict each other: q_mask and layout, say
+        raise click.UsageError(str(exc)) from None
+    try:
         given = json.loads(config_json) if config_json else {}
-        if not isinstance(given, dict):
-            raise click.BadParameter(f"a JSON object of knobs is expected, got {type(given).__name__}: {config_json}",
-                                     param_hint="'--config'")
-        if "block_k" not in given:  # the default tile, no wider than the dim
-            given["block_k"] = min(KernelConfig.block_k, max(16, next_pow2(dim)))
-        cfg = KernelConfig.from_dict(given)
-        click.echo(render(spec, cfg, smem_limit=smem_limit), nl=False)
-    except (ConfigError, json.JSONDecodeError, TypeError) as exc:
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON ({exc}): {config_json}", param_hint="'--config'") from None
+    if not isinstance(given, dict):
+        raise click.BadParameter(f"a JSON object of knobs is expected, got {type(given).__name__}: {config_json}",
+                                 param_hint="'--config'")
+    if "block_k" not in given:  # the default tile, no wider than the dim
+        given["block_k"] = min(KernelConfig.block_k, max(16, next_pow2(dim)))
+    try:
+        source = render(spec, KernelConfig.from_dict(given), smem_limit=smem_limit)
+    except (ConfigError, TypeError) as exc:
+        if config_json:  # a knob given, or one the given ones contradict
+            raise click.BadParameter(str(exc), param_hint="'--config'") from None
+        if smem_limit:  # the default tiles do not fit it
+            raise click.BadParameter(f"{exc}; smaller tiles in --config may fit", param_hint="'--smem-limit'") \
+                from None
         raise click.ClickException(str(exc)) from exc
+    click.echo(source, nl=False)
+
+
+def _least_smem(dtype: str) -> int:
+    """The fewest bytes of shared memory per block in which a kernel of ``dtype`` fits."""
+    from ..codegen import DEFAULT_SMEM_LIMIT
+    from ..runtime import largest_dim
+
+    low, high = 0, DEFAULT_SMEM_LIMIT  # high fits a dim, low none
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if largest_dim(dtype, mid) else (mid, high)
+    return high
 
 
 @main.command()
