@@ -160,3 +160,30 @@ def test_codegen_blames_the_options_that_are_wrong():
     result = CliRunner().invoke(main, ["codegen", "--smem-limit", "1024", "--dim", "16", "--config",
                                        '{"block_q": 16, "block_d": 16, "block_k": 16, "num_stages": 1}'])
     assert result.exit_code == 0 and "bq16-bdoc16-bk16-" in result.output.splitlines()[1], result.output
+
+
+def test_tune_only_that_matches_nothing_is_refused_with_labels_it_takes(tmp_path):
+    _refused(["tune", "--only", "nothing", "--only", "other", "--db", str(tmp_path / "t.db")], "--only",
+             "no bucket's label contains 'nothing' or 'other'", "of the 4 buckets",
+             "'colbert padded/fp16/dim128 nq1 lq32 nb1024 ld512 ragged'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tune_only_takes_the_shrunk_label_the_interpreter_prints(tmp_path, monkeypatch):
+    # Without CUDA tune prints the shrunk buckets' labels; either label picks the bucket.
+    import maxsim_forge.tuner as tuner
+    from maxsim_forge.tuner import PRESETS
+
+    monkeypatch.setattr("maxsim_forge.cli._tune.use_interpreter_without_cuda", lambda: True)
+    picked = []
+
+    def tune(buckets, **kwargs):
+        picked.append(buckets)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(tuner, "tune", tune)
+    colpali = PRESETS["quick"][1]
+    for label in (colpali.label(), colpali.tiny().label()):
+        result = CliRunner().invoke(main, ["tune", "--only", label, "--db", str(tmp_path / "t.db")])
+        assert result.exit_code == 1 and "stop here" in result.output, result.output
+    assert picked == [[colpali], [colpali]]

@@ -76,7 +76,7 @@ def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, res
             recorded = buckets_from_record(record, gpu=_this_gpu(interpreted))
             buckets = _recorded(recorded, tuple(dtypes), tuple(only))
         else:
-            buckets = resolve(preset, shapes, tuple(dtypes), tuple(only))
+            buckets = _only(resolve(preset, shapes, tuple(dtypes)), tuple(only), interpreted)
     except ShapesFileError as exc:
         raise click.BadParameter(str(exc), param_hint="'--shapes'") from None
     except (ValueError, ConfigError, FileNotFoundError) as exc:
@@ -164,6 +164,22 @@ def _check_journal(path: Path) -> None:
     if not (isinstance(entry, dict) and "op_code" in entry):
         raise click.BadParameter(f"{path} exists and is not an Optuna journal (its first line is no journal entry); "
                                  "give a new file or one an earlier --storage journal run wrote", param_hint=hint)
+
+
+def _only(buckets: list, only: tuple, interpreted: bool) -> list:
+    """The buckets --only names: by their label, or without CUDA also by the shrunk label
+    the interpreter's table prints."""
+    from ..tuner import pick
+
+    chosen = pick(buckets, only, shrunk=interpreted) if only else buckets
+    if buckets and not chosen:
+        step = max(1, len(buckets) // 3)
+        examples = ", ".join(repr(b.label()) for b in buckets[::step][:3])
+        shrunk = ", or the shrunk labels tune prints without CUDA" if interpreted else ""
+        raise click.BadParameter(f"no bucket's label contains {' or '.join(map(repr, only))}; accepted: a part of a "
+                                 f"label of the {len(buckets)} buckets{shrunk}, such as {examples}",
+                                 param_hint="'--only'")
+    return chosen
 
 
 def _this_gpu(interpreted: bool) -> str:

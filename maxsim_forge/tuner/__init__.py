@@ -6,7 +6,7 @@ Imported by ``maxsim-forge tune`` only; the runtime never imports it.
 from __future__ import annotations
 
 from ._coverage import KINDS, Served, buckets_from_record, coverage_rows, served
-from ._presets import PRESETS, Bucket, ShapesFileError, load_buckets, resolve
+from ._presets import PRESETS, Bucket, ShapesFileError, load_buckets, pick, resolve
 from ._replay import STRATEGIES, judge, replay
 from ._tables import ExhaustiveTable, TableRow
 from ._run import TuneReport, journal_path, make_storage, summary_rows, trials_label, tune, tune_on_device
@@ -38,6 +38,7 @@ __all__ = [
     "judge",
     "load_buckets",
     "make_storage",
+    "pick",
     "replay",
     "resolve",
     "space_hash",

@@ -231,7 +231,7 @@ def resolve(preset: str | None, shapes: str | Path | None, dtypes: tuple[str, ..
     if dtypes:
         buckets = [b for b in buckets if b.dtype in dtypes] or [replace(b, dtype=dt) for b in buckets for dt in dtypes]
     if only:
-        chosen = [b for b in buckets if any(part in b.label() for part in only)]
+        chosen = pick(buckets, only)
         if not chosen:
             raise ValueError(
                 f"only={list(only)} matches no bucket; labels look like {buckets[0].label()!r}" if buckets
@@ -239,3 +239,12 @@ def resolve(preset: str | None, shapes: str | Path | None, dtypes: tuple[str, ..
             )
         buckets = chosen
     return buckets
+
+
+def pick(buckets: list[Bucket], only: tuple[str, ...], *, shrunk: bool = False) -> list[Bucket]:
+    """The buckets whose label contains one of ``only``; with ``shrunk``, also those whose
+    label shrunk for the interpreter (``tiny``, as its tune tables print it) does."""
+    def labels(b: Bucket) -> tuple[str, ...]:
+        return (b.label(), b.tiny().label()) if shrunk else (b.label(),)
+
+    return [b for b in buckets if any(part in label for part in only for label in labels(b))]
