@@ -187,3 +187,9 @@ def test_tune_only_takes_the_shrunk_label_the_interpreter_prints(tmp_path, monke
         result = CliRunner().invoke(main, ["tune", "--only", label, "--db", str(tmp_path / "t.db")])
         assert result.exit_code == 1 and "stop here" in result.output, result.output
     assert picked == [[colpali], [colpali]]
+
+
+@pytest.mark.parametrize("dtype, dim, most", [("fp16", 5000, 3584), ("fp32", 1793, 1792)])
+def test_warmup_refuses_a_bucket_whose_dim_the_kernels_do_not_take(dtype, dim, most):
+    bucket = f'{{"layout": "padded", "dtype": "{dtype}", "dim": {dim}, "lq": 32, "ld": 300, "nb": 1000}}'
+    _refused(["warmup", "--bucket", bucket], "--bucket", f"bucket 0: dim={dim}", f"({most})")

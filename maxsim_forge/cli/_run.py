@@ -146,17 +146,27 @@ def _fidelity(dtype: str, seed: int, interpreted: bool) -> None:
         raise click.ClickException("ranking fidelity under its target")
 
 
-def _buckets(values: tuple[str, ...]) -> list[dict] | None:
-    """``--bucket`` values parsed and checked: a usage error names the bucket and field."""
-    from ..runtime import check_bucket
+def _buckets(values: tuple[str, ...], device: str) -> list[dict] | None:
+    """``--bucket`` values parsed and checked, their dims against this device's shared
+    memory: a usage error names the bucket and field."""
+    import torch
 
+    from .._keys import gpu_info
+    from ..runtime import check_bucket, largest_dim
+
+    smem_limit = gpu_info(torch.device(device)).smem_limit if values else None
     parsed = []
     for i, text in enumerate(values):
         try:
             bucket = json.loads(text)
-            check_bucket(bucket, i)
+            spec, _ = check_bucket(bucket, i)
         except ValueError as exc:  # JSONDecodeError is one
             raise click.BadParameter(" ".join(str(exc).split()), param_hint="'--bucket'") from exc
+        most = largest_dim(spec.dtype, smem_limit)
+        if spec.dim > most:
+            raise click.BadParameter(f"bucket {i}: dim={spec.dim} is above the largest the generated kernels take for "
+                                     f"{spec.dtype} on this device ({most}); torch scores larger dims, with nothing "
+                                     "to warm up", param_hint="'--bucket'")
         parsed.append(bucket)
     return parsed or None
 
@@ -173,7 +183,7 @@ def warmup(buckets) -> None:
     interpreted = use_interpreter_without_cuda()
     from ..runtime import warmup as run_warmup
 
-    parsed = _buckets(buckets)
+    parsed = _buckets(buckets, "cpu" if interpreted else "cuda")
     check_cache()
     with failures():
         decisions = run_warmup(parsed, device="cpu" if interpreted else "cuda")
