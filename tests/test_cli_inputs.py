@@ -51,7 +51,15 @@ def test_an_output_in_a_folder_that_does_not_exist_is_refused(tmp_path):
              "--db", f"folder {nowhere} does not exist; create it first")
     _refused(["bench", "--cases", "colbert-1k-fp16", "--repeat", "1", "--impl", "torch-eager", "--out", str(nowhere / "x")],
              "--out", f"folder {nowhere} does not exist")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes.json"]
+    export = tmp_path / "w.json"
+    export.write_text('{"format": "maxsim-forge-db", "version": 1, "winners": []}')
+    for args in (["db", "merge", shapes], ["import", "--format", "json", str(export)], ["db", "import", str(export)]):
+        _refused([*args, "--db", str(nowhere / "t.db")], "--db", f"folder {nowhere} does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes.json", "w.json"]
+
+
+def test_db_verify_refuses_a_seed_out_of_range_by_name(tmp_path):
+    _refused(["db", "verify", "--seed", BIG, "--db", str(tmp_path / "t.db")], "--seed", BIG, "4294967295")
 
 
 @pytest.mark.parametrize("cases", [",,", "", ","])

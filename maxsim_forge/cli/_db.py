@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..codegen import DTYPES, LAYOUTS, KernelConfig, is_current, winners_config_of
-from ._group import DB_OPTION, check_cache, db_file, failures, main, open_read, open_write, out_file, table, \
+from ._group import DB_OPTION, SEED, check_cache, db_file, failures, main, open_read, open_write, out_file, table, \
     use_interpreter_without_cuda
 
 
@@ -224,7 +224,7 @@ def db_ship(sources, out) -> None:
 
 @db.command("verify")
 @DB_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh random inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the fresh random inputs.")
 def db_verify(db_path, seed) -> None:
     """Check every winner tuned on this GPU against the float64 reference on fresh data.
 

@@ -104,10 +104,19 @@ def open_read(db_path: str | None, *, path: Path | None = None) -> TunedDB:
 
 
 def open_write(db_path: str | None) -> TunedDB:
-    """A database opened to write (created and migrated if need be)."""
-    path = db_file(db_path)
+    """A database opened to write (created and migrated if need be); a ``--db`` in a
+    folder that does not exist is a usage error (the default's folders are made)."""
+    path = writable_db_file(db_path)
     with failures():
         return TunedDB(path)
+
+
+def writable_db_file(db_path: str | None) -> Path:
+    """The database a writing command names, in a folder that exists where ``--db`` names it."""
+    path = db_file(db_path)
+    if db_path:
+        in_existing_folder(path, "--db")
+    return path
 
 
 def check_cache() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from ..codegen import ConfigError
-from ._group import SEED, check_cache, db_file, failures, in_existing_folder, main, one_line, open_write, table, \
-    use_interpreter_without_cuda
+from ._group import SEED, check_cache, failures, in_existing_folder, main, one_line, open_write, table, \
+    use_interpreter_without_cuda, writable_db_file
 
 
 def _finite(ctx, param, value: float | None) -> float | None:
@@ -85,8 +85,7 @@ def tune(preset, shapes, record, dtypes, only, trials, time_budget, db_path, res
         click.echo(f"{record}: every bucket recorded on this GPU was served by its own winner; nothing to tune"
                    if not recorded else f"{record}: --dtype and --only leave none of its {len(recorded)} buckets")
         return
-    if db_path:
-        in_existing_folder(db_file(db_path), "--db")
+    writable_db_file(db_path)
     if storage:
         _check_storage(storage)  # before the database is made: a storage that cannot be used writes nothing
     tuned = open_write(db_path)  # a database that cannot be written stops the run before any work
