@@ -46,6 +46,8 @@ VALUE_FIELDS: dict[str, type | tuple] = {
 WINNER_FIELDS = {**KEY_FIELDS, **VALUE_FIELDS}
 # Each knob's exact type, from KernelConfig's annotations ("int", "str", "bool").
 _KNOB_TYPES = {f.name: {"int": int, "str": str, "bool": bool}[str(f.type)] for f in dataclasses.fields(KernelConfig)}
+# SQLite stores integers as signed 64-bit numbers; a larger one cannot be written.
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 
 
 class RowError(ValueError):
@@ -74,6 +76,13 @@ def _type_name(accepted) -> str:
         return "a number"
     return {int: "an integer", str: "a string", dict: "a JSON object", list: "a JSON list",
             bool: "true or false"}[accepted]
+
+
+def _shown(value: object) -> str:
+    """``value`` as a message quotes it: an integer of many digits by its size."""
+    if type(value) is int and abs(value) >= 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return repr(value)
 
 
 def _exact(value: object, accepted) -> bool:
@@ -131,6 +140,9 @@ def _check_fields(row: dict) -> dict:
             value = [check_config(v, f"near_best[{i}]") for i, v in enumerate(value)]
         elif (value is None and name in KEY_FIELDS) or (value is not None and not _exact(value, accepted)):
             raise ValueError(f"{name}: {value!r} is {type(value).__name__}; accepted: {_type_name(accepted)}")
+        elif type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError(f"{name}: {_shown(value)} is outside SQLite's integer range; accepted: "
+                             "an integer from -2**63 to 2**63 - 1")
         out[name] = value
     return out
 
