@@ -4,16 +4,23 @@ written; rows of older kernels or an older search space still pass."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sqlite3
 
 import pytest
 from click.testing import CliRunner
 
 from maxsim_forge.cli import main
-from maxsim_forge.codegen import KernelConfig, kernel_hash, template_hash
-from maxsim_forge.tuned_db import BucketKey, RowError, TunedDB, check_winner
+from maxsim_forge.codegen import (
+    DEFAULT_SMEM_LIMIT, Q_MODES, ConfigError, KernelConfig, KernelSpec, kernel_hash, template_hash, validate,
+)
+from maxsim_forge.tuned_db import BucketKey, RowError, TunedDB, check_config, check_winner
 
 from _helpers import CFG_A, CFG_B
+
+BWD = {"block_q": 32, "block_d": 64, "num_warps": 4, "num_stages": 2}
+
 
 def _key(*, nb=4) -> BucketKey:
     return BucketKey(gpu="NVIDIA_H100_80GB_HBM3", cc="9.0", layout="padded", dtype="fp16", precision="native",
@@ -76,3 +83,113 @@ def test_an_integer_sqlite_cannot_store_is_refused_by_name(tmp_path, field, valu
         check_winner(_with(field, value), where="x.json", index=1)
     assert err.value.field == field, err.value
     check_winner(_with(field, stored), where="x.json")  # the largest (or least) SQLite stores
+
+
+# ---- values no version wrote: refused with the field, the value and what is accepted
+
+@pytest.mark.parametrize("field, value, named, accepted", [
+    ("config.q_mode", "evil", "config.q_mode", "'loop', 'grid', 'fold', 'tile', 'persist'"),
+    ("config.block_q", 17, "config.block_q", "a power of two from 16 to 256"),
+    ("config.block_q", 2**40, "config.block_q", "a power of two from 16 to 256"),
+    ("config.block_k", 8, "config.block_k", "a power of two from 16 to 256"),
+    ("config.num_warps", 3, "config.num_warps", "1, 2, 4, 8, 16"),
+    ("config.num_stages", 0, "config.num_stages", "1 to 6"),
+    ("config.split_d", 1024, "config.split_d", "a power of two from 1 to 64"),
+    ("config.q_mode", "fold", "config.q_mode", "contradicts layout 'padded'"),  # folds need several queries
+    ("config.exact_k", True, "config.exact_k", "no power of two"),  # dim 128 is a power of two
+    ("lq_bucket", 0, "lq_bucket", "a power of two >= 1"),
+    ("lq_bucket", 7, "lq_bucket", "a power of two >= 1"),
+    ("nq_bucket", 0, "nq_bucket", "a power of two >= 1"),
+    ("nb_bucket", 1000, "nb_bucket", "a power of two >= 1"),
+    ("trials", -3, "trials", "an integer >= 0"),
+    ("time_ms", 0, "time_ms", "a finite number > 0"),
+    ("time_ms", -1.0, "time_ms", "a finite number > 0"),
+    ("gpu", "../../etc/passwd", "gpu", "without '/'"),
+    ("gpu", "..", "gpu", "without '/'"),
+    ("gpu", "a\\b", "gpu", "without '/'"),
+    ("gpu", "H100\n", "gpu", "control characters"),
+    ("gpu", "", "gpu", "a device name"),
+])
+def test_a_value_no_version_wrote_is_refused_by_name(tmp_path, field, value, named, accepted):
+    result, target = _import(tmp_path, _export(tmp_path, _good(), _with(field, value)))
+    row = "#1" if field == "gpu" else "NVIDIA_H100_80GB_HBM3 padded/fp16/dim128 nq"
+    line = _one_error(result, 1, f"row {row}", f"field {named}: ", accepted)
+    if not isinstance(value, bool):
+        assert repr(value) in line or str(value) in line, line
+    assert TunedDB(target).winners() == [], "a refused import stores nothing"
+    with pytest.raises(RowError) as err:
+        check_winner(_with(field, value), where="x.json", index=1)
+    assert err.value.field == named, err.value
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"config": {**BWD, "block_q": 256}}, "config.block_q"),  # the winners kernel's tiles stop at 128
+    ({"config": {**BWD, "num_warps": 16}}, "config.num_warps"),
+    ({"config": {"block_q": 32}}, "config"),  # a backward config has its four knobs
+    ({"codes": "int8"}, "codes"),  # gradients are of float docs only
+])
+def test_a_backward_row_is_checked_as_the_winners_kernel_takes_it(change, named):
+    row = {**_key().as_row(), **_row(CFG_A), "op": "bwd", "config": BWD, **change}
+    with pytest.raises(RowError) as err:
+        check_winner(row, where="x.json", index=0)
+    assert err.value.field == named, err.value
+
+
+def test_db_show_calls_a_row_of_an_unknown_q_mode_bad_not_stale(tmp_path):
+    path = tmp_path / "user.db"
+    with TunedDB(path) as db:
+        db.put_winner(_key(), _row(CFG_A))
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("UPDATE winners SET config = ?", [json.dumps({**CFG_A.to_dict(), "q_mode": "evil"})])
+    con.close()
+    shown = CliRunner().invoke(main, ["db", "show", "--db", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "BAD ROW: field config.q_mode: 'evil'" in shown.output and "stale" not in shown.output, shown.output
+
+
+# ---- what older versions wrote still passes
+
+@pytest.mark.parametrize("row", [
+    pytest.param({"kernel_hash": "f" * 16, "space_hash": "older"}, id="stale-older-space"),
+    pytest.param({"kernel_hash": "", "template_hash": "", "space_sizes": ""}, id="before-kernel-hashes"),
+    # Over this device's shared memory and registers: another device, or older estimates.
+    pytest.param({"config": dataclasses.asdict(KernelConfig(block_q=256, block_d=256, block_k=128, num_warps=1,
+                                                            num_stages=6))}, id="over-the-device"),
+    pytest.param({"config": {"q_mode": "persist", "block_q": 256}, "layout": "allpairs"}, id="persist-allpairs"),
+    pytest.param({"config": {"q_mode": "fold"}, "layout": "packed", "nq_bucket": 8}, id="fold-packed"),
+    pytest.param({"config": {"exact_k": True, "block_k": 128}, "dim": 96}, id="exact-k"),
+    pytest.param({"op": "bwd", "config": BWD}, id="backward"),
+    pytest.param({"time_ms": None, "trials": None, "seed": None}, id="no-values"),
+    pytest.param({"trials": 0, "baseline_ms": 0.0, "speedup": 0.0}, id="no-trials-no-baseline"),
+    pytest.param({"gpu": "AMD Instinct MI300X"}, id="device-with-spaces"),
+    pytest.param({"dtype": "fp32", "precision": "ieee", "config": {"block_k": 64}, "dim": 64}, id="fp32"),
+    pytest.param({"codes": "int8xint8", "config": {"block_k": 128}}, id="quantized-query"),
+])
+def test_rows_older_versions_wrote_still_pass(row):
+    stored = {**_key().as_row(), **_row(CFG_A), **row}
+    check_winner(stored, where="x.json", index=0)
+
+
+@pytest.mark.parametrize("knob, values", [
+    ("block_q", [*range(-1, 300), 512, 2**40]), ("block_d", [*range(-1, 300), 512]),
+    ("block_k", [*range(-1, 300), 512]), ("num_warps", [*range(-1, 40), 2**40]),
+    ("num_stages", [*range(-1, 12)]), ("split_d", [*range(-1, 130), 1024]),
+    ("q_mode", [*Q_MODES, "evil", "", "LOOP"]),
+])
+def test_knob_values_are_codegen_validate_s(knob, values):
+    # The knob alone decides, on a spec and config that take every value of every knob.
+    spec = KernelSpec("allpairs", "fp16", 256)
+    base = KernelConfig(block_q=16, block_d=16, block_k=16, num_warps=4, num_stages=1, q_mode="grid")
+    for value in values:
+        try:
+            validate(spec, dataclasses.replace(base, **{knob: value}), smem_limit=DEFAULT_SMEM_LIMIT)
+            codegen = True
+        except ConfigError:
+            codegen = False
+        try:
+            check_config({knob: value})
+            rows = True
+        except ValueError:
+            rows = False
+        assert rows == codegen, f"{knob}={value!r}: the row schema says {rows}, codegen.validate {codegen}"

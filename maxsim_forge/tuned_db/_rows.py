@@ -7,9 +7,13 @@ of the right types (``near_best`` a list of such objects). A row that fails rais
 :class:`RowError`, which names the file, the row (its key) and the field. A database
 reader skips such a row and reports it once (:func:`report_once`); the rest still serves.
 
-Only types and choices are checked here: whether a config's values make a kernel on this
-device (tile sizes, shared memory) is ``codegen.validate``'s question, asked where the
-config is used.
+Values are checked as far as no version of this package could have written otherwise:
+integers SQLite can store, size buckets that are powers of two, knobs within their
+domains and a config that ``codegen.validate`` (``check_winners`` for a backward row)
+takes for the row's own layout, dtype, dim and codes. Whether a config fits this
+device's shared memory and registers is left to where the config is used: those
+estimates changed between versions, and another device may have more. A row tuned on
+kernels since changed (stale), or found in an older search space, still passes.
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import threading
 
 from .._keys import BucketKey
-from ..codegen import CODES, DTYPES, LAYOUTS, ConfigError, KernelConfig
+from ..codegen import (
+    CODES, DTYPES, LAYOUTS, Q_MODES, ConfigError, KernelConfig, KernelSpec, check_winners, validate,
+    winners_config_of,
+)
 
 log = logging.getLogger("maxsim_forge")
 
@@ -48,6 +56,26 @@ WINNER_FIELDS = {**KEY_FIELDS, **VALUE_FIELDS}
 _KNOB_TYPES = {f.name: {"int": int, "str": str, "bool": bool}[str(f.type)] for f in dataclasses.fields(KernelConfig)}
 # SQLite stores integers as signed 64-bit numbers; a larger one cannot be written.
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+BUCKET_FIELDS = ("nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket")
+
+
+def _pow2(low: int, high: int):
+    return lambda v: low <= v <= high and v & (v - 1) == 0
+
+
+# Each knob's values as codegen.validate takes them whatever the layout, dim or device
+# (unchanged since the first version; a test holds this table to codegen's checks).
+_KNOB_VALUES = {
+    "block_q": (_pow2(16, 256), "a power of two from 16 to 256"),
+    "block_d": (_pow2(16, 256), "a power of two from 16 to 256"),
+    "block_k": (_pow2(16, 256), "a power of two from 16 to 256"),
+    "num_warps": (lambda v: v in (1, 2, 4, 8, 16), "1, 2, 4, 8, 16"),
+    "num_stages": (lambda v: 1 <= v <= 6, "1 to 6"),
+    "split_d": (_pow2(1, 64), "a power of two from 1 to 64"),
+    "q_mode": (lambda v: v in Q_MODES, ", ".join(map(repr, Q_MODES))),
+}
+# A device name is part of vLLM file names and of every key: no path, no control characters.
+_GPU_REFUSED = re.compile(r"[/\\]|\.\.")
 
 
 class RowError(ValueError):
@@ -64,7 +92,7 @@ def row_label(row: dict, index: int | None = None) -> str:
     its position where the key cannot be read."""
     try:
         key = BucketKey.from_row(row)
-        if all(type(getattr(key, k)) is t for k, t in KEY_FIELDS.items()):
+        if all(type(getattr(key, k)) is t for k, t in KEY_FIELDS.items()) and _gpu_error(key.gpu) is None:
             return f"{key.gpu} {key.label()}"
     except (KeyError, TypeError, AttributeError):
         pass
@@ -85,14 +113,23 @@ def _shown(value: object) -> str:
     return repr(value)
 
 
+def _gpu_error(name: str) -> str | None:
+    """Why ``name`` is no device name, or None."""
+    if name and not _GPU_REFUSED.search(name) and name.isprintable():
+        return None
+    return (f"{name!r}; accepted: a device name as vLLM normalises it (such as 'NVIDIA_H100_80GB_HBM3'), "
+            "without '/', '\\', '..' or control characters")
+
+
 def _exact(value: object, accepted) -> bool:
     kinds = accepted if isinstance(accepted, tuple) else (accepted,)
     return type(value) in kinds  # exact: a bool is no int, an int subclass is refused
 
 
 def check_config(value: object, field: str = "config") -> dict:
-    """A config as stored (a JSON object, or its text): known knobs of exact types.
-    Returns the object; raises ``ValueError`` naming the knob (``config.num_warps``)."""
+    """A config as stored (a JSON object, or its text): known knobs of exact types, each
+    within its values (:data:`_KNOB_VALUES`). Returns the object; raises ``ValueError``
+    naming the knob (``config.num_warps``)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -108,6 +145,9 @@ def check_config(value: object, field: str = "config") -> dict:
         if type(knob) is not _KNOB_TYPES[name]:
             raise ValueError(f"{field}.{name}: {knob!r} is {type(knob).__name__}; accepted: "
                              f"{_type_name(_KNOB_TYPES[name])}")
+        allowed, accepted = _KNOB_VALUES.get(name, (None, ""))
+        if allowed is not None and not allowed(knob):
+            raise ValueError(f"{field}.{name}: {_shown(knob)}; accepted: {accepted}")
     return value
 
 
@@ -152,19 +192,53 @@ def _check_choices(row: dict) -> None:
                            ("docs", _DOCS), ("codes", CODES), ("op", OPS)):
         if name in row and row[name] not in accepted:
             raise ValueError(f"{name}: {row[name]!r}; accepted: {', '.join(map(repr, accepted))}")
-    if not row["gpu"]:
-        raise ValueError("gpu: is empty; accepted: a device name such as 'NVIDIA_H100_80GB_HBM3'")
+    why = _gpu_error(row["gpu"])
+    if why:
+        raise ValueError(f"gpu: {why}")
     if row["dim"] < 1:
         raise ValueError(f"dim: {row['dim']}; accepted: a positive integer")
-    for name in ("nq_bucket", "lq_bucket", "ld_bucket", "nb_bucket"):
-        if row[name] < 0:
-            raise ValueError(f"{name}: {row[name]}; accepted: an integer >= 0")
+    # A winner was timed on sizes of at least 1, which the runtime buckets to 1, 2, 4, 8, ...
+    for name in BUCKET_FIELDS:
+        value = row[name]
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{name}: {value}; accepted: a power of two >= 1 (1, 2, 4, 8, ...)")
     if row.get("cut") not in (None, 0, 1):
         raise ValueError(f"cut: {row['cut']!r}; accepted: 0 or 1")
-    for name in ("time_ms", "baseline_ms", "speedup"):
+    if row.get("trials") is not None and row["trials"] < 0:
+        raise ValueError(f"trials: {row['trials']}; accepted: an integer >= 0")
+    # A time of 0 would beat every winner timed on a GPU.
+    if row.get("time_ms") is not None and not (math.isfinite(row["time_ms"]) and row["time_ms"] > 0):
+        raise ValueError(f"time_ms: {row['time_ms']!r}; accepted: a finite number > 0")
+    for name in ("baseline_ms", "speedup"):
         value = row.get(name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name}: {value!r}; accepted: a finite number >= 0")
+
+
+def _field_of(exc: ConfigError) -> str:
+    """The field a codegen error is about: a key field or a knob its message starts with."""
+    name = re.match(r"\w*", str(exc)).group()
+    if name in KEY_FIELDS:
+        return name
+    return f"config.{name}" if name in _KNOB_TYPES else "config"
+
+
+def _check_kernel(row: dict) -> None:
+    """The config against the row's own spec, by codegen's checks: a fold over padded
+    docs, a feature tile wider than the dim, a backward config of quantized docs are no
+    rows any version tuned. The device's budget is left out (the module's docstring)."""
+    spec = KernelSpec(row["layout"], row["dtype"], row["dim"], row["precision"], codes=row.get("codes", "none"))
+    try:
+        if row.get("op", "fwd") == "bwd":
+            check_winners(spec, winners_config_of(row["config"]))
+        else:
+            # Tiles and warps are within their values (check_config) and no other check reads
+            # them: their least values keep the register estimate out, and no limit the
+            # shared-memory estimate.
+            probe = dataclasses.replace(KernelConfig.from_dict(row["config"]), block_q=16, block_d=16, num_warps=16)
+            validate(spec, probe, smem_limit=math.inf)
+    except ConfigError as exc:
+        raise ValueError(f"{_field_of(exc)}: {exc}") from None
 
 
 def check_winner(row: object, *, where: str, index: int | None = None) -> dict:
@@ -176,6 +250,7 @@ def check_winner(row: object, *, where: str, index: int | None = None) -> dict:
     try:
         out = _check_fields(row)
         _check_choices(out)
+        _check_kernel(out)
     except ValueError as exc:
         field, _, why = str(exc).partition(": ")
         raise RowError(where, row_label(row, index), field, why) from None

@@ -28,8 +28,13 @@ def test_vllm_export_writes_no_file_outside_its_folder(tmp_path):
     from maxsim_forge.integrations.vllm import export_vllm
 
     db = TunedDB(tmp_path / "run.db")
-    db.put_winner(_key(gpu="x/../../../evil"), _row(CFG_A))
-    db.put_winner(_key(gpu="..", nb=8), _row(CFG_A))
+    db.put_winner(_key(gpu="x~evil"), _row(CFG_A))  # a device name no file name may hold
+    # A device name that is a path breaks the rows' schema: such rows, written by hand, are
+    # skipped (reported once) by every reader, the export's included.
+    with db.db.conn:
+        for gpu, nb in (("x/../../../evil", 16), ("..", 8)):
+            db.db["winners"].insert({**_key(gpu=gpu, nb=nb).as_row(), "config": json.dumps(CFG_A.to_dict())})
+    assert [w["gpu"] for w in db.winners()] == ["x~evil"]
     out = tmp_path / "a" / "b" / "out"
     out.parent.mkdir(parents=True)
     with pytest.raises(ValueError, match="cannot be part of a file name"):
