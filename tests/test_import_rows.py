@@ -16,6 +16,7 @@ from maxsim_forge.codegen import (
     DEFAULT_SMEM_LIMIT, Q_MODES, ConfigError, KernelConfig, KernelSpec, kernel_hash, template_hash, validate,
 )
 from maxsim_forge.tuned_db import BucketKey, RowError, TunedDB, check_config, check_winner
+from maxsim_forge.tuned_db._rows import EXPORT_FORMAT, EXPORT_VERSION, check_export
 
 from _helpers import CFG_A, CFG_B
 
@@ -193,3 +194,57 @@ def test_knob_values_are_codegen_validate_s(knob, values):
         except ValueError:
             rows = False
         assert rows == codegen, f"{knob}={value!r}: the row schema says {rows}, codegen.validate {codegen}"
+
+
+# ---- the export document around the rows
+
+def test_an_export_newer_than_this_package_is_refused_saying_upgrade():
+    doc = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION + 98, "winners": []}
+    with pytest.raises(ValueError, match=r"e.json: export version 99 is newer than this package's 1; upgrade"):
+        check_export(doc, where="e.json")
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"format": "maxsim-forge-db", "version": 1}, "holds no 'winners'"),
+    ({"format": "maxsim-forge-db", "version": 1, "winners": {}}, "'winners' is dict"),
+    ({"format": "maxsim-forge-db", "version": "1", "winners": []}, "version '1'; accepted: an integer from 1 to 1"),
+    ({"format": "maxsim-forge-db", "version": True, "winners": []}, "version True"),
+    ({"format": "maxsim-forge-db", "version": 0, "winners": []}, "version 0"),
+    ({"format": "other", "winners": []}, "not a maxsim-forge export"),
+    ([], "not a maxsim-forge export (format 'list'"),
+])
+def test_an_export_document_that_is_not_one_is_refused(doc, needle):
+    with pytest.raises(ValueError, match=r"^e\.json: ") as err:
+        check_export(doc, where="e.json")
+    assert needle in str(err.value), err.value
+
+
+def test_an_export_document_of_this_version_gives_its_rows():
+    rows = [_good()]
+    assert check_export({"format": EXPORT_FORMAT, "version": 1, "winners": rows}, where="e") is rows
+    assert check_export({"format": EXPORT_FORMAT, "winners": []}, where="e") == []  # by hand: the first version
+
+
+def test_the_export_format_is_the_one_export_writes():
+    from maxsim_forge.tuned_db import EXPORT_FORMAT as written
+
+    assert EXPORT_FORMAT == written
+
+
+# import_json (tuned_db/_merge.py) calls check_export: until then, these fail.
+_NEEDS_CHECK_EXPORT = pytest.mark.xfail(strict=True, reason="import_json does not call check_export yet")
+
+
+@_NEEDS_CHECK_EXPORT
+def test_import_of_a_newer_export_says_upgrade(tmp_path):
+    result, target = _import(tmp_path, _export(tmp_path, _good(), version=99))
+    _one_error(result, 1, "e.json", "newer", "upgrade maxsim-forge")
+    assert not target.exists() or TunedDB(target).winners() == []
+
+
+@_NEEDS_CHECK_EXPORT
+def test_import_of_a_document_without_winners_is_an_error(tmp_path):
+    export = tmp_path / "e.json"
+    export.write_text(json.dumps({"format": "maxsim-forge-db", "version": 1}))
+    result, _ = _import(tmp_path, str(export))
+    _one_error(result, 1, "e.json", "holds no 'winners'")

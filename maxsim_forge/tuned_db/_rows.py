@@ -257,6 +257,34 @@ def check_winner(row: object, *, where: str, index: int | None = None) -> dict:
     return out
 
 
+# An export document (``export --format json``): its format's name, and the newest version
+# of its layout this package reads (1: format, version, exported_at, winners, trials).
+EXPORT_FORMAT = "maxsim-forge-db"
+EXPORT_VERSION = 1
+
+
+def check_export(doc: object, *, where: str) -> list:
+    """The ``winners`` list of an export document: the format named, a version this package
+    reads (a document without one: the first), a list under ``winners``. A ``ValueError``
+    naming ``where`` otherwise; the rows themselves are :func:`check_winner`'s."""
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{where}: not a maxsim-forge export (format {got!r}, expected {EXPORT_FORMAT!r})")
+    version = doc.get("version", 1)
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{where}: version {version!r}; accepted: an integer from 1 to {EXPORT_VERSION}")
+    if version > EXPORT_VERSION:
+        raise ValueError(f"{where}: export version {version} is newer than this package's {EXPORT_VERSION}; "
+                         "upgrade maxsim-forge to read it")
+    if "winners" not in doc:
+        raise ValueError(f"{where}: holds no 'winners'; accepted: a list of rows, as "
+                         "`maxsim-forge export --format json` writes")
+    rows = doc["winners"]
+    if type(rows) is not list:
+        raise ValueError(f"{where}: 'winners' is {type(rows).__name__}; accepted: a list of rows")
+    return rows
+
+
 _reported: set[tuple[str, str, str]] = set()
 _reported_lock = threading.Lock()
 
@@ -271,5 +299,5 @@ def report_once(error: RowError) -> None:
     log.warning("maxsim-forge: %s; the row is skipped, the rest of the database serves", error)
 
 
-__all__ = ["KEY_FIELDS", "VALUE_FIELDS", "WINNER_FIELDS", "RowError", "check_config", "check_winner",
-           "report_once", "row_label"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "KEY_FIELDS", "VALUE_FIELDS", "WINNER_FIELDS", "RowError",
+           "check_config", "check_export", "check_winner", "report_once", "row_label"]
