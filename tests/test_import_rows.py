@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 
 import pytest
@@ -248,3 +249,90 @@ def test_import_of_a_document_without_winners_is_an_error(tmp_path):
     export.write_text(json.dumps({"format": "maxsim-forge-db", "version": 1}))
     result, _ = _import(tmp_path, str(export))
     _one_error(result, 1, "e.json", "holds no 'winners'")
+
+
+# ---- vLLM folders
+
+NAME = "op=maxsim,dim=128,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp16.json"
+
+
+def _bucket(**winner) -> dict:
+    return {"nq=1,lq=32,ld=64,nb=4,docs=full": {**CFG_A.to_dict(), "_winner": {"time_ms": 1.0, **winner}}}
+
+
+def _vllm_import(folder):
+    return CliRunner().invoke(main, ["import", "--format", "vllm", "--db", str(folder.parent / "t.db"), str(folder)])
+
+
+@pytest.fixture
+def folder(tmp_path):
+    path = tmp_path / "configs"
+    path.mkdir()
+    return path
+
+
+def test_a_vllm_folder_without_config_files_is_an_error_naming_it(folder):
+    (folder / "notes.json").write_text("{}")
+    _one_error(_vllm_import(folder), 1, str(folder), "holds no tuned-config files")
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"not json", "is not JSON (Expecting value at line 1 column 1)"),
+    (b'{"a": 1,,}', "is not JSON"),
+    (b"\xff\xfe\x00", "is no UTF-8 text"),
+])
+def test_a_vllm_file_that_is_not_json_is_named(folder, content, needle):
+    (folder / NAME).write_text(json.dumps(_bucket()))
+    bad = "op=maxsim_pairs,dim=64,device_name=X,dtype=bf16.json"
+    (folder / bad).write_bytes(content)
+    line = _one_error(_vllm_import(folder), 1, bad, needle)
+    assert line.startswith(f"Error: {bad}: "), line
+    assert not (folder.parent / "t.db").exists() or TunedDB(folder.parent / "t.db").winners() == []
+
+
+def test_a_vllm_link_that_leaves_the_folder_is_refused_by_name(folder, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(json.dumps(_bucket()))
+    os.symlink("/etc/passwd", folder / NAME)
+    _one_error(_vllm_import(folder), 1, NAME, "a link to /etc/passwd, outside", "accepted: files in the folder")
+    (folder / NAME).unlink()
+    os.symlink(outside, folder / NAME)  # a JSON file of buckets, but not the folder's
+    _one_error(_vllm_import(folder), 1, NAME, "outside")
+    (folder / NAME).unlink()
+    (folder / "kept").mkdir()  # a link inside the folder is read
+    (folder / "kept" / "real.json").write_text(json.dumps(_bucket()))
+    os.symlink(os.path.join("kept", "real.json"), folder / NAME)
+    result = _vllm_import(folder)
+    assert result.exit_code == 0 and "took 1 winners" in result.output, result.output
+
+
+@pytest.mark.parametrize("make", ["folder", "fifo"])
+def test_a_vllm_name_that_is_no_plain_file_is_refused(folder, make):
+    if make == "folder":
+        (folder / NAME).mkdir()
+    else:
+        os.mkfifo(folder / NAME)  # reading it would wait for a writer for good
+    _one_error(_vllm_import(folder), 1, NAME, "is no plain file")
+
+
+@pytest.mark.parametrize("name, bucket, needle", [
+    ("op=maxsim,dim=99999999999999999999999,device_name=X,dtype=fp16.json", None, "dim='9999"),
+    ("op=maxsim,dim=\u00b2,device_name=X,dtype=fp16.json", None, "dim='\u00b2'"),
+    ("op=maxsim,dim=9223372036854775808,device_name=X,dtype=fp16.json", None, "field dim: 9223372036854775808"),
+    (NAME, "nq=1,lq=32,ld=64,nb=99999999999999999999", "(powers of two)"),
+    (NAME, "nq=1,lq=7,ld=64,nb=4", "field lq_bucket: 7"),
+    (NAME, "nq=1,lq=0,ld=64,nb=4", "field lq_bucket: 0"),
+])
+def test_a_vllm_size_no_version_wrote_is_refused_naming_the_file(folder, name, bucket, needle):
+    doc = _bucket() if bucket is None else {bucket: _bucket()["nq=1,lq=32,ld=64,nb=4,docs=full"]}
+    (folder / name).write_text(json.dumps(doc))
+    line = _one_error(_vllm_import(folder), 1, name, needle)
+    assert "Traceback" not in line and "OverflowError" not in line
+
+
+def test_a_vllm_config_no_version_wrote_is_refused(folder):
+    doc = {"nq=1,lq=32,ld=64,nb=4,docs=full": {**CFG_A.to_dict(), "q_mode": "evil", "_winner": {"time_ms": 1.0}}}
+    (folder / NAME).write_text(json.dumps(doc))
+    _one_error(_vllm_import(folder), 1, NAME, "config.q_mode: 'evil'")
+    (folder / NAME).write_text(json.dumps(_bucket(time_ms=0.0)))
+    _one_error(_vllm_import(folder), 1, NAME, "field time_ms: 0.0")

@@ -11,9 +11,10 @@ The bucket's fields are read by name, in any order; they are written in the orde
 above, the file format's.
 
 Files come from outside: every part of a file name is checked against one allow-list
-(:func:`safe_name_part`) and the path must stay inside the target folder; ``_winner``
-carries a row's values, never its key (the file name and the bucket give that); every
-row read passes the tuned database's schema (``tuned_db.check_winner``).
+(:func:`safe_name_part`) and the path must stay inside the target folder; an import reads
+plain files only, never a link that leaves its folder; ``_winner`` carries a row's values,
+never its key (the file name and the bucket give that); every row read passes the tuned
+database's schema (``tuned_db.check_winner``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from ..tuned_db import TunedDB, check_config, check_winner, merge_rows, row_labe
 # What a part of a file name may hold: letters, digits and "_", "-", "+", "." (never a
 # name of dots alone): a device name or a dtype tag, never a path.
 _SAFE_PART = re.compile(r"[A-Za-z0-9_+.-]+")
+# A size in a file name or a bucket: ASCII digits, no more than a 64-bit integer has.
+_WHOLE = re.compile(r"[0-9]{1,19}")
 
 log = logging.getLogger("maxsim_forge")
 
@@ -132,8 +135,9 @@ def _head(path: Path) -> tuple[str, int, str, str, str, str, str]:
     op = op.removesuffix(BACKWARD)
     if op not in LAYOUTS:
         raise ValueError(f"{path.name}: op {op!r} is not one of {', '.join(LAYOUTS)}")
-    if not dim.isdigit():
-        raise ValueError(f"{path.name}: dim={dim!r}; accepted: a positive integer")
+    if not _WHOLE.fullmatch(dim):
+        raise ValueError(f"{path.name}: dim={dim[:40]!r}; accepted: a positive integer of at most 19 "
+                         "digits")
     safe_name_part("device_name", device)
     return (LAYOUTS[op], int(dim), device, *_untag(tag), kind)
 
@@ -143,15 +147,32 @@ def _bucket_fields(path: Path, label: str) -> tuple[dict[str, int], str]:
     docs = fields.pop("docs", "")
     if docs not in ("", "full", "ragged"):
         raise ValueError(f"{path.name}: bucket {label!r} has docs={docs!r}; accepted: full, ragged")
-    if sorted(fields) != sorted(_BUCKET_FIELDS) or not all(v.isdigit() for v in fields.values()):
-        raise ValueError(f"{path.name}: bucket {label!r}; accepted: nq=, lq=, ld=, nb= (integers >= 0) "
+    if sorted(fields) != sorted(_BUCKET_FIELDS) or not all(_WHOLE.fullmatch(v) for v in fields.values()):
+        raise ValueError(f"{path.name}: bucket {label!r}; accepted: nq=, lq=, ld=, nb= (powers of two) "
                          "and optionally docs=")
     return {k: int(v) for k, v in fields.items()}, docs
 
 
-def _rows_of(path: Path) -> list[dict]:
+def _read(path: Path, folder: Path) -> object:
+    """The JSON document of a file of ``folder``: a plain file inside it (a link may point
+    only inside it); a ValueError naming the file otherwise."""
+    target = Path(os.path.realpath(path))
+    if not target.is_relative_to(os.path.realpath(folder)):
+        raise ValueError(f"{path.name}: a link to {target}, outside {folder}; accepted: files in the folder")
+    if not target.is_file():
+        raise ValueError(f"{path.name}: is no plain file; accepted: a JSON file of buckets")
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path.name}: is no UTF-8 text (byte {exc.start}); accepted: a JSON file of buckets") \
+            from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path.name}: is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+
+
+def _rows_of(path: Path, folder: Path) -> list[dict]:
     layout, dim, device, dtype, precision, codes, kind = _head(path)
-    doc = json.loads(path.read_text())
+    doc = _read(path, folder)
     if not isinstance(doc, dict):
         raise ValueError(f"{path.name}: holds {type(doc).__name__}; accepted: an object of buckets")
     rows = []
@@ -180,9 +201,15 @@ def _rows_of(path: Path) -> list[dict]:
 
 
 def import_vllm(db: TunedDB, folder: str | Path) -> int:
-    """Read a folder written by :func:`export_vllm` (or by hand) into ``db``; returns winners taken."""
+    """Read a folder written by :func:`export_vllm` (or by hand) into ``db``; returns winners
+    taken. Every file is read and checked before any row is stored; a folder without
+    such files is a ValueError naming it."""
     folder = Path(folder)
-    rows = [row for path in sorted(folder.glob("op=*.json")) for row in _rows_of(path)]
+    paths = sorted(folder.glob("op=*.json"))
+    if not paths:
+        raise ValueError(f"{folder}: holds no tuned-config files; accepted: files named as vLLM names them, "
+                         "e.g. op=maxsim,dim=128,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp16.json")
+    rows = [row for path in paths for row in _rows_of(path, folder)]
     return merge_rows(db, rows)
 
 
