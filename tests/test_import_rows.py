@@ -232,18 +232,12 @@ def test_the_export_format_is_the_one_export_writes():
     assert EXPORT_FORMAT == written
 
 
-# import_json (tuned_db/_merge.py) calls check_export: until then, these fail.
-_NEEDS_CHECK_EXPORT = pytest.mark.xfail(strict=True, reason="import_json does not call check_export yet")
-
-
-@_NEEDS_CHECK_EXPORT
 def test_import_of_a_newer_export_says_upgrade(tmp_path):
     result, target = _import(tmp_path, _export(tmp_path, _good(), version=99))
     _one_error(result, 1, "e.json", "newer", "upgrade maxsim-forge")
     assert not target.exists() or TunedDB(target).winners() == []
 
 
-@_NEEDS_CHECK_EXPORT
 def test_import_of_a_document_without_winners_is_an_error(tmp_path):
     export = tmp_path / "e.json"
     export.write_text(json.dumps({"format": "maxsim-forge-db", "version": 1}))

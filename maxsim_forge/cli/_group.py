@@ -71,7 +71,7 @@ def failures(prefix: str = "") -> Iterator[None]:
         raise
     except OSError as exc:
         raise click.ClickException(one_line(prefix + _os_text(exc))) from exc
-    except (TunedDBError, CacheError, ConfigError, ValueError, TypeError, KeyError, RuntimeError,
+    except (TunedDBError, CacheError, ConfigError, ValueError, TypeError, KeyError, RuntimeError, OverflowError,
             sqlite3.Error) as exc:
         raise click.ClickException(one_line(prefix + str(exc))) from exc
 

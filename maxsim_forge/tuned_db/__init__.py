@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .._keys import BucketKey
 from ._merge import EXPORT_FORMAT, export_json, import_json, merge_db, merge_rows, remove_db_files, ship
-from ._rows import RowError, check_config, check_winner, row_label
+from ._rows import EXPORT_VERSION, RowError, check_config, check_export, check_winner, row_label
 from ._schema import (
     READ_WAIT_S, SCHEMA_VERSION, WRITE_WAIT_S, LockedError, SchemaError, TunedDBError, migrate, open_db,
 )
@@ -18,6 +18,7 @@ from ._store import (
 
 __all__ = [
     "EXPORT_FORMAT",
+    "EXPORT_VERSION",
     "READ_WAIT_S",
     "SCHEMA_VERSION",
     "WRITE_WAIT_S",
@@ -29,6 +30,7 @@ __all__ = [
     "TunedDBError",
     "better",
     "check_config",
+    "check_export",
     "check_winner",
     "export_json",
     "import_json",

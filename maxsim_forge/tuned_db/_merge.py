@@ -7,14 +7,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .._keys import BucketKey
-from ._rows import RowError, check_winner
+from ._rows import EXPORT_FORMAT, EXPORT_VERSION, RowError, check_export, check_winner
 from ._store import TunedDB, now, read_winners
-
-EXPORT_FORMAT = "maxsim-forge-db"
 
 
 def export_json(db: TunedDB, *, trials: bool = False, **filters) -> dict:
-    doc = {"format": EXPORT_FORMAT, "version": 1, "exported_at": now(), "winners": db.winners(**filters)}
+    doc = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "exported_at": now(), "winners": db.winners(**filters)}
     if trials:
         doc["trials"] = db.trials(**filters)
     return doc
@@ -24,12 +22,7 @@ def import_json(db: TunedDB, doc: dict, *, where: str = "export") -> int:
     """Merge an export into ``db`` (the better winner per key, :func:`merge_rows`); returns
     winners taken. Every row is checked first: a bad one (:class:`RowError`, naming
     ``where``, the row and the field) stores nothing."""
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(f"{where}: not a maxsim-forge export (format {got!r}, expected {EXPORT_FORMAT!r})")
-    rows = doc.get("winners", [])
-    if not isinstance(rows, list):
-        raise ValueError(f"{where}: 'winners' is {type(rows).__name__}; accepted: a list of rows")
+    rows = check_export(doc, where=where)
     return merge_rows(db, [check_winner(row, where=where, index=i) for i, row in enumerate(rows)])
 
 
