@@ -54,3 +54,16 @@ def compiled_here(monkeypatch, tmp_path):
     monkeypatch.setattr(Launcher, "compiled_for", lambda self, key: SimpleNamespace(hash=HASH))
     (tmp_path / "triton" / ENTRY).mkdir(parents=True)
     (tmp_path / "triton" / ENTRY / "__grp__kernel.json").write_text("{}")
+
+
+def one_error(result, code: int, *needles: str) -> str:
+    """The command failed with ``code`` and one ``Error:`` line last naming every needle,
+    no traceback; returns that line."""
+    assert isinstance(result.exception, SystemExit), f"{result.exception!r}: {result.output}"
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert lines and lines[-1].startswith("Error: "), result.output
+    assert sum(line.startswith("Error:") for line in lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
+    return lines[-1]

@@ -8,19 +8,14 @@ from click.testing import CliRunner
 
 from maxsim_forge.cli import main
 
+from _helpers import one_error
+
 BIG = "99999999999999999999999"
 
 
 def _refused(args: list[str], *needles: str, code: int = 2) -> str:
     """The command failed with ``code`` and one ``Error:`` line last naming every needle."""
-    result = CliRunner().invoke(main, args)
-    assert isinstance(result.exception, SystemExit), f"{result.exception!r}: {result.output}"
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert lines and lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
-    return lines[-1]
+    return one_error(CliRunner().invoke(main, args), code, *needles)
 
 
 @pytest.mark.parametrize("args", [["check", "--batch", "2"], ["tune", "--trials", "1"], ["bench", "--cases", ""]],

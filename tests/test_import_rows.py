@@ -16,10 +16,11 @@ from maxsim_forge.cli import main
 from maxsim_forge.codegen import (
     DEFAULT_SMEM_LIMIT, Q_MODES, ConfigError, KernelConfig, KernelSpec, kernel_hash, template_hash, validate,
 )
-from maxsim_forge.tuned_db import BucketKey, RowError, TunedDB, check_config, check_winner
-from maxsim_forge.tuned_db._rows import EXPORT_FORMAT, EXPORT_VERSION, check_export
+from maxsim_forge.tuned_db import (
+    EXPORT_FORMAT, EXPORT_VERSION, BucketKey, RowError, TunedDB, check_config, check_export, check_winner,
+)
 
-from _helpers import CFG_A, CFG_B
+from _helpers import CFG_A, CFG_B, one_error
 
 BWD = {"block_q": 32, "block_d": 64, "num_warps": 4, "num_stages": 2}
 
@@ -33,17 +34,6 @@ def _row(cfg: KernelConfig) -> dict:
     return {"config": cfg.to_dict(), "time_ms": 1.0, "baseline_ms": 2.0, "speedup": 2.0, "near_best": [],
             "trials": 3, "seed": 0, "template_hash": template_hash(),
             "kernel_hash": kernel_hash("padded", "fp16", 128, "native", cfg)}
-
-
-def _one_error(result, code: int, *needles: str) -> str:
-    """The command failed with ``code`` and one ``Error:`` line last, no traceback."""
-    assert isinstance(result.exception, SystemExit), f"{result.exception!r}: {result.output}"
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert lines and lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
-    return lines[-1]
 
 
 def _export(tmp_path, *rows, **doc) -> str:
@@ -78,7 +68,7 @@ def _with(field: str, value) -> dict:
 ])
 def test_an_integer_sqlite_cannot_store_is_refused_by_name(tmp_path, field, value, stored):
     result, target = _import(tmp_path, _export(tmp_path, _good(), _with(field, value)))
-    line = _one_error(result, 1, "row ", f"field {field}", "outside SQLite's integer range", "2**63")
+    line = one_error(result, 1, "row ", f"field {field}", "outside SQLite's integer range", "2**63")
     assert "OverflowError" not in result.output, line
     assert TunedDB(target).winners() == [], "a refused import stores nothing"
     with pytest.raises(RowError) as err:
@@ -115,7 +105,7 @@ def test_an_integer_sqlite_cannot_store_is_refused_by_name(tmp_path, field, valu
 def test_a_value_no_version_wrote_is_refused_by_name(tmp_path, field, value, named, accepted):
     result, target = _import(tmp_path, _export(tmp_path, _good(), _with(field, value)))
     row = "#1" if field == "gpu" else "NVIDIA_H100_80GB_HBM3 padded/fp16/dim128 nq"
-    line = _one_error(result, 1, f"row {row}", f"field {named}: ", accepted)
+    line = one_error(result, 1, f"row {row}", f"field {named}: ", accepted)
     if not isinstance(value, bool):
         assert repr(value) in line or str(value) in line, line
     assert TunedDB(target).winners() == [], "a refused import stores nothing"
@@ -234,7 +224,7 @@ def test_the_export_format_is_the_one_export_writes():
 
 def test_import_of_a_newer_export_says_upgrade(tmp_path):
     result, target = _import(tmp_path, _export(tmp_path, _good(), version=99))
-    _one_error(result, 1, "e.json", "newer", "upgrade maxsim-forge")
+    one_error(result, 1, "e.json", "newer", "upgrade maxsim-forge")
     assert not target.exists() or TunedDB(target).winners() == []
 
 
@@ -242,7 +232,7 @@ def test_import_of_a_document_without_winners_is_an_error(tmp_path):
     export = tmp_path / "e.json"
     export.write_text(json.dumps({"format": "maxsim-forge-db", "version": 1}))
     result, _ = _import(tmp_path, str(export))
-    _one_error(result, 1, "e.json", "holds no 'winners'")
+    one_error(result, 1, "e.json", "holds no 'winners'")
 
 
 # ---- vLLM folders
@@ -267,7 +257,7 @@ def folder(tmp_path):
 
 def test_a_vllm_folder_without_config_files_is_an_error_naming_it(folder):
     (folder / "notes.json").write_text("{}")
-    _one_error(_vllm_import(folder), 1, str(folder), "holds no tuned-config files")
+    one_error(_vllm_import(folder), 1, str(folder), "holds no tuned-config files")
 
 
 @pytest.mark.parametrize("content, needle", [
@@ -279,7 +269,7 @@ def test_a_vllm_file_that_is_not_json_is_named(folder, content, needle):
     (folder / NAME).write_text(json.dumps(_bucket()))
     bad = "op=maxsim_pairs,dim=64,device_name=X,dtype=bf16.json"
     (folder / bad).write_bytes(content)
-    line = _one_error(_vllm_import(folder), 1, bad, needle)
+    line = one_error(_vllm_import(folder), 1, bad, needle)
     assert line.startswith(f"Error: {bad}: "), line
     assert not (folder.parent / "t.db").exists() or TunedDB(folder.parent / "t.db").winners() == []
 
@@ -288,10 +278,10 @@ def test_a_vllm_link_that_leaves_the_folder_is_refused_by_name(folder, tmp_path)
     outside = tmp_path / "elsewhere.json"
     outside.write_text(json.dumps(_bucket()))
     os.symlink("/etc/passwd", folder / NAME)
-    _one_error(_vllm_import(folder), 1, NAME, "a link to /etc/passwd, outside", "accepted: files in the folder")
+    one_error(_vllm_import(folder), 1, NAME, "a link to /etc/passwd, outside", "accepted: files in the folder")
     (folder / NAME).unlink()
     os.symlink(outside, folder / NAME)  # a JSON file of buckets, but not the folder's
-    _one_error(_vllm_import(folder), 1, NAME, "outside")
+    one_error(_vllm_import(folder), 1, NAME, "outside")
     (folder / NAME).unlink()
     (folder / "kept").mkdir()  # a link inside the folder is read
     (folder / "kept" / "real.json").write_text(json.dumps(_bucket()))
@@ -306,7 +296,7 @@ def test_a_vllm_name_that_is_no_plain_file_is_refused(folder, make):
         (folder / NAME).mkdir()
     else:
         os.mkfifo(folder / NAME)  # reading it would wait for a writer for good
-    _one_error(_vllm_import(folder), 1, NAME, "is no plain file")
+    one_error(_vllm_import(folder), 1, NAME, "is no plain file")
 
 
 @pytest.mark.parametrize("name, bucket, needle", [
@@ -320,13 +310,13 @@ def test_a_vllm_name_that_is_no_plain_file_is_refused(folder, make):
 def test_a_vllm_size_no_version_wrote_is_refused_naming_the_file(folder, name, bucket, needle):
     doc = _bucket() if bucket is None else {bucket: _bucket()["nq=1,lq=32,ld=64,nb=4,docs=full"]}
     (folder / name).write_text(json.dumps(doc))
-    line = _one_error(_vllm_import(folder), 1, name, needle)
+    line = one_error(_vllm_import(folder), 1, name, needle)
     assert "Traceback" not in line and "OverflowError" not in line
 
 
 def test_a_vllm_config_no_version_wrote_is_refused(folder):
     doc = {"nq=1,lq=32,ld=64,nb=4,docs=full": {**CFG_A.to_dict(), "q_mode": "evil", "_winner": {"time_ms": 1.0}}}
     (folder / NAME).write_text(json.dumps(doc))
-    _one_error(_vllm_import(folder), 1, NAME, "config.q_mode: 'evil'")
+    one_error(_vllm_import(folder), 1, NAME, "config.q_mode: 'evil'")
     (folder / NAME).write_text(json.dumps(_bucket(time_ms=0.0)))
-    _one_error(_vllm_import(folder), 1, NAME, "field time_ms: 0.0")
+    one_error(_vllm_import(folder), 1, NAME, "field time_ms: 0.0")

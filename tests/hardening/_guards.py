@@ -50,18 +50,6 @@ def _call():
     return randn(32, 128), randn(3, 40, 128)  # buckets: lq 32, ld 64, nb 4
 
 
-def _one_error(result, code: int, *needles: str) -> str:
-    """The command failed with ``code`` and one ``Error:`` line last, no traceback."""
-    assert isinstance(result.exception, SystemExit), f"{result.exception!r}: {result.output}"
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert lines and lines[-1].startswith("Error: "), result.output
-    assert sum(line.startswith("Error:") for line in lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[-1], f"{needle!r} not in {lines[-1]!r}"
-    return lines[-1]
-
-
 def _rollback_journal(path: Path) -> None:
     """Leave ``path`` in rollback-journal mode, as shipped files are."""
     con = sqlite3.connect(path)

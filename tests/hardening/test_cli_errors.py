@@ -17,8 +17,9 @@ from maxsim_forge.runtime import Lookup, largest_dim
 from conftest import assert_scores, randn
 
 from _helpers import CFG_A
+from _helpers import one_error as _one_error
 from _guards import files, shared_dir  # noqa: F401  (fixtures)
-from _guards import _key, _one_error, _put, _row, _unprivileged
+from _guards import _key, _put, _row, _unprivileged
 
 
 DB_COMMANDS = {

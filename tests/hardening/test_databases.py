@@ -21,8 +21,9 @@ from maxsim_forge.tuned_db import TunedDB
 from conftest import assert_scores
 
 from _helpers import CFG_A
+from _helpers import one_error as _one_error
 from _guards import shared_dir  # noqa: F401  (fixtures)
-from _guards import _call, _key, _one_error, _put, _rollback_journal, _row, _unprivileged
+from _guards import _call, _key, _put, _rollback_journal, _row, _unprivileged
 
 
 # ---- finding 6: a valid database is read, in a read-only folder or held by a writer for a moment

@@ -19,7 +19,8 @@ from maxsim_forge.tuned_db import RowError, TunedDB, check_winner
 from conftest import DEVICE, assert_scores, randn
 
 from _helpers import CFG_A, CFG_B
-from _guards import _call, _key, _one_error, _put, _row
+from _helpers import one_error as _one_error
+from _guards import _call, _key, _put, _row
 
 
 # ---- finding 2: no file outside the target; a vLLM file's "_winner" never sets the key
