@@ -42,8 +42,10 @@ class QuantizedDocs:
     """Document embeddings as codes and per-token scales, padded ``[B, Ld, dim]`` or packed
     ``[T, dim]`` (scales ``[B, Ld]`` or ``[T]``, float32). Made by :func:`quantize`, or
     from stored codes and scales: the constructor checks their types and shapes and, unless
-    ``validate=False``, that every scale is finite (one read-back): an inf or NaN scale has
-    no token ``codes * scale`` that the kernels, which scale each dot, would score alike."""
+    ``validate=False``, that every scale is finite (one read-back: pass ``validate=False``
+    under ``torch.compile`` or CUDA graph capture): an inf or NaN scale has no token
+    ``codes * scale`` that the kernels, which scale each dot, would score alike. Parts and
+    copies (indexing, :meth:`to`) are checked without the read-back."""
 
     __slots__ = ("codes", "scales", "format")
 
@@ -71,7 +73,8 @@ class QuantizedDocs:
 
     @classmethod
     def _of(cls, codes: torch.Tensor, scales: torch.Tensor, format: str) -> QuantizedDocs:  # noqa: A002
-        """Codes and scales derived from checked ones (a part, a copy): no checks again."""
+        """Codes and scales made whole by this package (quantize, a concatenation of
+        checked docs, meta stand-ins): no checks again."""
         out = cls.__new__(cls)
         out.codes, out.scales, out.format = codes, scales, format
         return out
@@ -104,12 +107,12 @@ class QuantizedDocs:
 
     def to(self, device, non_blocking: bool = False) -> QuantizedDocs:
         """The same docs on ``device``."""
-        return QuantizedDocs._of(self.codes.to(device, non_blocking=non_blocking),
-                                 self.scales.to(device, non_blocking=non_blocking), self.format)
+        return QuantizedDocs(self.codes.to(device, non_blocking=non_blocking),
+                             self.scales.to(device, non_blocking=non_blocking), self.format, validate=False)
 
     def __getitem__(self, index) -> QuantizedDocs:
         """Docs (padded) or tokens (packed) selected along the first dim, as a tensor's are."""
-        return QuantizedDocs._of(self.codes[index], self.scales[index], self.format)
+        return QuantizedDocs(self.codes[index], self.scales[index], self.format, validate=False)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``codes * scales`` in ``dtype`` (computed in float32, or float64 if asked)."""

@@ -165,6 +165,11 @@ def test_quantized_docs_constructor_refuses_a_scale_that_is_not_finite(bad):
         QuantizedDocs(qd.codes, scales, "int8")
     trusted = QuantizedDocs(qd.codes, scales, "int8", validate=False)  # what the caller vouches for
     assert trusted.scales is scales and trusted[1:].scales.shape == (1, 3)
+    # Parts and copies skip the read-back, not the shape and dtype checks.
+    with pytest.raises(ValueError, match="one scale per token"):
+        qd[..., :2]  # codes [2, 3, 2] against scales [2, 2]
+    with pytest.raises(TypeError, match="format 'int8' takes torch.int8"):
+        qd.to(torch.float16)
     negative = QuantizedDocs(qd.codes, -qd.scales, "int8")  # any finite scale: -c * s is a token too
     q = randn(8, 32)
     assert_scores(mf.maxsim(q, negative), maxsim_reference(q, negative.dequantize(torch.float64)), 1e-5, "negative scales")

@@ -127,10 +127,12 @@ def test_a_forked_child_counts_its_own_calls_only(recording, monkeypatch):
     assert served(recording)[0].calls == 3
 
 
-def test_a_fork_during_a_flush_leaves_the_child_a_record_it_can_write(recording, monkeypatch):
+@pytest.mark.parametrize("fork_wait_s", (1.0, 0.2), ids=("the fork waits", "the write outlasts the wait"))
+def test_a_fork_during_a_flush_never_leaves_the_child_a_record_it_cannot_write(recording, monkeypatch, fork_wait_s):
     """A fork while the parent's thread has the file open (mid-transaction) would hand the
     child SQLite's state of that open file, and the child's writes would wait on a lock
-    nobody in it holds: the fork waits for the parent's write to end instead."""
+    nobody in it holds: the fork waits for the parent's write to end (here 0.5 s), or, past
+    its wait, the child records nothing (and never blocks on the file)."""
     import threading
 
     real_connect, writing = _record.connect, threading.Event()
@@ -154,6 +156,8 @@ def test_a_fork_during_a_flush_leaves_the_child_a_record_it_can_write(recording,
             self.conn.close()
 
     monkeypatch.setattr(_record, "connect", lambda *a, **k: Slow(real_connect(*a, **k)))
+    monkeypatch.setattr(_record, "_FORK_WAIT_S", fork_wait_s)
+    waits = fork_wait_s > 0.5
     _serve(1, 0, 0)
     flush = threading.Thread(target=_record.recorder().flush)
     flush.start()
@@ -165,12 +169,17 @@ def test_a_fork_during_a_flush_leaves_the_child_a_record_it_can_write(recording,
             _record.connect = real_connect  # the child writes as usual
             _serve(2, 0, 0)
             _record.recorder().flush()
-            code = 0 if sum(r["calls"] for r in _record.read(recording)) == 3 else 2
+            if waits:
+                code = 0 if sum(r["calls"] for r in _record.read(recording)) == 3 else 2
+            else:  # off: nothing kept, nothing to write (and the file never opened)
+                code = 0 if _record.recorder()._off and not _record.recorder()._routes else 3
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     flush.join()
     assert os.waitstatus_to_exitcode(status) == 0
+    monkeypatch.setattr(_record, "connect", real_connect)
+    assert sum(r["calls"] for r in _record.read(recording)) == (3 if waits else 1)
 
 
 def test_record_coverage_tune_from_record_end_to_end(recording, tmp_path, monkeypatch):

@@ -39,10 +39,13 @@ _SCHEMA = (
 )
 _WAIT_S = 30.0
 # How long one attempt of a flush waits on another writer with the file open; the flush
-# retries with it closed (up to _WAIT_S), so that a fork waits at most this long.
+# retries with it closed (up to _WAIT_S), so that a fork seldom waits on it (see _before_fork).
 _ATTEMPT_S = 0.25
 # Held while this process has the record file open (see _before_fork).
 _open_lock = threading.Lock()
+# The longest a fork waits for that; whether the fork in progress got the lock.
+_FORK_WAIT_S = 1.0
+_fork_held = False
 
 
 def record_path() -> Path | None:
@@ -106,6 +109,7 @@ class Recorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = False
+        self._off = False  # a child forked while its parent wrote: records nothing
         atexit.register(self._last_flush)
 
     def add(self, route, spec, sizes: dict) -> None:
@@ -116,6 +120,8 @@ class Recorder:
                   "nb_bucket": key.nb_bucket, "ld_bucket": key.ld_bucket, "docs": key.docs,
                   "q_mask": spec.q_mask, "d_mask": spec.d_mask, **{n: int(sizes[n]) for n in ("nq", "lq", "nb", "ld")}}
         with self._lock:
+            if self._off:
+                return
             self._routes.append((route, fields))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="maxsim-forge-record", daemon=True)
@@ -191,12 +197,19 @@ class Recorder:
         self.flush(last=True)
         atexit.unregister(self._last_flush)
 
-    def after_fork_in_child(self) -> None:
+    def after_fork_in_child(self, *, writing: bool) -> None:
         """A forked child (a server's worker) counts from here: what its parent served is
-        the parent's to write, and the child needs a flush thread of its own."""
+        the parent's to write, and the child needs a flush thread of its own. A child forked
+        while its parent had the file open (``writing``) records nothing: SQLite's state of
+        that open file came with it, and its own writes could wait on it for good."""
         self._lock, self._write_lock = threading.Lock(), threading.Lock()
         self._stop, self._thread = threading.Event(), None
         self._flushed = {id(route): route.calls for route, _ in self._routes}
+        if writing:
+            self._off, self._routes = True, []
+            log.warning("maxsim-forge: forked while the record %s was being written; this process "
+                        "records nothing", self.path)
+            return
         if self._routes:
             self._thread = threading.Thread(target=self._loop, name="maxsim-forge-record", daemon=True)
             self._thread.start()
@@ -207,21 +220,24 @@ _recorder_lock = threading.Lock()
 
 
 def _before_fork() -> None:
-    """A fork waits until no thread of this process has the record file open: SQLite's
-    state of an open file (its locks, counted per process) would pass to the child, whose
-    own writes to the file would then wait on locks nobody there holds, for good."""
-    _open_lock.acquire()
+    """A fork waits until no thread of this process has the record file open (at most
+    ``_FORK_WAIT_S``: a slow disk, or a fork from a signal handler while this very thread
+    writes): SQLite's state of an open file (its locks, counted per process) would pass to
+    the child, whose own writes to the file would then wait on locks nobody there holds."""
+    global _fork_held
+    _fork_held = _open_lock.acquire(timeout=_FORK_WAIT_S)
 
 
 def _after_fork_in_parent() -> None:
-    _open_lock.release()
+    if _fork_held:
+        _open_lock.release()
 
 
 def _after_fork_in_child() -> None:
     global _recorder_lock, _open_lock
     _recorder_lock, _open_lock = threading.Lock(), threading.Lock()
     if _recorder is not None:
-        _recorder.after_fork_in_child()
+        _recorder.after_fork_in_child(writing=not _fork_held)
 
 
 if hasattr(os, "register_at_fork"):
