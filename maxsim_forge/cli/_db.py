@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import tempfile
 from pathlib import Path
 
 import click
 
 from ..codegen import DTYPES, LAYOUTS, KernelConfig, is_current, winners_config_of
-from ._group import DB_OPTION, SEED, check_cache, db_file, failures, main, open_read, open_write, out_file, table, \
-    use_interpreter_without_cuda
+from ._group import DB_OPTION, SEED, check_cache, failures, main, open_read, open_write, out_file, table, \
+    use_interpreter_without_cuda, writable_db_file
 
 
 @main.group()
@@ -94,46 +93,43 @@ def export_json_file(db_path, out, *, trials: bool = False) -> None:
     with failures():
         doc = export_json(tuned, trials=trials)
         tuned.close()
-        # Written beside it, then moved on: a failure leaves the old file, and a link at
-        # --out is replaced, never followed to a file elsewhere.
-        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        # Written beside it (a file made here: mode 0600, no name a link could wait at),
+        # then moved on: a failure leaves the old file, and a link at --out is replaced,
+        # never followed to a file elsewhere.
+        fd, part = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
-            part.write_text(json.dumps(doc, indent=1, sort_keys=True))
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(doc, indent=1, sort_keys=True))
             os.replace(part, path)
         finally:
-            part.unlink(missing_ok=True)
+            Path(part).unlink(missing_ok=True)
     click.echo(f"wrote {len(doc['winners'])} winners to {out}")
 
 
-@contextmanager
-def written(db_path) -> Iterator[None]:
-    """A command that writes into the database ``db_path`` names: where the command
-    created the file and then fails, the file goes again (no empty database left behind)."""
-    from ..tuned_db import remove_db_files
-
-    path = db_file(db_path)
-    existed = path.exists()
-    try:
-        yield
-    except BaseException:
-        if not existed:
-            remove_db_files(path)
-        raise
-
-
 def import_json_file(db_path, source) -> None:
-    from ..tuned_db import import_json
+    from ..tuned_db import export_rows
 
+    writable_db_file(db_path)  # a mistake on the command line first
     with failures(f"{source}: "):
         doc = json.loads(Path(source).read_text())
-    with written(db_path):
-        tuned = open_write(db_path)
-        try:
+    with failures():
+        rows = export_rows(doc, where=str(source))  # checked before the database is opened or made
+    merge_into(db_path, [(source, rows)])
+
+
+def merge_into(db_path, sources: list[tuple[str, list[dict]]]) -> None:
+    """Offer each source's checked rows to the database ``db_path`` names (made if need
+    be, only now that nothing can fail but the database itself)."""
+    from ..tuned_db import merge_rows
+
+    tuned = open_write(db_path)  # the target's errors name the target
+    try:
+        for source, rows in sources:
             with failures():
-                taken = import_json(tuned, doc, where=str(source))
-        finally:
-            tuned.close()
-    click.echo(f"took {taken} winners from {source}")
+                taken = merge_rows(tuned, rows)
+            click.echo(f"took {taken} winners from {source}")
+    finally:
+        tuned.close()
 
 
 @db.command("import", hidden=True)
@@ -160,17 +156,14 @@ def db_merge(db_path, others) -> None:
 
     Example: maxsim-forge db merge worker-*.db --db tuned.db
     """
-    from ..tuned_db import merge_db
+    from ..tuned_db import db_rows
 
-    with written(db_path):
-        tuned = open_write(db_path)  # the target's errors name the target
-        try:
-            for other in others:
-                with failures():
-                    taken = merge_db(tuned, other)  # the other's name the other
-                click.echo(f"took {taken} winners from {other}")
-        finally:
-            tuned.close()
+    writable_db_file(db_path)  # a mistake on the command line first
+    sources = []
+    for other in others:  # every source read before the target is opened or made
+        with failures():
+            sources.append((other, db_rows(other)))  # the other's errors name the other
+    merge_into(db_path, sources)
 
 
 @db.command("coverage")

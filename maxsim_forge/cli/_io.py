@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._db import export_json_file, import_json_file, written
-from ._group import DB_OPTION, failures, main, open_read, open_write, out_folder
+from ._db import export_json_file, import_json_file, merge_into
+from ._group import DB_OPTION, failures, main, open_read, out_folder, writable_db_file
 
 
 @main.command("export")
@@ -55,13 +55,9 @@ def import_cmd(db_path, fmt, source) -> None:
     if fmt == "json":
         import_json_file(db_path, source)
         return
-    from ..integrations.vllm import import_vllm
+    from ..integrations.vllm import vllm_rows
 
-    with written(db_path):
-        tuned = open_write(db_path)
-        try:
-            with failures():
-                taken = import_vllm(tuned, source)
-        finally:
-            tuned.close()
-    click.echo(f"took {taken} winners from {source}")
+    writable_db_file(db_path)  # a mistake on the command line first
+    with failures():
+        rows = vllm_rows(source)  # every file read and checked before the database is opened or made
+    merge_into(db_path, [(source, rows)])

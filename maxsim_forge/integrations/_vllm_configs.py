@@ -202,15 +202,19 @@ def _rows_of(path: Path, folder: Path) -> list[dict]:
 
 def import_vllm(db: TunedDB, folder: str | Path) -> int:
     """Read a folder written by :func:`export_vllm` (or by hand) into ``db``; returns winners
-    taken. Every file is read and checked before any row is stored; a folder without
-    such files is a ValueError naming it."""
+    taken. Every file is read and checked before any row is stored (:func:`vllm_rows`)."""
+    return merge_rows(db, vllm_rows(folder))
+
+
+def vllm_rows(folder: str | Path) -> list[dict]:
+    """The winner rows of a folder of vLLM-format files, every file read and checked; a
+    folder without such files is a ValueError naming it."""
     folder = Path(folder)
     paths = sorted(folder.glob("op=*.json"))
     if not paths:
         raise ValueError(f"{folder}: holds no tuned-config files; accepted: files named as vLLM names them, "
                          "e.g. op=maxsim,dim=128,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp16.json")
-    rows = [row for path in paths for row in _rows_of(path, folder)]
-    return merge_rows(db, rows)
+    return [row for path in paths for row in _rows_of(path, folder)]
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,7 +18,7 @@ import torch
 
 from .._keys import DTYPE_NAMES
 from ..runtime import maxsim_pairs
-from ._vllm_configs import export_vllm, import_vllm, read_vllm_config
+from ._vllm_configs import export_vllm, import_vllm, read_vllm_config, vllm_rows
 
 __all__ = [
     "compute_maxsim_score_batched",
@@ -27,6 +27,7 @@ __all__ = [
     "install",
     "read_vllm_config",
     "uninstall",
+    "vllm_rows",
 ]
 
 def _check(q_embs: Sequence[torch.Tensor], d_embs: Sequence[torch.Tensor]) -> None:

@@ -7,7 +7,7 @@ re-exported here, where results are stored under it.
 from __future__ import annotations
 
 from .._keys import BucketKey
-from ._merge import EXPORT_FORMAT, export_json, import_json, merge_db, merge_rows, remove_db_files, ship
+from ._merge import EXPORT_FORMAT, db_rows, export_json, export_rows, import_json, merge_db, merge_rows, ship
 from ._rows import EXPORT_VERSION, RowError, check_config, check_export, check_winner, row_label
 from ._schema import (
     READ_WAIT_S, SCHEMA_VERSION, WRITE_WAIT_S, LockedError, SchemaError, TunedDBError, migrate, open_db,
@@ -32,7 +32,9 @@ __all__ = [
     "check_config",
     "check_export",
     "check_winner",
+    "db_rows",
     "export_json",
+    "export_rows",
     "import_json",
     "load_winners",
     "merge_db",
@@ -40,7 +42,6 @@ __all__ = [
     "migrate",
     "open_db",
     "read_winners",
-    "remove_db_files",
     "row_label",
     "scan_winners",
     "ship",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -22,8 +24,13 @@ def import_json(db: TunedDB, doc: dict, *, where: str = "export") -> int:
     """Merge an export into ``db`` (the better winner per key, :func:`merge_rows`); returns
     winners taken. Every row is checked first: a bad one (:class:`RowError`, naming
     ``where``, the row and the field) stores nothing."""
-    rows = check_export(doc, where=where)
-    return merge_rows(db, [check_winner(row, where=where, index=i) for i, row in enumerate(rows)])
+    return merge_rows(db, export_rows(doc, where=where))
+
+
+def export_rows(doc: dict, *, where: str = "export") -> list[dict]:
+    """The winners of an export, every one checked (:func:`check_export`, then
+    :func:`check_winner` per row): a ``ValueError`` naming ``where`` before anything is stored."""
+    return [check_winner(row, where=where, index=i) for i, row in enumerate(check_export(doc, where=where))]
 
 
 def merge_rows(db: TunedDB, rows: Iterable[dict]) -> int:
@@ -41,12 +48,18 @@ def merge_db(db: TunedDB, other_path: str | Path, *, prepare: Callable[[dict], d
     """Merge another database's winners into ``db``: a current row over a stale one, then
     the faster, per key; ``prepare`` maps each row first. The other database is opened
     read-only (its errors name it); its bad rows are reported once and skipped."""
-    other = TunedDB(other_path, read_only=True)
+    return merge_rows(db, db_rows(other_path, prepare=prepare))
+
+
+def db_rows(path: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> list[dict]:
+    """Another database's winners (its bad rows reported once and skipped), each mapped by
+    ``prepare``; the file is opened read-only and its errors name it."""
+    other = TunedDB(path, read_only=True)
     try:
         rows = other.winners()
     finally:
         other.close()
-    return merge_rows(db, map(prepare, rows) if prepare else rows)
+    return [prepare(r) for r in rows] if prepare else rows
 
 
 def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
@@ -58,9 +71,11 @@ def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[d
     for src in sources:
         if out.exists() and src.exists() and os.path.samefile(src, out):
             raise ValueError(f"{out} is one of the sources; write the shipped database to another file")
-    part = out.with_name(f".{out.name}.{os.getpid()}.part")
-    remove_db_files(part)
+    # A folder of its own beside out (made here, 0700): no name another process could
+    # have planted a link at.
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
+        part = work / out.name
         db = TunedDB(part)
         try:
             taken = sum(merge_db(db, src, prepare=prepare) for src in sources)
@@ -71,18 +86,10 @@ def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[d
         finally:
             db.close()
         os.replace(part, out)
-    except BaseException:
-        remove_db_files(part)
-        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return taken
 
 
-def remove_db_files(path: str | Path) -> None:
-    """A database file and SQLite's side files, where they exist."""
-    path = Path(path)
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        p.unlink(missing_ok=True)
-
-
-__all__ = ["EXPORT_FORMAT", "RowError", "export_json", "import_json", "merge_db", "merge_rows", "read_winners",
-           "remove_db_files", "ship"]
+__all__ = ["EXPORT_FORMAT", "RowError", "db_rows", "export_json", "export_rows", "import_json", "merge_db",
+           "merge_rows", "read_winners", "ship"]

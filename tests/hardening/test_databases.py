@@ -135,19 +135,23 @@ def test_a_failed_ship_leaves_the_database_it_would_replace(tmp_path):
 
 
 @pytest.mark.parametrize("command", [
-    ["db", "merge", "{garbage}"], ["import", "--format", "json", "{bad_json}"],
+    ["db", "merge", "{good}", "{garbage}"], ["import", "--format", "json", "{bad_json}"],
     ["db", "import", "{bad_json}"], ["import", "--format", "vllm", "{bad_folder}"],
 ], ids=lambda c: " ".join(c[:2]))
 def test_a_failed_merge_or_import_creates_no_database(tmp_path, command):
-    garbage, bad_json, bad_folder = tmp_path / "garbage.db", tmp_path / "bad.json", tmp_path / "vllm"
+    """Every source is read and checked before the target is opened: a bad one (after a
+    good one, for merge) stores nothing and makes no database."""
+    good, garbage, bad_json, bad_folder = (tmp_path / "good.db", tmp_path / "garbage.db", tmp_path / "bad.json",
+                                           tmp_path / "vllm")
+    _put(good, _key(nb=8), _row(CFG_A))
     garbage.write_bytes(b"not a database at all" * 100)
     bad_json.write_text('{"format": "maxsim-forge-db", "version": 1, "winners": [{"gpu": "X"}]}')
     bad_folder.mkdir()
     (bad_folder / "op=maxsim,dim=128,device_name=X,dtype=fp16.json").write_text("{not json")
-    args = [a.format(garbage=garbage, bad_json=bad_json, bad_folder=bad_folder) for a in command]
+    args = [a.format(good=good, garbage=garbage, bad_json=bad_json, bad_folder=bad_folder) for a in command]
     target = tmp_path / "new.db"
     result = CliRunner().invoke(main, [*args, "--db", str(target)])
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output and "took" not in result.output, result.output
     assert not any(p.name.startswith("new.db") for p in tmp_path.iterdir()), "a database was left behind"
     _put(target, _key(), _row(CFG_A))  # an existing database stays, with its rows
     result = CliRunner().invoke(main, [*args, "--db", str(target)])
