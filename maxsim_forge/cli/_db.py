@@ -203,11 +203,10 @@ def db_ship(sources, out) -> None:
 
     Example: maxsim-forge db ship h100-run1.db h100-run2.db --out maxsim_forge/tuned_db/data/NVIDIA_H100_80GB_HBM3.db
     """
-    from ..tuned_db import ship
+    from ..tuned_db import is_source, ship
     from ..tuner import stamp_kernel_hash
 
-    path = out_file(out)
-    if path.exists() and any(Path(src).resolve() == path.resolve() for src in sources):
+    if is_source(out_file(out), sources):
         raise click.BadParameter(f"{out} is one of the SOURCES; write the shipped database to another file",
                                  param_hint="'--out'")
     with failures():

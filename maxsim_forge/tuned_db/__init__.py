@@ -7,7 +7,7 @@ re-exported here, where results are stored under it.
 from __future__ import annotations
 
 from .._keys import BucketKey
-from ._merge import EXPORT_FORMAT, db_rows, export_json, export_rows, import_json, merge_db, merge_rows, ship
+from ._merge import EXPORT_FORMAT, db_rows, export_json, export_rows, import_json, is_source, merge_db, merge_rows, ship
 from ._rows import EXPORT_VERSION, RowError, check_config, check_export, check_winner, row_label
 from ._schema import (
     READ_WAIT_S, SCHEMA_VERSION, WRITE_WAIT_S, LockedError, SchemaError, TunedDBError, migrate, open_db,
@@ -36,6 +36,7 @@ __all__ = [
     "export_json",
     "export_rows",
     "import_json",
+    "is_source",
     "load_winners",
     "merge_db",
     "merge_rows",

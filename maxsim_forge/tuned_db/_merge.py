@@ -62,15 +62,20 @@ def db_rows(path: str | Path, *, prepare: Callable[[dict], dict] | None = None) 
     return [prepare(r) for r in rows] if prepare else rows
 
 
+def is_source(out: str | Path, sources: Iterable[str | Path]) -> bool:
+    """Whether the file ``out`` is one of ``sources`` (by file, whatever the path's spelling)."""
+    out = Path(out)
+    return out.exists() and any(Path(src).exists() and os.path.samefile(src, out) for src in sources)
+
+
 def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[dict], dict] | None = None) -> int:
     """Write a database fit to ship in the package: the better winner per key of
     ``sources`` (each row mapped by ``prepare`` first), no trials, one file (no WAL)
     that opens read-only anywhere. It is written beside ``out`` and moved onto it only
     when whole: a failure leaves ``out`` as it was. ``out`` may not be a source."""
     out, sources = Path(out), [Path(s) for s in sources]
-    for src in sources:
-        if out.exists() and src.exists() and os.path.samefile(src, out):
-            raise ValueError(f"{out} is one of the sources; write the shipped database to another file")
+    if is_source(out, sources):
+        raise ValueError(f"{out} is one of the sources; write the shipped database to another file")
     # A folder of its own beside out (made here, 0700): no name another process could
     # have planted a link at.
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
@@ -91,5 +96,5 @@ def ship(sources: Iterable[str | Path], out: str | Path, *, prepare: Callable[[d
     return taken
 
 
-__all__ = ["EXPORT_FORMAT", "RowError", "db_rows", "export_json", "export_rows", "import_json", "merge_db",
-           "merge_rows", "read_winners", "ship"]
+__all__ = ["EXPORT_FORMAT", "RowError", "db_rows", "export_json", "export_rows", "import_json", "is_source",
+           "merge_db", "merge_rows", "read_winners", "ship"]
